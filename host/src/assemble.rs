@@ -1,0 +1,281 @@
+//! Turns a parsed configuration into built pieces, with nothing running yet: one plugin
+//! instance per declared connection, and for each pipeline the instances it uses.
+//!
+//! Building never connects (constructors only validate), so `golconde check` runs exactly
+//! this. A piece that cannot be built takes down only the pipelines that use it.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use abi_stable::std_types::{RStr, RString};
+use golconde_plugin_api::{
+    abi::{Constructor, DatabaseBox, HostContext, PluginKind, ProcessorBox, TransportBox},
+    PluginError,
+};
+
+use crate::{
+    config::{settings_json, ConfigFile, Connection, PipelineConfig},
+    loader::{PluginInfo, Registry},
+    logging,
+};
+
+/// A plugin instance and what it was built from.
+pub struct Instance<T> {
+    /// The section's name (`rabbit` for `[transports.rabbit]`).
+    pub name: String,
+    pub plugin: PluginInfo,
+    pub value: T,
+}
+
+/// How to build a pipeline's processor, again after it panicked.
+#[derive(Clone)]
+pub struct ProcessorRecipe {
+    pub pipeline: String,
+    pub plugin: PluginInfo,
+    pub settings: String,
+}
+
+impl ProcessorRecipe {
+    pub fn build(&self) -> Result<ProcessorBox, PluginError> {
+        let Constructor::Processor(construct) = self.plugin.constructor else {
+            unreachable!("the registry returned a processor plugin");
+        };
+        construct(
+            RStr::from_str(&self.settings),
+            context(&self.plugin, &self.pipeline),
+        )
+        .into_result()
+    }
+}
+
+/// A pipeline with every piece it needs.
+pub struct PipelineParts {
+    pub config: PipelineConfig,
+    pub transport: Arc<Instance<TransportBox>>,
+    pub database: Arc<Instance<DatabaseBox>>,
+    pub processor: ProcessorRecipe,
+    pub dead_letter: Option<(Arc<Instance<TransportBox>>, String)>,
+    pub fan_out: Vec<(Arc<Instance<TransportBox>>, String)>,
+}
+
+/// Something that could not be built, with where it is declared.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub location: String,
+    pub subject: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.location, self.subject, self.message)
+    }
+}
+
+/// Everything built from one configuration file.
+pub struct Assembly {
+    pub transports: BTreeMap<String, Arc<Instance<TransportBox>>>,
+    pub databases: BTreeMap<String, Arc<Instance<DatabaseBox>>>,
+    pub pipelines: Vec<PipelineParts>,
+    pub problems: Vec<Problem>,
+}
+
+impl Assembly {
+    pub fn build(file: &ConfigFile, registry: &Registry) -> Assembly {
+        let mut problems = Vec::new();
+        let transports = build_connections(
+            file,
+            &file.config.transports,
+            "transports",
+            PluginKind::Transport,
+            registry,
+            &mut problems,
+            |c, json, ctx| match c {
+                Constructor::Transport(f) => Some(f(json, ctx).into_result()),
+                _ => None,
+            },
+        );
+        let databases = build_connections(
+            file,
+            &file.config.databases,
+            "databases",
+            PluginKind::Database,
+            registry,
+            &mut problems,
+            |c, json, ctx| match c {
+                Constructor::Database(f) => Some(f(json, ctx).into_result()),
+                _ => None,
+            },
+        );
+
+        let mut pipelines = Vec::new();
+        let ConfigFile { config, .. } = &file;
+        for section in &config.pipelines {
+            let location = file.locate(section).to_string();
+            let p = section.get_ref();
+            let subject = format!("pipeline `{}`", p.name);
+            let mut missing = Vec::new();
+            let mut need_transport = |name: &str| {
+                let found = transports.get(name).cloned();
+                if found.is_none() {
+                    missing.push(format!("transport `{name}`"));
+                }
+                found
+            };
+            let transport = need_transport(&p.transport);
+            let dead_letter = p
+                .dead_letter
+                .as_ref()
+                .and_then(|t| Some((need_transport(&t.transport)?, t.queue.clone())));
+            let fan_out: Vec<_> = p
+                .fan_out
+                .iter()
+                .filter_map(|t| Some((need_transport(&t.transport)?, t.queue.clone())))
+                .collect();
+            let database = databases.get(&p.database).cloned();
+            if database.is_none() {
+                missing.push(format!("database `{}`", p.database));
+            }
+            let processor = build_processor(p, registry);
+            if let Err(message) = &processor {
+                problems.push(Problem {
+                    location: location.clone(),
+                    subject: format!("{subject}: processor `{}`", p.processor.plugin),
+                    message: message.clone(),
+                });
+            }
+            if !missing.is_empty() {
+                problems.push(Problem {
+                    location,
+                    subject,
+                    message: format!(
+                        "not started because {} could not be built (see above)",
+                        missing.join(" and ")
+                    ),
+                });
+                continue;
+            }
+            let (Some(transport), Some(database), Ok((processor, _))) =
+                (transport, database, processor)
+            else {
+                continue;
+            };
+            pipelines.push(PipelineParts {
+                config: p.clone(),
+                transport,
+                database,
+                processor,
+                dead_letter,
+                fan_out,
+            });
+        }
+        Assembly {
+            transports,
+            databases,
+            pipelines,
+            problems,
+        }
+    }
+}
+
+fn context(plugin: &PluginInfo, instance: &str) -> HostContext {
+    HostContext {
+        instance: RString::from(instance),
+        log: logging::sink_for(&plugin.name, instance),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_connections<T>(
+    file: &ConfigFile,
+    sections: &BTreeMap<String, toml::Spanned<Connection>>,
+    table: &str,
+    kind: PluginKind,
+    registry: &Registry,
+    problems: &mut Vec<Problem>,
+    construct: impl Fn(Constructor, RStr<'_>, HostContext) -> Option<Result<T, PluginError>>,
+) -> BTreeMap<String, Arc<Instance<T>>> {
+    let mut built = BTreeMap::new();
+    for (name, section) in sections {
+        let connection = section.get_ref();
+        let problem = |message: String| Problem {
+            location: file.locate(section).to_string(),
+            subject: format!("[{table}.{name}] (plugin `{}`)", connection.plugin),
+            message,
+        };
+        let plugin = match registry.require(kind, &connection.plugin) {
+            Ok(plugin) => plugin,
+            Err(unknown) => {
+                problems.push(problem(unknown.to_string()));
+                continue;
+            }
+        };
+        let json = settings_json(&connection.settings);
+        let result = construct(
+            plugin.constructor,
+            RStr::from_str(&json),
+            context(plugin, name),
+        )
+        .expect("the registry returned a plugin of the kind asked for");
+        match result {
+            Ok(value) => {
+                built.insert(
+                    name.clone(),
+                    Arc::new(Instance {
+                        name: name.clone(),
+                        plugin: plugin.clone(),
+                        value,
+                    }),
+                );
+            }
+            Err(e) => problems.push(problem(describe_build_error(&e))),
+        }
+    }
+    built
+}
+
+fn build_processor(
+    p: &PipelineConfig,
+    registry: &Registry,
+) -> Result<(ProcessorRecipe, ProcessorBox), String> {
+    let plugin = registry
+        .require(PluginKind::Processor, &p.processor.plugin)
+        .map_err(|e| e.to_string())?;
+    let mut settings = p.processor.settings.clone();
+    // The processor picks the table of a message that names none, and may check the
+    // allowed ones early; the host enforces `tables` again on every change it applies.
+    if let Some(table) = &p.table {
+        settings.insert("table".into(), toml::Value::String(table.clone()));
+    }
+    let allowed = allowed_tables(p);
+    if !allowed.is_empty() {
+        settings.insert(
+            "tables".into(),
+            toml::Value::Array(allowed.into_iter().map(toml::Value::String).collect()),
+        );
+    }
+    let recipe = ProcessorRecipe {
+        pipeline: p.name.clone(),
+        plugin: plugin.clone(),
+        settings: settings_json(&settings),
+    };
+    let instance = recipe.build().map_err(|e| describe_build_error(&e))?;
+    Ok((recipe, instance))
+}
+
+/// The tables a pipeline may write: `tables`, or else `table` alone; empty means any.
+pub fn allowed_tables(p: &PipelineConfig) -> Vec<String> {
+    if !p.tables.is_empty() {
+        p.tables.clone()
+    } else {
+        p.table.iter().cloned().collect()
+    }
+}
+
+fn describe_build_error(e: &PluginError) -> String {
+    match e.kind {
+        golconde_plugin_api::ErrorKind::Config => {
+            format!("the plugin refused its configuration: {}", e.message)
+        }
+        _ => format!("the plugin could not be built: {e}"),
+    }
+}

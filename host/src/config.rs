@@ -1,0 +1,660 @@
+//! The configuration file: its shape, `${VAR}` expansion, and the errors that point at a
+//! file, a line and a key.
+//!
+//! **Invariant:** only this module knows the file format. Everything after it sees typed
+//! values, and each plugin sees its own section as JSON text.
+//!
+//! Environment variables are expanded on the parsed document, string value by string
+//! value, before the typed pass: a value that holds quotes or backslashes can never break
+//! the TOML around it, and every line keeps its number for the errors of the typed pass.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "{path}:{line}: `{key}` uses environment variable `{var}`, which is not set; \
+         set it, or write `$${{` for a literal `${{`"
+    )]
+    UnsetVariable {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        var: String,
+    },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    BadVariable {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where plugin libraries are looked for, relative to the configuration file.
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long, at most, a stopping daemon waits for in-flight batches.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    #[serde(default)]
+    pub transports: BTreeMap<String, Spanned<Connection>>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, Spanned<Connection>>,
+    #[serde(default)]
+    pub pipelines: Vec<Spanned<PipelineConfig>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// A `[transports.NAME]` or `[databases.NAME]` section: the plugin to use, and everything
+/// else handed to that plugin.
+#[derive(Debug, Deserialize)]
+pub struct Connection {
+    pub plugin: String,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// A pipeline's `processor = { plugin = "...", ... }`.
+#[derive(Debug, Deserialize, Clone)]
+pub struct ProcessorConfig {
+    pub plugin: String,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// One `[[pipelines]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub transport: String,
+    pub queue: String,
+    pub processor: ProcessorConfig,
+    pub database: String,
+    /// The table a message goes to when it names none.
+    pub table: Option<String>,
+    /// The only tables this pipeline may write; defaults to `table` alone.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default = "defaults::workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Unacknowledged deliveries the broker may hand over; defaults to twice a batch for
+    /// every worker.
+    pub prefetch: Option<u32>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    pub dead_letter: Option<Target>,
+    #[serde(default)]
+    pub fan_out: Vec<Target>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    #[serde(default = "defaults::max_messages")]
+    pub max_messages: u32,
+    #[serde(default = "defaults::max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_messages: defaults::max_messages(),
+            max_wait_ms: defaults::max_wait_ms(),
+        }
+    }
+}
+
+/// Backoff for transient failures and for restarting workers.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+        }
+    }
+}
+
+/// A queue on a named transport (dead-letter queue, fan-out target).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub transport: String,
+    pub queue: String,
+}
+
+mod defaults {
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        30_000
+    }
+    pub fn workers() -> usize {
+        1
+    }
+    pub fn max_messages() -> u32 {
+        500
+    }
+    pub fn max_wait_ms() -> u64 {
+        20
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        100
+    }
+    pub fn max_backoff_ms() -> u64 {
+        30_000
+    }
+}
+
+/// A parsed file, with what is needed to point back into it.
+#[derive(Debug)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub config: Config,
+    text: String,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`, looking variables up with `env`.
+    pub fn parse(
+        path: &Path,
+        text: String,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConfigFile, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut document: toml_edit::DocumentMut = text
+            .parse()
+            .map_err(|e: toml_edit::TomlError| invalid(e.to_string().trim_end().to_string()))?;
+        let mut expander = Expander {
+            path,
+            text: &text,
+            env: &env,
+        };
+        expander.table(document.as_table_mut(), "")?;
+        let config: Config = toml::from_str(&document.to_string())
+            .map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        let file = ConfigFile {
+            path: path.to_path_buf(),
+            config,
+            text,
+        };
+        file.validate()?;
+        Ok(file)
+    }
+
+    /// The 1-based line a byte offset of the file falls on.
+    pub fn line_of(&self, offset: usize) -> usize {
+        line_of(&self.text, offset)
+    }
+
+    /// Where a section starts, as `file:line`, for messages about it.
+    pub fn locate<T>(&self, section: &Spanned<T>) -> Location<'_> {
+        Location {
+            path: &self.path,
+            line: self.line_of(section.span().start),
+        }
+    }
+
+    /// The plugin directories: those of the file (relative to its folder), then those of
+    /// `$GOLCONDE_PLUGIN_PATH`.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut dirs: Vec<PathBuf> = self
+            .config
+            .plugin_dirs
+            .iter()
+            .map(|dir| base.join(dir))
+            .collect();
+        dirs.extend(plugin_path_from_env());
+        dirs
+    }
+
+    /// Checks what the types cannot: names that refer to each other, and limits.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let fail = |section: &Spanned<PipelineConfig>, message: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            message: format!(
+                "line {}: pipeline `{}`: {message}",
+                self.line_of(section.span().start),
+                section.get_ref().name
+            ),
+        };
+        let mut names = std::collections::BTreeSet::new();
+        for section in &c.pipelines {
+            let p = section.get_ref();
+            if !names.insert(p.name.as_str()) {
+                return Err(fail(section, "another pipeline has the same name".into()));
+            }
+            let known = |map: &BTreeMap<String, Spanned<Connection>>| {
+                map.keys().cloned().collect::<Vec<_>>().join(", ")
+            };
+            let check_transport = |key: &str, name: &str| {
+                if c.transports.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(fail(
+                        section,
+                        format!(
+                            "`{key}` names transport `{name}`, which is not declared; \
+                             declared transports: [{}]",
+                            known(&c.transports)
+                        ),
+                    ))
+                }
+            };
+            check_transport("transport", &p.transport)?;
+            if let Some(dead) = &p.dead_letter {
+                check_transport("dead_letter.transport", &dead.transport)?;
+            }
+            for target in &p.fan_out {
+                check_transport("fan_out.transport", &target.transport)?;
+            }
+            if !c.databases.contains_key(&p.database) {
+                return Err(fail(
+                    section,
+                    format!(
+                        "`database` names `{}`, which is not declared; declared databases: [{}]",
+                        p.database,
+                        known(&c.databases)
+                    ),
+                ));
+            }
+            if p.workers == 0 {
+                return Err(fail(section, "`workers` must be at least 1".into()));
+            }
+            if p.batch.max_messages == 0 {
+                return Err(fail(
+                    section,
+                    "`batch.max_messages` must be at least 1".into(),
+                ));
+            }
+            if p.retry.initial_backoff_ms == 0
+                || p.retry.max_backoff_ms < p.retry.initial_backoff_ms
+            {
+                return Err(fail(
+                    section,
+                    "`retry.initial_backoff_ms` must be at least 1 and at most \
+                     `retry.max_backoff_ms`"
+                        .into(),
+                ));
+            }
+            if let (Some(table), false) = (&p.table, p.tables.is_empty()) {
+                if !p.tables.contains(table) {
+                    return Err(fail(
+                        section,
+                        format!("`table` = `{table}` is not among `tables`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directories of `$GOLCONDE_PLUGIN_PATH` (separated like `$PATH`).
+pub fn plugin_path_from_env() -> Vec<PathBuf> {
+    std::env::var_os("GOLCONDE_PLUGIN_PATH")
+        .map(|paths| std::env::split_paths(&paths).collect())
+        .unwrap_or_default()
+}
+
+/// `file:line`.
+pub struct Location<'a> {
+    pub path: &'a Path,
+    pub line: usize,
+}
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Converts a plugin's section to the JSON text its constructor reads.
+pub fn settings_json(settings: &toml::Table) -> String {
+    fn convert(value: &toml::Value) -> serde_json::Value {
+        match value {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => serde_json::Value::from(*f),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+            toml::Value::Array(items) => items.iter().map(convert).collect(),
+            toml::Value::Table(table) => table_to_json(table),
+        }
+    }
+    fn table_to_json(table: &toml::Table) -> serde_json::Value {
+        serde_json::Value::Object(table.iter().map(|(k, v)| (k.clone(), convert(v))).collect())
+    }
+    table_to_json(settings).to_string()
+}
+
+/// Walks every string value of the document and expands `${VAR}` in place.
+struct Expander<'a, F> {
+    path: &'a Path,
+    text: &'a str,
+    env: &'a F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Expander<'_, F> {
+    fn table(
+        &mut self,
+        table: &mut dyn toml_edit::TableLike,
+        prefix: &str,
+    ) -> Result<(), ConfigError> {
+        for (key, item) in table.iter_mut() {
+            let path = join_key(prefix, key.get());
+            self.item(item, &path)?;
+        }
+        Ok(())
+    }
+
+    fn item(&mut self, item: &mut toml_edit::Item, path: &str) -> Result<(), ConfigError> {
+        match item {
+            toml_edit::Item::Value(value) => self.value(value, path),
+            toml_edit::Item::Table(table) => self.table(table, path),
+            toml_edit::Item::ArrayOfTables(tables) => {
+                for (i, table) in tables.iter_mut().enumerate() {
+                    self.table(table, &format!("{path}[{i}]"))?;
+                }
+                Ok(())
+            }
+            toml_edit::Item::None => Ok(()),
+        }
+    }
+
+    fn value(&mut self, value: &mut toml_edit::Value, path: &str) -> Result<(), ConfigError> {
+        match value {
+            toml_edit::Value::String(s) if s.value().contains('$') => {
+                let expanded = self.expand(s.value(), path)?;
+                let decor = s.decor().clone();
+                *s = toml_edit::Formatted::new(expanded);
+                *s.decor_mut() = decor;
+                Ok(())
+            }
+            toml_edit::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.value(item, &format!("{path}[{i}]"))?;
+                }
+                Ok(())
+            }
+            toml_edit::Value::InlineTable(table) => self.table(table, path),
+            _ => Ok(()),
+        }
+    }
+
+    fn expand(&self, raw: &str, key: &str) -> Result<String, ConfigError> {
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            if let Some(after) = rest.strip_prefix("$${") {
+                out.push_str("${");
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("${") {
+                let Some(end) = after.find('}') else {
+                    return Err(self.bad(key, raw, "`${` without a closing `}`".into()));
+                };
+                let name = &after[..end];
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
+                if !valid {
+                    return Err(self.bad(
+                        key,
+                        raw,
+                        format!("`${{{name}}}` is not a valid environment variable name"),
+                    ));
+                }
+                match (self.env)(name) {
+                    Some(value) => out.push_str(&value),
+                    None => {
+                        return Err(ConfigError::UnsetVariable {
+                            path: self.path.to_path_buf(),
+                            line: self.line(raw),
+                            key: key.to_string(),
+                            var: name.to_string(),
+                        })
+                    }
+                }
+                rest = &after[end + 1..];
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn bad(&self, key: &str, raw: &str, message: String) -> ConfigError {
+        ConfigError::BadVariable {
+            path: self.path.to_path_buf(),
+            line: self.line(raw),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// The line of the first occurrence of the raw value: the edited document no longer has
+    /// positions, and a value that mentions a variable is rarely written twice.
+    fn line(&self, raw: &str) -> usize {
+        self.text.find(raw).map_or(0, |at| line_of(self.text, at))
+    }
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        parse_with(text, &[])
+    }
+
+    fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<ConfigFile, ConfigError> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ConfigFile::parse(Path::new("/etc/golconde.toml"), text.to_string(), |name| {
+            vars.get(name).cloned()
+        })
+    }
+
+    const MINIMAL: &str = r#"
+[transports.rabbit]
+plugin = "amqp"
+url = "amqp://127.0.0.1"
+
+[databases.primary]
+plugin = "postgres"
+dsn = "host=127.0.0.1"
+
+[[pipelines]]
+name = "users"
+transport = "rabbit"
+queue = "users"
+processor = { plugin = "autosql" }
+database = "primary"
+table = "public.users"
+"#;
+
+    #[test]
+    fn a_minimal_file_gets_sane_defaults() {
+        let file = parse(MINIMAL).unwrap();
+        let c = &file.config;
+        let p = c.pipelines[0].get_ref();
+        assert_eq!(p.workers, 1);
+        assert_eq!(p.batch.max_messages, 500);
+        assert_eq!(p.batch.max_wait_ms, 20);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        let rabbit = c.transports["rabbit"].get_ref();
+        assert_eq!(rabbit.plugin, "amqp");
+        assert_eq!(
+            settings_json(&rabbit.settings),
+            r#"{"url":"amqp://127.0.0.1"}"#
+        );
+        assert_eq!(file.locate(&c.pipelines[0]).line, 10);
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_file_line_and_key() {
+        let text = MINIMAL
+            .replace("workers", "x")
+            .replace("table = ", "wrokers = 3\ntable = ");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/golconde.toml: "), "{err}");
+        assert!(err.contains("line 16"), "{err}");
+        assert!(err.contains("unknown field `wrokers`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let text = MINIMAL.replace("queue = \"users\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("missing field `queue`"), "{err}");
+    }
+
+    #[test]
+    fn variables_expand_inside_strings_without_breaking_toml() {
+        let text = MINIMAL.replace(
+            "amqp://127.0.0.1",
+            "amqp://guest:${PASS}@127.0.0.1/$${literal}",
+        );
+        let file = parse_with(&text, &[("PASS", "p\"w\\d")]).unwrap();
+        let rabbit = file.config.transports["rabbit"].get_ref();
+        assert_eq!(
+            rabbit.settings["url"].as_str(),
+            Some("amqp://guest:p\"w\\d@127.0.0.1/${literal}")
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_names_the_file_line_key_and_variable() {
+        let text = MINIMAL.replace("host=127.0.0.1", "host=${PGHOST_FOR_GOLCONDE}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/golconde.toml:8: `databases.primary.dsn`"),
+            "{err}"
+        );
+        assert!(err.contains("PGHOST_FOR_GOLCONDE"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_variable_is_refused() {
+        let text = MINIMAL.replace("host=127.0.0.1", "host=${1BAD}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("not a valid environment variable name"),
+            "{err}"
+        );
+        let text = MINIMAL.replace("host=127.0.0.1", "host=${OPEN");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("without a closing"), "{err}");
+    }
+
+    #[test]
+    fn references_to_undeclared_connections_list_what_is_declared() {
+        let text = MINIMAL.replace("transport = \"rabbit\"", "transport = \"rabit\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 10: pipeline `users`"), "{err}");
+        assert!(err.contains("transport `rabit`"), "{err}");
+        assert!(err.contains("[rabbit]"), "{err}");
+    }
+
+    #[test]
+    fn plugin_dirs_are_relative_to_the_file() {
+        let text = format!("plugin_dirs = [\"plugins\", \"/opt/golconde\"]\n{MINIMAL}");
+        let file = parse(&text).unwrap();
+        let dirs = file.plugin_dirs();
+        assert_eq!(dirs[0], Path::new("/etc/plugins"));
+        assert_eq!(dirs[1], Path::new("/opt/golconde"));
+    }
+}

@@ -1,0 +1,272 @@
+//! Finds plugin libraries, loads them, and keeps the plugins they export.
+//!
+//! Each file is opened with `lib_header_from_path` and checked with `init_root_module`,
+//! never with `RootModule::load_from*`: those cache one module per root-module type, so a
+//! second transport library would silently hand back the first one's plugins. Libraries are
+//! never unloaded: plugin code may still be running on threads of its own, and
+//! `abi_stable` leaks them anyway.
+//!
+//! A library that cannot be used is refused with a reason and the rest go on: one stale
+//! plugin must not stop pipelines that do not use it.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use golconde_plugin_api::{
+    abi::{Constructor, PluginKind, PluginLibRef},
+    AbiVersion,
+};
+
+/// A plugin found in a library.
+#[derive(Clone)]
+pub struct PluginInfo {
+    pub file: PathBuf,
+    pub kind: PluginKind,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub abi: AbiVersion,
+    pub constructor: Constructor,
+}
+
+/// A library that was found but cannot be used, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub file: PathBuf,
+    pub reason: String,
+    /// `abi_stable`'s full report, for the debug log.
+    pub detail: Option<String>,
+}
+
+/// Every plugin found in a set of directories.
+#[derive(Default)]
+pub struct Registry {
+    pub plugins: Vec<PluginInfo>,
+    pub refused: Vec<Refused>,
+    pub searched: Vec<PathBuf>,
+}
+
+impl Registry {
+    /// Loads every library in `dirs`, in order. When two libraries export a plugin of the
+    /// same kind and name, the first one found is used and the other is refused.
+    pub fn discover(dirs: &[PathBuf]) -> Registry {
+        let mut registry = Registry::default();
+        let mut seen = BTreeSet::new();
+        for dir in dirs {
+            registry.searched.push(dir.clone());
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                tracing::debug!(dir = %dir.display(), "plugin directory does not exist");
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_library(p))
+                .collect();
+            files.sort();
+            for file in files {
+                let canonical = file.canonicalize().unwrap_or_else(|_| file.clone());
+                if seen.insert(canonical) {
+                    registry.load(&file);
+                }
+            }
+        }
+        registry
+    }
+
+    fn load(&mut self, file: &Path) {
+        match load_library(file) {
+            Ok(None) => tracing::debug!(file = %file.display(), "not a Golconde plugin library"),
+            Ok(Some(plugins)) => {
+                for plugin in plugins {
+                    if let Some(first) = self.find(plugin.kind, &plugin.name) {
+                        self.refused.push(Refused {
+                            file: plugin.file.clone(),
+                            reason: format!(
+                                "{} plugin `{}` is also exported by {}, which was found first",
+                                plugin.kind,
+                                plugin.name,
+                                first.file.display()
+                            ),
+                            detail: None,
+                        });
+                    } else {
+                        self.plugins.push(plugin);
+                    }
+                }
+            }
+            Err(refused) => {
+                tracing::warn!("{}: refused: {}", refused.file.display(), refused.reason);
+                if let Some(detail) = &refused.detail {
+                    tracing::debug!("{}: abi_stable's report:\n{detail}", refused.file.display());
+                }
+                self.refused.push(refused);
+            }
+        }
+    }
+
+    pub fn find(&self, kind: PluginKind, name: &str) -> Option<&PluginInfo> {
+        self.plugins
+            .iter()
+            .find(|p| p.kind == kind && p.name == name)
+    }
+
+    /// The plugin, or an error that lists what there is instead.
+    pub fn require(&self, kind: PluginKind, name: &str) -> Result<&PluginInfo, UnknownPlugin> {
+        self.find(kind, name).ok_or_else(|| UnknownPlugin {
+            kind,
+            name: name.to_string(),
+            available: self
+                .plugins
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| format!("{} ({})", p.name, p.file.display()))
+                .collect(),
+            refused: self.refused.clone(),
+            searched: self.searched.clone(),
+        })
+    }
+}
+
+/// A configuration names a plugin nobody exports.
+#[derive(Debug, thiserror::Error)]
+pub struct UnknownPlugin {
+    pub kind: PluginKind,
+    pub name: String,
+    pub available: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub searched: Vec<PathBuf>,
+}
+
+impl fmt::Display for UnknownPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no {} plugin named `{}` was found", self.kind, self.name)?;
+        if self.available.is_empty() {
+            write!(f, "; there is no {} plugin at all", self.kind)?;
+        } else {
+            write!(
+                f,
+                "; {} plugins found: {}",
+                self.kind,
+                self.available.join(", ")
+            )?;
+        }
+        for refused in &self.refused {
+            write!(
+                f,
+                "; refused {}: {}",
+                refused.file.display(),
+                refused.reason
+            )?;
+        }
+        let searched: Vec<String> = self
+            .searched
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        write!(
+            f,
+            "; searched [{}] (set `plugin_dirs` in the configuration or $GOLCONDE_PLUGIN_PATH)",
+            searched.join(", ")
+        )
+    }
+}
+
+fn is_library(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    path.is_file()
+        && name.starts_with(std::env::consts::DLL_PREFIX)
+        && name.ends_with(std::env::consts::DLL_SUFFIX)
+}
+
+/// Loads one library: `Ok(None)` if it is not a plugin library at all.
+pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
+    let refuse = |reason: String, detail: Option<String>| Refused {
+        file: file.to_path_buf(),
+        reason,
+        detail,
+    };
+    let host_abi = AbiVersion::current();
+    let header = match lib_header_from_path(file) {
+        Ok(header) => header,
+        Err(LibraryError::GetSymbolError { .. }) => return Ok(None),
+        Err(LibraryError::OpenError { err, .. }) => {
+            return Err(refuse(format!("cannot be opened: {err}"), None))
+        }
+        Err(e) => {
+            return Err(refuse(
+                format!(
+                    "it was built with an `abi_stable` this host cannot read ({}); rebuild it \
+                     against golconde-plugin-api {}.x",
+                    first_line(&e.to_string()),
+                    host_abi.major
+                ),
+                Some(e.to_string()),
+            ))
+        }
+    };
+    let raw_version = header.version_strings().version.as_str().to_string();
+    let plugin_abi = AbiVersion::parse(&raw_version);
+    let abi_text = plugin_abi.map_or_else(|| format!("`{raw_version}`"), |v| v.to_string());
+    let module = match header.init_root_module::<PluginLibRef>() {
+        Ok(module) => module,
+        Err(LibraryError::IncompatibleVersionNumber { .. })
+        | Err(LibraryError::ParseVersionError(_)) => {
+            return Err(refuse(
+                format!(
+                    "it was built for Golconde plugin ABI {abi_text}, and this host speaks ABI \
+                     {host_abi}; rebuild it against golconde-plugin-api {}.x, or use a golconde \
+                     that speaks ABI {abi_text}",
+                    host_abi.major
+                ),
+                None,
+            ))
+        }
+        Err(e @ LibraryError::AbiInstability(_)) => {
+            return Err(refuse(
+                format!(
+                    "it claims Golconde plugin ABI {abi_text}, but its types differ from this \
+                     host's ABI {host_abi} (it was built against a modified or unreleased \
+                     golconde-plugin-api); rebuild it against a released golconde-plugin-api \
+                     {}.x. Run with `RUST_LOG=golconde=debug` for the full layout report",
+                    host_abi.major
+                ),
+                Some(e.to_string()),
+            ))
+        }
+        Err(e) => {
+            return Err(refuse(
+                format!(
+                    "its root module failed to load: {}",
+                    first_line(&e.to_string())
+                ),
+                Some(e.to_string()),
+            ))
+        }
+    };
+    let abi = plugin_abi.unwrap_or(host_abi);
+    let entries = (module.plugins())();
+    Ok(Some(
+        entries
+            .iter()
+            .map(|entry| PluginInfo {
+                file: file.to_path_buf(),
+                kind: entry.constructor.kind(),
+                name: entry.name.as_str().to_string(),
+                version: entry.version.as_str().to_string(),
+                description: entry.description.as_str().to_string(),
+                abi,
+                constructor: entry.constructor,
+            })
+            .collect(),
+    ))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text).trim()
+}

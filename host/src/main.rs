@@ -1,0 +1,332 @@
+//! `golconde`: the replication daemon and its command line.
+//!
+//! The binary is the only place that knows about processes, signals and exit codes; the
+//! stages it drives each live in their own module, in the order data flows through them:
+//! [`config`] (file → typed values), [`loader`] (plugin libraries → plugins), [`assemble`]
+//! (config + plugins → built instances, nothing running), [`pipeline`] and [`pool`]
+//! (running threads). `anyhow` stops here: the modules return their own errors.
+
+mod assemble;
+mod config;
+mod loader;
+mod logging;
+mod pipeline;
+mod pool;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    assemble::Assembly, config::ConfigFile, loader::Registry, pipeline::RunningPipeline,
+    pool::Shutdown,
+};
+
+/// Golconde moves data changes from message queues into databases.
+///
+/// It consumes JSON change messages from a broker (AMQP, STOMP), applies them to an
+/// authoritative database in transactions, and fans them out to further queues for
+/// replicas. Transports, processors and databases are plugins loaded from shared libraries.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every pipeline of a configuration file in the foreground until SIGINT or SIGTERM.
+    ///
+    /// On a signal Golconde stops consuming, finishes and acknowledges the batches in
+    /// flight (for at most `shutdown_grace_ms`), and exits 0; anything unacknowledged stays
+    /// on the broker. A second signal exits at once.
+    Run {
+        /// The configuration file (TOML); see docs/configuration.md.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also look for plugin libraries here (before `plugin_dirs` of the file).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Check a configuration file without running it.
+    ///
+    /// Parses the file, loads every plugin it names, has each plugin validate its own
+    /// section, and prints a summary. Exits 1 if anything is wrong.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also connect to every transport and database, and disconnect again.
+        #[arg(long)]
+        connect: bool,
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// List the plugins found in plugin directories, and the libraries that were refused.
+    ///
+    /// Searches each --plugin-dir, then $GOLCONDE_PLUGIN_PATH, then the folder the
+    /// golconde executable is in. Starts nothing.
+    Plugins {
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            plugin_dirs,
+        } => run(&config, plugin_dirs),
+        Command::Check {
+            config,
+            connect,
+            plugin_dirs,
+        } => check(&config, connect, plugin_dirs),
+        Command::Plugins { plugin_dirs } => plugins(plugin_dirs),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("golconde: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Plugin directories in search order: the command line's, the file's, the environment's,
+/// and last the executable's own folder (where `cargo build` puts the plugins too).
+fn search_path(cli_dirs: Vec<PathBuf>, file: Option<&ConfigFile>) -> Vec<PathBuf> {
+    let mut dirs = cli_dirs;
+    match file {
+        Some(file) => dirs.extend(file.plugin_dirs()),
+        None => dirs.extend(config::plugin_path_from_env()),
+    }
+    if let Some(own) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(own);
+    }
+    dirs
+}
+
+fn plugins(cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let registry = Registry::discover(&search_path(cli_dirs, None));
+    let mut plugins = registry.plugins.clone();
+    plugins.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    println!(
+        "{:<10} {:<16} {:<9} {:<5} {:<36} DESCRIPTION",
+        "KIND", "NAME", "VERSION", "ABI", "FILE"
+    );
+    for p in &plugins {
+        println!(
+            "{:<10} {:<16} {:<9} {:<5} {:<36} {}",
+            p.kind,
+            p.name,
+            p.version,
+            p.abi.to_string(),
+            p.file.display(),
+            p.description
+        );
+    }
+    for refused in &registry.refused {
+        println!(
+            "{}: incompatible: {}",
+            refused.file.display(),
+            refused.reason
+        );
+    }
+    if plugins.is_empty() && registry.refused.is_empty() {
+        let searched: Vec<String> = registry
+            .searched
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        println!("no plugin libraries found in [{}]", searched.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<(ConfigFile, Registry)> {
+    let file = ConfigFile::load(path)?;
+    let registry = Registry::discover(&search_path(cli_dirs, Some(&file)));
+    Ok((file, registry))
+}
+
+fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (file, registry) = load(path, cli_dirs)?;
+    let assembly = Assembly::build(&file, &registry);
+    let mut problems: Vec<String> = assembly.problems.iter().map(ToString::to_string).collect();
+    println!("{}: parsed", file.path.display());
+    for t in assembly.transports.values() {
+        let mut line = format!(
+            "  transport {}: {} {} ({})",
+            t.name,
+            t.plugin.name,
+            t.plugin.version,
+            t.plugin.file.display()
+        );
+        if connect {
+            match t.value.ping().into_result() {
+                Ok(()) => line.push_str(", connected"),
+                Err(e) => problems.push(format!(
+                    "[transports.{}]: cannot connect: {}",
+                    t.name, e.message
+                )),
+            }
+        }
+        println!("{line}");
+    }
+    for d in assembly.databases.values() {
+        let mut line = format!(
+            "  database {}: {} {} ({})",
+            d.name,
+            d.plugin.name,
+            d.plugin.version,
+            d.plugin.file.display()
+        );
+        if connect {
+            match d.value.connect().into_result() {
+                Ok(_session) => line.push_str(", connected"),
+                Err(e) => problems.push(format!(
+                    "[databases.{}]: cannot connect: {}",
+                    d.name, e.message
+                )),
+            }
+        }
+        println!("{line}");
+    }
+    for p in &assembly.pipelines {
+        let c = &p.config;
+        let mut line = format!(
+            "  pipeline {}: {}:{} -> {} -> {}",
+            c.name, c.transport, c.queue, c.processor.plugin, c.database
+        );
+        if let Some(table) = &c.table {
+            line.push_str(&format!(" ({table})"));
+        }
+        line.push_str(&format!(
+            ", {} worker(s), batches of up to {} messages or {} ms",
+            c.workers, c.batch.max_messages, c.batch.max_wait_ms
+        ));
+        if let Some(dead) = &c.dead_letter {
+            line.push_str(&format!(
+                ", dead letters to {}:{}",
+                dead.transport, dead.queue
+            ));
+        }
+        for target in &c.fan_out {
+            line.push_str(&format!(
+                ", fan-out to {}:{}",
+                target.transport, target.queue
+            ));
+        }
+        println!("{line}");
+    }
+    if problems.is_empty() {
+        println!("ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        println!("{} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let file = ConfigFile::load(path)?;
+    logging::init(&file.config.log).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let registry = Registry::discover(&search_path(cli_dirs, Some(&file)));
+    let assembly = Assembly::build(&file, &registry);
+    for problem in &assembly.problems {
+        tracing::error!("{problem}");
+    }
+    let shutdown = Shutdown::default();
+    let signals = watch_signals(shutdown.clone())?;
+    let mut running = Vec::new();
+    for parts in assembly.pipelines {
+        let name = parts.config.name.clone();
+        running.push(
+            RunningPipeline::start(parts, &shutdown)
+                .with_context(|| format!("starting the threads of pipeline `{name}`"))?,
+        );
+    }
+    if running.is_empty() {
+        bail!(
+            "{}: no pipeline could be started{}",
+            path.display(),
+            if file.config.pipelines.is_empty() {
+                " (the file declares none)"
+            } else {
+                "; see the errors above"
+            }
+        );
+    }
+    tracing::info!("{} pipeline(s) running", running.len());
+
+    while !shutdown.is_triggered() && !running.iter().all(RunningPipeline::is_finished) {
+        shutdown.sleep(Duration::from_millis(200));
+    }
+    let grace = Duration::from_millis(file.config.shutdown_grace_ms);
+    if shutdown.is_triggered() {
+        tracing::info!("stopping: finishing batches in flight (for at most {grace:.0?})");
+    }
+    let deadline = Instant::now() + grace;
+    while !running.iter().all(RunningPipeline::is_finished) {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "grace period over with batches still in flight; their messages stay on the \
+                 broker and will be redelivered"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut failed = 0;
+    for pipeline in running {
+        let name = pipeline.name.clone();
+        if let Err(e) = pipeline.join() {
+            failed += 1;
+            tracing::error!("pipeline `{name}` stopped: {e}");
+        }
+    }
+    signals.close();
+    if shutdown.is_triggered() {
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("every pipeline has stopped ({failed} on an error)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The first SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
+fn watch_signals(shutdown: Shutdown) -> anyhow::Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing the SIGINT and SIGTERM handlers")?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if shutdown.is_triggered() {
+                    tracing::warn!("second signal ({signal}): exiting now");
+                    std::process::exit(130);
+                }
+                tracing::info!("signal {signal} received");
+                shutdown.trigger();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(handle)
+}

@@ -1,0 +1,499 @@
+//! What plugin authors write against: ordinary Rust traits, and [`export_plugins!`], which
+//! turns implementations of them into the library's root module.
+//!
+//! A minimal processor plugin is one `impl Plugin`, one `impl Processor` and one macro
+//! call. The SDK supplies everything else: decoding the configuration section (so a bad
+//! key is reported by name), the FFI adapters, `catch_unwind` around every call (a panic
+//! becomes an [`ErrorKind::Panic`] error instead of aborting the host), and the log bridge.
+
+use std::{
+    cell::Cell,
+    mem::ManuallyDrop,
+    ops::Deref,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Once,
+    time::Duration,
+};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RResult, RSlice, RStr, RString, RVec},
+};
+use serde::de::DeserializeOwned;
+use tracing::Dispatch;
+
+use crate::{
+    abi::{
+        Constructor, ConsumerBox, DatabaseBox, FfiConsumer, FfiConsumer_TO, FfiDatabase,
+        FfiDatabase_TO, FfiProcessor, FfiProcessor_TO, FfiSession, FfiSession_TO, FfiTransport,
+        FfiTransport_TO, HostContext, PluginEntry, PluginLib, PluginLibRef, ProcessorBox,
+        SessionBox, TransportBox,
+    },
+    data::{Applied, Change, ConsumeOptions, Delivery, Message},
+    error::{ErrorKind, PluginError},
+    log::dispatch_for,
+};
+
+/// What every plugin declares about itself, and how it is built from its configuration.
+pub trait Plugin: Sized + Send + Sync + 'static {
+    /// The name configuration files use (`plugin = "amqp"`).
+    const NAME: &'static str;
+    /// The plugin's own version, usually `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    /// One line for `golconde plugins`.
+    const DESCRIPTION: &'static str;
+
+    /// The plugin's configuration section. Use `#[serde(deny_unknown_fields)]` so that a
+    /// misspelt key is an error naming it.
+    type Config: DeserializeOwned;
+
+    /// Validates the configuration and builds the instance, without connecting to
+    /// anything.
+    fn new(config: Self::Config, host: &Host) -> Result<Self, PluginError>;
+}
+
+/// A queuing protocol. See [`crate::abi::FfiTransport`] for the contract of each method.
+pub trait Transport: Plugin {
+    type Consumer: Consumer;
+    fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Self::Consumer, PluginError>;
+    fn publish(&self, queue: &str, messages: &[Message]) -> Result<(), PluginError>;
+    fn ping(&self) -> Result<(), PluginError>;
+}
+
+/// A subscription; see [`crate::abi::FfiConsumer`].
+pub trait Consumer: Send + Sync + 'static {
+    fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, PluginError>;
+    fn ack(&self, tag: u64, multiple: bool) -> Result<(), PluginError>;
+    fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> Result<(), PluginError>;
+    fn close(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// A message format; see [`crate::abi::FfiProcessor`].
+pub trait Processor: Plugin {
+    fn process(&self, message: &Message) -> Result<Change, PluginError>;
+
+    /// By default the fan-out copy is the message itself.
+    fn enrich(&self, message: &Message, _applied: &Applied) -> Result<Message, PluginError> {
+        Ok(message.clone())
+    }
+}
+
+/// A database; see [`crate::abi::FfiDatabase`].
+pub trait Database: Plugin {
+    type Session: Session;
+    fn connect(&self) -> Result<Self::Session, PluginError>;
+    fn key_columns(&self, table: &str) -> Result<Vec<String>, PluginError>;
+}
+
+/// One connection; see [`crate::abi::FfiSession`].
+pub trait Session: Send + 'static {
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Vec<Result<Applied, PluginError>>, PluginError>;
+}
+
+/// What a plugin knows of the host that built it.
+pub struct Host {
+    instance: String,
+    dispatch: Dispatch,
+}
+
+impl Host {
+    /// The instance's name in the configuration file.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The `tracing` dispatcher that reaches the host's log. Calls into the plugin already
+    /// run under it; a thread the plugin spawns should enter it too
+    /// (`tracing::dispatcher::with_default`) to have its events tagged with this instance.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+}
+
+/// The name under which `abi_stable` looks up a library's root module.
+#[doc(hidden)]
+pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
+/// Lists the plugins a library exports and makes it loadable by the Golconde host. Call it
+/// once, at the crate root of a `cdylib`, with each plugin's kind and type:
+///
+/// ```ignore
+/// golconde_plugin_api::export_plugins! {
+///     transport: MyTransport,
+///     processor: MyProcessor,
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_plugins {
+    ($($kind:ident : $ty:ty),+ $(,)?) => {
+        #[doc(hidden)]
+        #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+        pub static __GOLCONDE_PLUGIN_LIB_HEADER: $crate::__private::LibHeader = {
+            extern "C" fn plugins() -> $crate::RVec<$crate::abi::PluginEntry> {
+                $crate::RVec::from(::std::vec![$($crate::export_plugins!(@entry $kind $ty)),+])
+            }
+            fn root_module() -> $crate::abi::PluginLibRef {
+                $crate::sdk::root_module(plugins)
+            }
+            extern "C" fn load() -> $crate::__private::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(root_module)
+            }
+            // SAFETY: `load` returns the module built by `root_module`, a `PluginLibRef`.
+            unsafe {
+                $crate::__private::LibHeader::from_constructor::<$crate::abi::PluginLibRef>(
+                    load,
+                    $crate::__private::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+    (@entry transport $ty:ty) => { $crate::sdk::transport_entry::<$ty>() };
+    (@entry processor $ty:ty) => { $crate::sdk::processor_entry::<$ty>() };
+    (@entry database $ty:ty) => { $crate::sdk::database_entry::<$ty>() };
+}
+
+#[doc(hidden)]
+pub fn root_module(plugins: extern "C" fn() -> RVec<PluginEntry>) -> PluginLibRef {
+    PluginLib { plugins }.leak_into_prefix()
+}
+
+#[doc(hidden)]
+pub fn transport_entry<T: Transport>() -> PluginEntry {
+    entry::<T>(Constructor::Transport(construct_transport::<T>))
+}
+
+#[doc(hidden)]
+pub fn processor_entry<T: Processor>() -> PluginEntry {
+    entry::<T>(Constructor::Processor(construct_processor::<T>))
+}
+
+#[doc(hidden)]
+pub fn database_entry<T: Database>() -> PluginEntry {
+    entry::<T>(Constructor::Database(construct_database::<T>))
+}
+
+fn entry<T: Plugin>(constructor: Constructor) -> PluginEntry {
+    PluginEntry {
+        name: RStr::from_str(T::NAME),
+        version: RStr::from_str(T::VERSION),
+        description: RStr::from_str(T::DESCRIPTION),
+        constructor,
+    }
+}
+
+extern "C" fn construct_transport<T: Transport>(
+    config: RStr<'_>,
+    host: HostContext,
+) -> RResult<TransportBox, PluginError> {
+    construct::<T, _>(config, host, |value| {
+        FfiTransport_TO::from_ptr(RArc::new(value), TD_Opaque)
+    })
+}
+
+extern "C" fn construct_processor<T: Processor>(
+    config: RStr<'_>,
+    host: HostContext,
+) -> RResult<ProcessorBox, PluginError> {
+    construct::<T, _>(config, host, |value| {
+        FfiProcessor_TO::from_ptr(RArc::new(value), TD_Opaque)
+    })
+}
+
+extern "C" fn construct_database<T: Database>(
+    config: RStr<'_>,
+    host: HostContext,
+) -> RResult<DatabaseBox, PluginError> {
+    construct::<T, _>(config, host, |value| {
+        FfiDatabase_TO::from_ptr(RArc::new(value), TD_Opaque)
+    })
+}
+
+fn construct<T: Plugin, B>(
+    config: RStr<'_>,
+    host: HostContext,
+    erase: impl FnOnce(Guarded<T>) -> B,
+) -> RResult<B, PluginError> {
+    let built = catch_unwind(AssertUnwindSafe(|| {
+        install_panic_hook();
+        let dispatch = dispatch_for(&host.log);
+        let host = Host {
+            instance: host.instance.into_string(),
+            dispatch,
+        };
+        let plugin = guard(&host.dispatch, "building the plugin", || {
+            T::new(parse_config::<T::Config>(config.as_str())?, &host)
+        })?;
+        Ok(erase(Guarded::new(plugin, host.dispatch)))
+    }));
+    match built {
+        Ok(result) => result.into(),
+        Err(payload) => RResult::RErr(panic_error("building the plugin", &*payload)),
+    }
+}
+
+/// Decodes a configuration section given as JSON text. Decoding from a JSON value rather
+/// than from text keeps positions out of the messages: the host knows where the section is
+/// in the file, the JSON text is the host's own rendering of it.
+pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, PluginError> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| PluginError::config(format!("configuration is not valid JSON: {e}")))?;
+    C::deserialize(value).map_err(|e| PluginError::config(e.to_string()))
+}
+
+/// A plugin value behind the boundary: every call runs under the instance's log dispatcher
+/// and inside `catch_unwind`, and so does its drop.
+struct Guarded<T> {
+    inner: ManuallyDrop<T>,
+    dispatch: Dispatch,
+}
+
+impl<T> Guarded<T> {
+    fn new(inner: T, dispatch: Dispatch) -> Self {
+        Guarded {
+            inner: ManuallyDrop::new(inner),
+            dispatch,
+        }
+    }
+
+    fn call<R>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&T) -> Result<R, PluginError>,
+    ) -> RResult<R, PluginError> {
+        guard(&self.dispatch, what, || f(&self.inner)).into()
+    }
+
+    fn call_mut<R>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut T) -> Result<R, PluginError>,
+    ) -> RResult<R, PluginError> {
+        let inner = &mut self.inner;
+        guard(&self.dispatch, what, || f(inner)).into()
+    }
+}
+
+impl<T> Deref for Guarded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        let inner = &mut self.inner;
+        let _ = guard(&self.dispatch, "dropping the plugin", || {
+            // SAFETY: `inner` is never used again; this is the only place it is dropped.
+            unsafe { ManuallyDrop::drop(inner) };
+            Ok(())
+        });
+    }
+}
+
+thread_local! {
+    /// Set while a call from the host runs, so the panic hook knows the panic will be
+    /// reported as an error rather than lost.
+    static IN_CALL: Cell<bool> = const { Cell::new(false) };
+    static PANIC_LOCATION: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+fn guard<R>(
+    dispatch: &Dispatch,
+    what: &str,
+    f: impl FnOnce() -> Result<R, PluginError>,
+) -> Result<R, PluginError> {
+    tracing::dispatcher::with_default(dispatch, || {
+        let outer = IN_CALL.with(|c| c.replace(true));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        IN_CALL.with(|c| c.set(outer));
+        result.unwrap_or_else(|payload| Err(panic_error(what, &*payload)))
+    })
+}
+
+fn panic_error(what: &str, payload: &(dyn std::any::Any + Send)) -> PluginError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    let location = PANIC_LOCATION
+        .with(|l| l.take())
+        .map(|l| format!(" at {l}"))
+        .unwrap_or_default();
+    PluginError::new(
+        ErrorKind::Panic,
+        format!("plugin panicked while {what}{location}: {message}"),
+    )
+}
+
+/// A panic inside a call becomes an error the host logs, so the hook only notes where it
+/// happened; any other panic (on a thread of the plugin's own) goes to the previous hook.
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_CALL.with(|c| c.get()) {
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_LOCATION.with(|l| l.set(location));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+impl<T: Transport> FfiTransport for Guarded<T> {
+    fn consume(
+        &self,
+        queue: RStr<'_>,
+        options: ConsumeOptions,
+    ) -> RResult<ConsumerBox, PluginError> {
+        self.call("opening a consumer", |t| {
+            let consumer = t.consume(queue.as_str(), options)?;
+            Ok(FfiConsumer_TO::from_ptr(
+                RArc::new(Guarded::new(consumer, self.dispatch.clone())),
+                TD_Opaque,
+            ))
+        })
+    }
+
+    fn publish(&self, queue: RStr<'_>, messages: RSlice<'_, Message>) -> RResult<(), PluginError> {
+        self.call("publishing", |t| {
+            t.publish(queue.as_str(), messages.as_slice())
+        })
+    }
+
+    fn ping(&self) -> RResult<(), PluginError> {
+        self.call("connecting", |t| t.ping())
+    }
+}
+
+impl<C: Consumer> FfiConsumer for Guarded<C> {
+    fn receive(&self, max: u32, timeout_ms: u64) -> RResult<RVec<Delivery>, PluginError> {
+        self.call("receiving", |c| {
+            c.receive(max as usize, Duration::from_millis(timeout_ms))
+                .map(RVec::from)
+        })
+    }
+
+    fn ack(&self, tag: u64, multiple: bool) -> RResult<(), PluginError> {
+        self.call("acknowledging", |c| c.ack(tag, multiple))
+    }
+
+    fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> RResult<(), PluginError> {
+        self.call("rejecting", |c| c.nack(tag, multiple, requeue))
+    }
+
+    fn close(&self) -> RResult<(), PluginError> {
+        self.call("closing the consumer", |c| c.close())
+    }
+}
+
+impl<P: Processor> FfiProcessor for Guarded<P> {
+    fn process(&self, message: &Message) -> RResult<Change, PluginError> {
+        self.call("processing a message", |p| p.process(message))
+    }
+
+    fn enrich(&self, message: &Message, applied: &Applied) -> RResult<Message, PluginError> {
+        self.call("enriching a message", |p| p.enrich(message, applied))
+    }
+}
+
+impl<D: Database> FfiDatabase for Guarded<D> {
+    fn connect(&self) -> RResult<SessionBox, PluginError> {
+        self.call("connecting", |d| {
+            let session = d.connect()?;
+            Ok(FfiSession_TO::from_value(
+                Guarded::new(session, self.dispatch.clone()),
+                TD_Opaque,
+            ))
+        })
+    }
+
+    fn key_columns(&self, table: RStr<'_>) -> RResult<RVec<RString>, PluginError> {
+        self.call("reading key columns", |d| {
+            Ok(d.key_columns(table.as_str())?
+                .into_iter()
+                .map(RString::from)
+                .collect())
+        })
+    }
+}
+
+impl<S: Session> FfiSession for Guarded<S> {
+    fn apply(
+        &mut self,
+        changes: RSlice<'_, Change>,
+    ) -> RResult<RVec<RResult<Applied, PluginError>>, PluginError> {
+        self.call_mut("applying a batch", |s| {
+            Ok(s.apply(changes.as_slice())?
+                .into_iter()
+                .map(RResult::from)
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_symbol_is_the_one_abi_stable_looks_up() {
+        assert_eq!(
+            ROOT_MODULE_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
+
+    #[test]
+    fn crate_major_is_the_abi_major() {
+        // abi_stable compares the package version of every type, so the two must move
+        // together.
+        let crate_major = env!("CARGO_PKG_VERSION").split('.').next().unwrap();
+        let abi_major = crate::ABI_VERSION.split('.').next().unwrap();
+        assert_eq!(crate_major, abi_major);
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error_naming_what_was_done() {
+        install_panic_hook();
+        let dispatch = Dispatch::none();
+        let err = guard::<()>(&dispatch, "processing a message", || panic!("boom")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Panic);
+        assert!(err.message.contains("while processing a message"), "{err}");
+        assert!(err.message.contains("boom"), "{err}");
+        assert!(err.message.contains("sdk.rs"), "{err}");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        url: String,
+        #[serde(default)]
+        prefetch: u32,
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let err = parse_config::<Sample>(r#"{"url": "x", "urll": 1}"#).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.message.contains("urll"), "{err}");
+        let err = parse_config::<Sample>(r#"{"prefetch": 1}"#).unwrap_err();
+        assert!(err.message.contains("missing field `url`"), "{err}");
+        let err = parse_config::<Sample>(r#"{"url": "x", "prefetch": "many"}"#).unwrap_err();
+        assert!(err.message.contains("many"), "{err}");
+    }
+}

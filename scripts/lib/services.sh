@@ -1,0 +1,79 @@
+# Shared by scripts/test and scripts/demo: make sure this Debian machine has what Golconde's
+# tests and demo need, and that PostgreSQL (127.0.0.1:5432) and RabbitMQ (5672, STOMP on
+# 61613) are running. Every step checks first, so running it again changes nothing.
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root to run: $* (run as root, or install sudo)"; fi
+}
+
+apt_updated=
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 what=$2 i
+    for i in $(seq 1 120); do port_open "$port" && return 0; sleep 1; done
+    die "$what is not listening on 127.0.0.1:$port after 120 s"
+}
+
+ensure_toolchain() {
+    command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust (https://rustup.rs), then run this again"
+    command -v cc >/dev/null 2>&1 || apt_install build-essential
+    command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
+}
+
+ensure_postgres() {
+    command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql postgresql-client
+    if ! port_open 5432; then
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        log "starting PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        wait_port 5432 PostgreSQL
+    fi
+    # The tests connect as user postgres over TCP without a password.
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+        local hba
+        hba=$(as_root su postgres -c "psql -Atc 'show hba_file'")
+        log "allowing password-less local TCP connections in $hba"
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        as_root su postgres -c "psql -Atc 'select pg_reload_conf()'" >/dev/null
+        psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null \
+            || die "cannot connect to PostgreSQL at 127.0.0.1:5432 as user postgres"
+    fi
+}
+
+ensure_rabbitmq() {
+    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+    if ! port_open 5672; then
+        log "starting RabbitMQ"
+        as_root rabbitmq-server -detached
+        wait_port 5672 RabbitMQ
+    fi
+    if ! port_open 61613; then
+        log "enabling RabbitMQ's STOMP plugin"
+        as_root rabbitmq-plugins enable --quiet rabbitmq_stomp >/dev/null
+        wait_port 61613 "RabbitMQ STOMP"
+    fi
+}
+
+ensure_services() {
+    ensure_toolchain
+    ensure_postgres
+    ensure_rabbitmq
+}
