@@ -89,10 +89,7 @@ impl Assembly {
             PluginKind::Transport,
             registry,
             &mut problems,
-            |c, json, ctx| match c {
-                Constructor::Transport(f) => Some(f(json, ctx).into_result()),
-                _ => None,
-            },
+            construct_transport,
         );
         let databases = build_connections(
             file,
@@ -101,10 +98,7 @@ impl Assembly {
             PluginKind::Database,
             registry,
             &mut problems,
-            |c, json, ctx| match c {
-                Constructor::Database(f) => Some(f(json, ctx).into_result()),
-                _ => None,
-            },
+            construct_database,
         );
 
         let mut pipelines = Vec::new();
@@ -184,7 +178,30 @@ fn context(plugin: &PluginInfo, instance: &str) -> HostContext {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+type Construct<T> = fn(Constructor, RStr<'_>, HostContext) -> Option<Result<T, PluginError>>;
+
+fn construct_transport(
+    c: Constructor,
+    json: RStr<'_>,
+    ctx: HostContext,
+) -> Option<Result<TransportBox, PluginError>> {
+    match c {
+        Constructor::Transport(f) => Some(f(json, ctx).into_result()),
+        _ => None,
+    }
+}
+
+fn construct_database(
+    c: Constructor,
+    json: RStr<'_>,
+    ctx: HostContext,
+) -> Option<Result<DatabaseBox, PluginError>> {
+    match c {
+        Constructor::Database(f) => Some(f(json, ctx).into_result()),
+        _ => None,
+    }
+}
+
 fn build_connections<T>(
     file: &ConfigFile,
     sections: &BTreeMap<String, toml::Spanned<Connection>>,
@@ -192,45 +209,77 @@ fn build_connections<T>(
     kind: PluginKind,
     registry: &Registry,
     problems: &mut Vec<Problem>,
-    construct: impl Fn(Constructor, RStr<'_>, HostContext) -> Option<Result<T, PluginError>>,
+    construct: Construct<T>,
 ) -> BTreeMap<String, Arc<Instance<T>>> {
     let mut built = BTreeMap::new();
     for (name, section) in sections {
-        let connection = section.get_ref();
-        let problem = |message: String| Problem {
-            location: file.locate(section).to_string(),
-            subject: format!("[{table}.{name}] (plugin `{}`)", connection.plugin),
-            message,
-        };
-        let plugin = match registry.require(kind, &connection.plugin) {
-            Ok(plugin) => plugin,
-            Err(unknown) => {
-                problems.push(problem(unknown.to_string()));
-                continue;
+        match build_connection(file, name, section, table, kind, registry, construct) {
+            Ok(instance) => {
+                built.insert(name.clone(), Arc::new(instance));
             }
-        };
-        let json = settings_json(&connection.settings);
-        let result = construct(
-            plugin.constructor,
-            RStr::from_str(&json),
-            context(plugin, name),
-        )
-        .expect("the registry returned a plugin of the kind asked for");
-        match result {
-            Ok(value) => {
-                built.insert(
-                    name.clone(),
-                    Arc::new(Instance {
-                        name: name.clone(),
-                        plugin: plugin.clone(),
-                        value,
-                    }),
-                );
-            }
-            Err(e) => problems.push(problem(describe_build_error(&e))),
+            Err(problem) => problems.push(problem),
         }
     }
     built
+}
+
+/// Builds the transport `name` alone, for commands that need no pipeline.
+pub fn build_transport(
+    file: &ConfigFile,
+    registry: &Registry,
+    name: &str,
+) -> Result<Instance<TransportBox>, Problem> {
+    let transports = &file.config.transports;
+    let section = transports.get(name).ok_or_else(|| Problem {
+        location: file.path.display().to_string(),
+        subject: format!("transport `{name}`"),
+        message: format!(
+            "not declared; declared transports: [{}]",
+            transports.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    })?;
+    build_connection(
+        file,
+        name,
+        section,
+        "transports",
+        PluginKind::Transport,
+        registry,
+        construct_transport,
+    )
+}
+
+fn build_connection<T>(
+    file: &ConfigFile,
+    name: &str,
+    section: &toml::Spanned<Connection>,
+    table: &str,
+    kind: PluginKind,
+    registry: &Registry,
+    construct: Construct<T>,
+) -> Result<Instance<T>, Problem> {
+    let connection = section.get_ref();
+    let problem = |message: String| Problem {
+        location: file.locate(section).to_string(),
+        subject: format!("[{table}.{name}] (plugin `{}`)", connection.plugin),
+        message,
+    };
+    let plugin = registry
+        .require(kind, &connection.plugin)
+        .map_err(|unknown| problem(unknown.to_string()))?;
+    let json = settings_json(&connection.settings);
+    let value = construct(
+        plugin.constructor,
+        RStr::from_str(&json),
+        context(plugin, name),
+    )
+    .expect("the registry returned a plugin of the kind asked for")
+    .map_err(|e| problem(describe_build_error(&e)))?;
+    Ok(Instance {
+        name: name.to_string(),
+        plugin: plugin.clone(),
+        value,
+    })
 }
 
 fn build_processor(

@@ -12,6 +12,7 @@ mod loader;
 mod logging;
 mod pipeline;
 mod pool;
+mod send;
 
 use std::{
     path::{Path, PathBuf},
@@ -67,6 +68,26 @@ enum Command {
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
     },
+    /// Publish JSON change messages, one per line, to a queue.
+    ///
+    /// Reads FILE (or standard input when FILE is `-` or absent), gives each message a
+    /// unique `message-id`, waits until the broker confirmed every one, and prints how many
+    /// were confirmed. A line that is not JSON is reported with its number and not sent;
+    /// the exit status is then 1.
+    Send {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The `[transports.NAME]` section to publish through.
+        #[arg(long, value_name = "NAME")]
+        transport: String,
+        /// The queue (or destination) to publish to.
+        #[arg(long, value_name = "QUEUE")]
+        queue: String,
+        /// JSON lines to send; `-` or nothing for standard input.
+        input: Option<PathBuf>,
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
     /// List the plugins found in plugin directories, and the libraries that were refused.
     ///
     /// Searches each --plugin-dir, then $GOLCONDE_PLUGIN_PATH, then the folder the
@@ -90,6 +111,13 @@ fn main() -> ExitCode {
             plugin_dirs,
         } => check(&config, connect, plugin_dirs),
         Command::Plugins { plugin_dirs } => plugins(plugin_dirs),
+        Command::Send {
+            config,
+            transport,
+            queue,
+            input,
+            plugin_dirs,
+        } => send_lines(&config, &transport, &queue, input.as_deref(), plugin_dirs),
     };
     match result {
         Ok(code) => code,
@@ -307,6 +335,60 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         tracing::error!("every pipeline has stopped ({failed} on an error)");
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn send_lines(
+    path: &Path,
+    transport: &str,
+    queue: &str,
+    input: Option<&Path>,
+    cli_dirs: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let (file, registry) = load(path, cli_dirs)?;
+    logging::init(&file.config.log).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let instance = assemble::build_transport(&file, &registry, transport)
+        .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    let sent = match input {
+        None => send::send(
+            &instance.value,
+            queue,
+            std::io::stdin().lock(),
+            "standard input",
+        )?,
+        Some(p) if p == Path::new("-") => send::send(
+            &instance.value,
+            queue,
+            std::io::stdin().lock(),
+            "standard input",
+        )?,
+        Some(p) => {
+            let reader =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            send::send(
+                &instance.value,
+                queue,
+                std::io::BufReader::new(reader),
+                &p.display().to_string(),
+            )?
+        }
+    };
+    for (line, reason) in &sent.rejected {
+        eprintln!("line {line}: not sent: {reason}");
+    }
+    println!(
+        "{} message(s) confirmed by transport `{transport}` on queue `{queue}`{}",
+        sent.confirmed,
+        if sent.rejected.is_empty() {
+            String::new()
+        } else {
+            format!("; {} line(s) not sent", sent.rejected.len())
+        }
+    );
+    Ok(if sent.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The first SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.

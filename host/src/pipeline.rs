@@ -444,7 +444,12 @@ impl Dispatcher {
         let mut backoff = Backoff::new(&self.parts.config.retry);
         loop {
             match processor.process(&delivery.message).into_result() {
-                Ok(change) => return Ok(self.check_tables(change)),
+                Ok(change) => {
+                    if !self.panics.is_empty() {
+                        self.panics.remove(&body_hash(&delivery.message));
+                    }
+                    return Ok(self.check_tables(change));
+                }
                 Err(e) if e.kind == ErrorKind::Transient => {
                     tracing::warn!(
                         "processor: {}; retrying message {}",

@@ -72,6 +72,36 @@ ensure_rabbitmq() {
     fi
 }
 
+# ActiveMQ, the broker the first Golconde ran on, for the STOMP plugin's tests: Debian's
+# package, started from a private folder with STOMP on 61614 (beside RabbitMQ's 61613), and
+# stopped again by stop_activemq. Exports GOLCONDE_ACTIVEMQ_STOMP for the tests.
+activemq_dir=
+start_activemq() {
+    command -v java >/dev/null 2>&1 || apt_install default-jre-headless
+    apt_install activemq
+    if port_open 61614; then
+        export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+        return 0
+    fi
+    activemq_dir=$(mktemp -d)
+    mkdir -p "$activemq_dir/data" "$activemq_dir/tmp"
+    log "starting ActiveMQ (STOMP on 61614)"
+    ACTIVEMQ_CONF="$PWD/plugins/stomp/tests/activemq" ACTIVEMQ_BASE="$activemq_dir" \
+        ACTIVEMQ_DATA="$activemq_dir/data" ACTIVEMQ_TMP="$activemq_dir/tmp" \
+        ACTIVEMQ_USER="$(id -un)" ACTIVEMQ_PIDFILE="$activemq_dir/activemq.pid" \
+        activemq start "xbean:file:$PWD/plugins/stomp/tests/activemq/activemq.xml" >"$activemq_dir/start.log" 2>&1 \
+        || { cat "$activemq_dir/start.log" >&2; die "ActiveMQ did not start"; }
+    wait_port 61614 "ActiveMQ STOMP"
+    export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+}
+
+stop_activemq() {
+    [ -n "$activemq_dir" ] || return 0
+    [ -f "$activemq_dir/activemq.pid" ] && kill "$(cat "$activemq_dir/activemq.pid")" 2>/dev/null || true
+    rm -rf "$activemq_dir"
+    activemq_dir=
+}
+
 ensure_services() {
     ensure_toolchain
     ensure_postgres

@@ -4,6 +4,8 @@
 //! The tests need `cargo build --workspace` first (`scripts/test` does it): the plugins
 //! are `cdylib`s, which no test build produces on its own.
 
+pub mod services;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -192,6 +194,13 @@ impl Daemon {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.wait(Duration::from_secs(30))
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would; returns the log.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
     }
 
     /// Waits for the daemon to exit by itself.

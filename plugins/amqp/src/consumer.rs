@@ -1,0 +1,645 @@
+//! A subscription to one queue that survives the loss of its connection.
+//!
+//! Each consumer has its own connection (named `<connection_name> consumer <queue>` on the
+//! broker) and a task on the plugin's runtime that owns it: the task connects, sets the
+//! prefetch, declares the queue, consumes, and moves deliveries into the [`Link`]'s inbox;
+//! when the connection or channel dies it opens a new one with exponential backoff. The
+//! host's threads never wait on the runtime to receive or acknowledge:
+//!
+//! - `receive` drains the inbox under one lock and waits on a condition variable when it is
+//!   empty. The task converts deliveries to the ABI's types and hands them over in bursts
+//!   (whatever lapin has ready, up to [`BURST`]), and only signals when a host thread
+//!   waits, so the hot path costs a lock per burst, not a runtime round trip per message.
+//!   The inbox needs no bound of its own: the prefetch bounds what the broker sends.
+//! - `ack`/`nack` queue the frame on the channel directly (see [`start`]). Both
+//!   [`golconde_plugin_api::AckMode`]s are served alike: AMQP acknowledges by tag, with
+//!   `multiple` for cumulative.
+//!
+//! Key decision, and why: **the tags the host sees carry the channel's generation** in
+//! their top 24 bits ([`BROKER_TAG_BITS`] for the broker's tag below). Broker tags restart
+//! at 1 on every channel, so a tag from before a reconnection would acknowledge some other
+//! message on the new channel, one the host may not even have seen yet. With the generation
+//! in the tag, an acknowledgement for a dead channel is recognised and dropped (its messages
+//! are requeued by the broker and come back as redeliveries), and a cumulative ack covers
+//! only the current channel's deliveries. Tags still increase in delivery order, as the ABI
+//! promises, and the mapping costs no memory per message.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use futures_lite::{future::poll_once, StreamExt};
+use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Message, PluginError, RVec};
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{FieldTable, ShortString},
+    Channel, Connection,
+};
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{instrument::WithSubscriber, Instrument};
+
+use crate::{
+    broker::{self, queue_name, Connector, Engine},
+    error::Error,
+    properties,
+};
+
+/// Bits of a host-visible tag that hold the broker's delivery tag; the generation of the
+/// channel is above them.
+pub const BROKER_TAG_BITS: u32 = 40;
+const MAX_BROKER_TAG: u64 = (1 << BROKER_TAG_BITS) - 1;
+const MAX_GENERATION: u64 = (1 << (64 - BROKER_TAG_BITS)) - 1;
+
+/// The most deliveries moved into the inbox under one lock.
+const BURST: usize = 256;
+
+/// The generation a host-visible tag belongs to.
+pub fn generation_of(tag: u64) -> u64 {
+    tag >> BROKER_TAG_BITS
+}
+
+/// A consumer as the host sees it.
+pub struct AmqpConsumer {
+    engine: Arc<Engine>,
+    link: Arc<Link>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AmqpConsumer {
+    /// Starts consuming `queue`. The first connection is made while the caller waits, so
+    /// that a wrong password or a missing queue is the answer to `consume` itself; later
+    /// ones are the task's business.
+    pub fn open(
+        engine: Arc<Engine>,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<AmqpConsumer, Error> {
+        let name = queue_name(queue)?;
+        let prefetch = u16::try_from(options.prefetch).unwrap_or_else(|_| {
+            tracing::warn!(
+                "prefetch {} for queue `{queue}` is above AMQP's limit; using {}",
+                options.prefetch,
+                u16::MAX
+            );
+            u16::MAX
+        });
+        let connector = engine.connector()?;
+        let link = Arc::new(Link::new(queue));
+        let (stop, stopped) = watch::channel(false);
+        let (opened, first) = oneshot::channel();
+        let task = connector.handle.spawn(
+            supervise(
+                connector.clone(),
+                link.clone(),
+                name,
+                prefetch,
+                opened,
+                stopped,
+            )
+            .instrument(tracing::info_span!("amqp", queue))
+            .with_current_subscriber(),
+        );
+        let consumer = AmqpConsumer {
+            engine,
+            link,
+            stop,
+            task: Mutex::new(Some(task)),
+        };
+        // Every step of opening is bounded by the connect timeout; this is only a backstop.
+        let limit = connector.settings.connect_timeout * 8;
+        match consumer
+            .engine
+            .block_on(async { tokio::time::timeout(limit, first).await })?
+        {
+            Ok(Ok(Ok(()))) => Ok(consumer),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::Stopped {
+                queue: queue.to_string(),
+                reason: "its task ended before it connected".into(),
+            }),
+            Err(_) => Err(connector.timeout(&format!("starting to consume `{queue}`"), limit)),
+        }
+    }
+
+    /// Stops the task, which closes the connection: unacknowledged deliveries go back to
+    /// the queue. Later calls do nothing.
+    fn shut(&self) -> Result<(), Error> {
+        let Some(task) = lock(&self.task).take() else {
+            return Ok(());
+        };
+        self.link.end(
+            Error::Closed {
+                queue: self.link.queue.clone(),
+            }
+            .into(),
+        );
+        // Fails only if the task is gone already, which is what we want anyway.
+        let _ = self.stop.send(true);
+        let limit = self.engine.settings.connect_timeout + Duration::from_secs(1);
+        // Timers belong to the runtime: made inside `block_on`, not before.
+        match self
+            .engine
+            .block_on(async { tokio::time::timeout(limit, task).await })?
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Stopped {
+                queue: self.link.queue.clone(),
+                reason: format!("its task failed: {e}"),
+            }),
+            Err(_) => Err(Error::Timeout {
+                action: format!("closing the consumer of `{}`", self.link.queue),
+                endpoint: self.engine.settings.endpoint.clone(),
+                ms: limit.as_millis(),
+                hint: "; the connection is closed in the background",
+            }),
+        }
+    }
+}
+
+impl Consumer for AmqpConsumer {
+    fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, PluginError> {
+        self.link.receive(max, timeout)
+    }
+
+    fn ack(&self, tag: u64, multiple: bool) -> Result<(), PluginError> {
+        Ok(self.link.settle(tag, multiple, Settle::Ack)?)
+    }
+
+    fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> Result<(), PluginError> {
+        Ok(self.link.settle(tag, multiple, Settle::Nack { requeue })?)
+    }
+
+    fn close(&self) -> Result<(), PluginError> {
+        Ok(self.shut()?)
+    }
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// What the host's threads and the consumer's task share.
+pub struct Link {
+    queue: String,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    acks: Mutex<Acks>,
+}
+
+struct Inbox {
+    items: VecDeque<Delivery>,
+    /// Host threads waiting in `receive`: the task signals only if there are any.
+    waiters: usize,
+    /// Set once the consumer is closed or its task gave up; `receive` reports it.
+    end: Option<PluginError>,
+}
+
+/// The live channel, and what acknowledging on it must respect.
+struct Acks {
+    /// Of the current (or last) channel; 0 before the first.
+    generation: u64,
+    /// `None` while reconnecting: acknowledgements are dropped.
+    channel: Option<Channel>,
+    /// The highest broker tag of this generation handed to the host.
+    handed: u64,
+    /// The highest broker tag of this generation acknowledged or rejected cumulatively:
+    /// AMQP closes the channel on a second acknowledgement of the same tag.
+    settled: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack { requeue: bool },
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays consistent at every unlock point, so a panicking holder left nothing
+    // half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Link {
+    fn new(queue: &str) -> Link {
+        Link {
+            queue: queue.to_string(),
+            inbox: Mutex::new(Inbox {
+                items: VecDeque::new(),
+                waiters: 0,
+                end: None,
+            }),
+            arrived: Condvar::new(),
+            acks: Mutex::new(Acks {
+                generation: 0,
+                channel: None,
+                handed: 0,
+                settled: 0,
+            }),
+        }
+    }
+
+    fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, PluginError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut inbox = lock(&self.inbox);
+        if inbox.items.is_empty() {
+            // A timeout too large for an `Instant` means waiting for as long as it takes.
+            let deadline = Instant::now().checked_add(timeout);
+            loop {
+                if let Some(end) = &inbox.end {
+                    return Err(end.clone());
+                }
+                if !inbox.items.is_empty() {
+                    break;
+                }
+                inbox.waiters += 1;
+                inbox = match deadline {
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            inbox.waiters -= 1;
+                            return Ok(Vec::new());
+                        }
+                        self.arrived
+                            .wait_timeout(inbox, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                    None => self
+                        .arrived
+                        .wait(inbox)
+                        .unwrap_or_else(PoisonError::into_inner),
+                };
+                inbox.waiters -= 1;
+            }
+        }
+        let count = max.min(inbox.items.len());
+        let batch: Vec<Delivery> = inbox.items.drain(..count).collect();
+        drop(inbox);
+        if let Some(last) = batch.last() {
+            let mut acks = lock(&self.acks);
+            let broker_tag = last.tag & MAX_BROKER_TAG;
+            if generation_of(last.tag) == acks.generation && broker_tag > acks.handed {
+                acks.handed = broker_tag;
+            }
+        }
+        Ok(batch)
+    }
+
+    fn settle(&self, tag: u64, multiple: bool, how: Settle) -> Result<(), Error> {
+        let generation = generation_of(tag);
+        let broker_tag = tag & MAX_BROKER_TAG;
+        let mut acks = lock(&self.acks);
+        if generation == 0
+            || broker_tag == 0
+            || generation > acks.generation
+            || (generation == acks.generation && broker_tag > acks.handed)
+        {
+            return Err(Error::UnknownTag {
+                queue: self.queue.clone(),
+                tag,
+            });
+        }
+        let channel = match &acks.channel {
+            Some(channel) if generation == acks.generation => channel,
+            _ => {
+                tracing::debug!(
+                    tag,
+                    "{how:?} for a delivery of a connection that is gone: dropped, the broker \
+                     delivers the message again"
+                );
+                return Ok(());
+            }
+        };
+        if broker_tag <= acks.settled {
+            return Ok(());
+        }
+        // Sent under the lock, so that two threads' cumulative acks reach the broker in the
+        // order `settled` saw them.
+        let sent = match how {
+            Settle::Ack => start(channel.basic_ack(broker_tag, BasicAckOptions { multiple })),
+            Settle::Nack { requeue } => {
+                start(channel.basic_nack(broker_tag, BasicNackOptions { multiple, requeue }))
+            }
+        };
+        if multiple {
+            acks.settled = broker_tag;
+        }
+        if let Some(Err(e)) = sent {
+            // The channel closed under us: the broker requeues what it had not seen
+            // acknowledged, so this message comes back, as after any connection loss.
+            tracing::debug!(tag, "{how:?} not sent, the channel is closed ({e})");
+        }
+        Ok(())
+    }
+
+    /// Moves a burst into the inbox, waking a waiting `receive`.
+    fn deliver(&self, burst: &mut Vec<Delivery>) {
+        if burst.is_empty() {
+            return;
+        }
+        let mut inbox = lock(&self.inbox);
+        inbox.items.extend(burst.drain(..));
+        if inbox.waiters > 0 {
+            self.arrived.notify_all();
+        }
+    }
+
+    /// A new channel is consuming: its deliveries get the next generation.
+    fn adopt(&self, channel: Channel) -> Result<u64, Error> {
+        let mut acks = lock(&self.acks);
+        if acks.generation == MAX_GENERATION {
+            return Err(Error::Stopped {
+                queue: self.queue.clone(),
+                reason: format!("it reconnected {MAX_GENERATION} times, all its tags are used"),
+            });
+        }
+        acks.generation += 1;
+        acks.channel = Some(channel);
+        acks.handed = 0;
+        acks.settled = 0;
+        Ok(acks.generation)
+    }
+
+    /// The channel of `generation` is dead: acknowledgements for it are dropped from now
+    /// on, and deliveries the host has not taken yet are forgotten (the broker requeues
+    /// them).
+    fn retire(&self, generation: u64) {
+        let mut acks = lock(&self.acks);
+        if acks.generation == generation {
+            acks.channel = None;
+        }
+        drop(acks);
+        lock(&self.inbox).items.clear();
+    }
+
+    /// No more deliveries, ever: `receive` answers `error`.
+    fn end(&self, error: PluginError) {
+        lock(&self.acks).channel = None;
+        let mut inbox = lock(&self.inbox);
+        inbox.items.clear();
+        inbox.end.get_or_insert(error);
+        self.arrived.notify_all();
+    }
+}
+
+/// Polls `future` once, without waiting for it to finish.
+///
+/// lapin queues an ack's or nack's frame for its I/O thread on the first poll; what is left
+/// after that is waiting for the I/O thread to have written it to the socket. AMQP gives no
+/// answer to an ack, so that wait guarantees nothing more (a connection lost before the
+/// broker read the frame requeues the message either way), but it would cost a thread
+/// round trip per acknowledgement on the host's hot path.
+fn start<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// One connection consuming the queue.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl Session {
+    async fn open(
+        connector: &Connector,
+        queue: &ShortString,
+        prefetch: u16,
+    ) -> Result<Session, Error> {
+        let connection = connector.connect(&format!("consumer {queue}")).await?;
+        match Session::subscribe(connector, &connection, queue, prefetch).await {
+            Ok((channel, consumer)) => Ok(Session {
+                connection,
+                channel,
+                consumer,
+            }),
+            Err(e) => {
+                broker::close(&connection, connector.settings.connect_timeout, "giving up").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn subscribe(
+        connector: &Connector,
+        connection: &Connection,
+        queue: &ShortString,
+        prefetch: u16,
+    ) -> Result<(Channel, lapin::Consumer), Error> {
+        let name = queue.as_str();
+        let channel = connector
+            .step("opening a channel", name, connection.create_channel())
+            .await?;
+        connector
+            .step(
+                "setting the prefetch",
+                name,
+                channel.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+        connector.declare(&channel, queue).await?;
+        let consumer = connector
+            .step(
+                &format!("consuming queue `{queue}`"),
+                name,
+                channel.basic_consume(
+                    queue.clone(),
+                    "golconde".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The host closed the consumer.
+    Stopped,
+    /// The broker cancelled the subscription (the queue was deleted, for one).
+    Cancelled,
+    Failed(lapin::Error),
+    /// The broker's tags outgrew [`BROKER_TAG_BITS`]: a new channel starts them again.
+    TagsExhausted,
+}
+
+/// Owns the consumer's connections for its whole life: opens sessions, pumps them, and
+/// reconnects with exponential backoff when one dies.
+async fn supervise(
+    connector: Connector,
+    link: Arc<Link>,
+    queue: ShortString,
+    prefetch: u16,
+    opened: oneshot::Sender<Result<(), Error>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ended = Ended(&link);
+    let settings = connector.settings.clone();
+    let mut opened = Some(opened);
+    let mut delay = settings.reconnect_initial;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            session = Session::open(&connector, &queue, prefetch) => session,
+        };
+        match attempt {
+            Err(e) => {
+                if let Some(opened) = opened.take() {
+                    let _ = opened.send(Err(e));
+                    return;
+                }
+                tracing::warn!("{e}; trying again in {} ms", delay.as_millis());
+            }
+            Ok(mut session) => {
+                let generation = match link.adopt(session.channel.clone()) {
+                    Ok(generation) => generation,
+                    Err(e) => {
+                        broker::close(&session.connection, settings.connect_timeout, "done").await;
+                        link.end(e.into());
+                        return;
+                    }
+                };
+                match opened.take() {
+                    Some(opened) => {
+                        let _ = opened.send(Ok(()));
+                    }
+                    None => tracing::info!("consuming queue `{queue}` again"),
+                }
+                delay = settings.reconnect_initial;
+                let end = pump(&link, &mut session.consumer, generation, &mut stop).await;
+                link.retire(generation);
+                let why = match end {
+                    End::Stopped => "consumer closed by Golconde",
+                    _ => "reconnecting",
+                };
+                broker::close(&session.connection, settings.connect_timeout, why).await;
+                match end {
+                    End::Stopped => return,
+                    End::Cancelled => tracing::warn!(
+                        "the broker {} cancelled consuming queue `{queue}` (was it deleted?); \
+                         subscribing again in {} ms",
+                        settings.endpoint,
+                        delay.as_millis()
+                    ),
+                    End::Failed(e) => tracing::warn!(
+                        "connection to {} lost while consuming queue `{queue}` ({}); \
+                         reconnecting in {} ms, unacknowledged messages come back as \
+                         redeliveries",
+                        settings.endpoint,
+                        crate::error::describe(&e),
+                        delay.as_millis()
+                    ),
+                    End::TagsExhausted => tracing::info!(
+                        "delivery tags of queue `{queue}` reached 2^{BROKER_TAG_BITS}; \
+                         opening a new channel"
+                    ),
+                }
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(settings.reconnect_max);
+    }
+}
+
+/// Ends the link when the task ends, however it ends (a panic included), so that the host's
+/// `receive` reports it instead of waiting for deliveries that will never come.
+struct Ended<'a>(&'a Link);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let reason = if std::thread::panicking() {
+            "its task panicked"
+        } else {
+            "its task ended"
+        };
+        self.0.end(
+            Error::Stopped {
+                queue: self.0.queue.clone(),
+                reason: reason.into(),
+            }
+            .into(),
+        );
+    }
+}
+
+/// Moves deliveries from lapin to the inbox until the session ends.
+async fn pump(
+    link: &Link,
+    consumer: &mut lapin::Consumer,
+    generation: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let mut burst = Vec::with_capacity(BURST);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut stopped => return End::Stopped,
+            next = consumer.next() => next,
+        };
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let end = match item {
+                Some(Ok(delivery)) if delivery.delivery_tag <= MAX_BROKER_TAG => {
+                    burst.push(convert(delivery, generation));
+                    None
+                }
+                Some(Ok(_)) => Some(End::TagsExhausted),
+                Some(Err(e)) => Some(End::Failed(e)),
+                None => Some(End::Cancelled),
+            };
+            if let Some(end) = end {
+                // Their channel is dead: the broker delivers them again on the next one.
+                return end;
+            }
+            if burst.len() < BURST {
+                next = poll_once(consumer.next()).await;
+            }
+        }
+        link.deliver(&mut burst);
+    }
+}
+
+fn convert(delivery: lapin::message::Delivery, generation: u64) -> Delivery {
+    Delivery {
+        tag: (generation << BROKER_TAG_BITS) | delivery.delivery_tag,
+        redelivered: delivery.redelivered,
+        message: Message {
+            headers: properties::headers(&delivery.properties),
+            // Moves the buffer, no copy.
+            body: RVec::from(delivery.data),
+        },
+    }
+}

@@ -1,0 +1,198 @@
+//! What can go wrong talking to the broker, and which [`ErrorKind`] each failure is for the
+//! host.
+//!
+//! lapin reports everything as one `lapin::Error`; [`classify`] turns the broker's answers
+//! that mean something for the operator (a queue that does not exist, a refused
+//! permission, a queue declared with other arguments) into their own variants, so that the
+//! message says what to do, and leaves the rest as "connection lost", which is transient.
+//! Every message names the broker by its redacted address ([`crate::config::endpoint`]).
+
+use golconde_plugin_api::{ErrorKind, PluginError};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot connect to {endpoint}: {reason}; check that the broker is running and \
+         reachable, and the user, password and vhost in `url`"
+    )]
+    Connect { endpoint: String, reason: String },
+
+    #[error(
+        "{action} on {endpoint} timed out after {ms} ms; check that the broker is reachable \
+         and not overloaded{hint}"
+    )]
+    Timeout {
+        action: String,
+        endpoint: String,
+        ms: u128,
+        hint: &'static str,
+    },
+
+    #[error(
+        "queue `{queue}` does not exist on {endpoint} ({reason}); create it, or set \
+         `declare = \"durable\"` to have Golconde declare it"
+    )]
+    QueueMissing {
+        queue: String,
+        endpoint: String,
+        reason: String,
+    },
+
+    #[error(
+        "queue `{queue}` on {endpoint} exists with other settings than Golconde declares \
+         (durable, no arguments): {reason}; set `declare = \"passive\"` to use it as it is"
+    )]
+    QueueMismatch {
+        queue: String,
+        endpoint: String,
+        reason: String,
+    },
+
+    #[error(
+        "{action} on {endpoint} was refused: {reason}; give the user of `url` the \
+         permissions it needs on that vhost"
+    )]
+    Refused {
+        action: String,
+        endpoint: String,
+        reason: String,
+    },
+
+    #[error("{action} on {endpoint} failed: {reason}; the connection is opened again on retry")]
+    Lost {
+        action: String,
+        endpoint: String,
+        reason: String,
+    },
+
+    #[error(
+        "the broker {endpoint} refused (nack) message {index} of {count} for queue \
+         `{queue}`; it was not stored, retry later"
+    )]
+    Nacked {
+        queue: String,
+        endpoint: String,
+        index: usize,
+        count: usize,
+    },
+
+    #[error(
+        "message {index} of {count} for queue `{queue}` was returned unroutable by \
+         {endpoint} ({reason}): the queue no longer exists; create it again"
+    )]
+    Unroutable {
+        queue: String,
+        endpoint: String,
+        index: usize,
+        count: usize,
+        reason: String,
+    },
+
+    #[error("message {index} of {count} for queue `{queue}`: header `{header}` {problem}")]
+    BadHeader {
+        queue: String,
+        index: usize,
+        count: usize,
+        header: String,
+        problem: String,
+    },
+
+    #[error("queue name `{queue}` is {len} bytes long; AMQP allows at most 255")]
+    QueueName { queue: String, len: usize },
+
+    #[error("cannot start the plugin's runtime: {0}")]
+    Runtime(std::io::Error),
+
+    #[error("the consumer of queue `{queue}` is closed")]
+    Closed { queue: String },
+
+    #[error("the consumer of queue `{queue}` stopped: {reason}; open a new consumer")]
+    Stopped { queue: String, reason: String },
+
+    #[error(
+        "delivery tag {tag} was never handed out by the consumer of queue `{queue}`; \
+         acknowledge only tags that `receive` returned"
+    )]
+    UnknownTag { queue: String, tag: u64 },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Connect { .. }
+            | Error::Timeout { .. }
+            | Error::Lost { .. }
+            | Error::Nacked { .. }
+            | Error::Runtime(_)
+            | Error::Closed { .. }
+            | Error::Stopped { .. }
+            // Queues someone else owns may appear later, and permissions may be granted: the
+            // pipeline waits rather than dies.
+            | Error::QueueMissing { .. }
+            | Error::Unroutable { .. }
+            | Error::Refused { .. } => ErrorKind::Transient,
+            // Retrying cannot help: the queue's arguments, the message or the host's call
+            // must change.
+            Error::QueueMismatch { .. }
+            | Error::BadHeader { .. }
+            | Error::UnknownTag { .. } => ErrorKind::Permanent,
+            Error::QueueName { .. } => ErrorKind::Config,
+        }
+    }
+}
+
+impl From<Error> for PluginError {
+    fn from(error: Error) -> PluginError {
+        PluginError::new(error.kind(), error.to_string())
+    }
+}
+
+/// Turns a failure of `action` on `queue` into the variant that tells the operator what to
+/// do.
+pub fn classify(action: &str, queue: &str, endpoint: &str, error: &lapin::Error) -> Error {
+    let reason = describe(error);
+    let (queue, endpoint, action) = (queue.to_string(), endpoint.to_string(), action.to_string());
+    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind() {
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
+                return Error::QueueMissing {
+                    queue,
+                    endpoint,
+                    reason,
+                }
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
+                return Error::QueueMismatch {
+                    queue,
+                    endpoint,
+                    reason,
+                }
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                return Error::Refused {
+                    action,
+                    endpoint,
+                    reason,
+                }
+            }
+            _ => {}
+        }
+    }
+    Error::Lost {
+        action,
+        endpoint,
+        reason,
+    }
+}
+
+/// lapin's message, with the broker's reply text where there is one.
+pub fn describe(error: &lapin::Error) -> String {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            format!("{} {}", amqp.get_id(), amqp.get_message())
+        }
+        _ => error.to_string(),
+    }
+}

@@ -1,0 +1,247 @@
+//! Publishing with publisher confirms: `publish` returns once the broker confirmed every
+//! message of the batch.
+//!
+//! Publishing has its own connection (`<connection_name> publisher`), opened on first use
+//! and shared by every caller, apart from the consumers' connections: RabbitMQ throttles a
+//! publishing connection under memory pressure, and that must not stall acknowledgements.
+//!
+//! Key decision, and why: **a batch is pipelined.** Every message's frames are queued
+//! before any confirmation is awaited, so a batch costs one round trip to the broker (and
+//! one disk sync there), not one per message. Messages are published `mandatory`, so a
+//! message for a queue that vanished comes back as unroutable (an error) instead of being
+//! confirmed and silently dropped.
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures_lite::future::poll_once;
+use golconde_plugin_api::Message;
+use lapin::{
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+    BasicProperties, Channel, Confirmation, Connection,
+};
+
+use crate::{
+    broker::{self, queue_name, Connector, Engine},
+    error::{classify, Error},
+    properties,
+};
+
+/// The transport's publishing side.
+#[derive(Default)]
+pub struct Publisher {
+    slot: tokio::sync::Mutex<Option<Arc<Outlet>>>,
+}
+
+/// A publishing connection and channel, with confirms on.
+struct Outlet {
+    connection: Connection,
+    channel: Channel,
+    /// Queues declared (or checked) on this connection.
+    declared: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Publisher {
+    pub fn publish(&self, engine: &Engine, queue: &str, messages: &[Message]) -> Result<(), Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let name = queue_name(queue)?;
+        let count = messages.len();
+        // Every message is checked before any is sent: a bad header fails the whole batch.
+        let properties = messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| properties::properties(message, queue, i + 1, count))
+            .collect::<Result<Vec<_>, _>>()?;
+        let connector = engine.connector()?;
+        engine.block_on(async {
+            let outlet = self.outlet(&connector).await?;
+            let limit = connector.settings.publish_timeout;
+            let publishing = outlet.publish(&connector, &name, messages, properties);
+            let result = match tokio::time::timeout(limit, publishing).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    action: format!("publishing {count} messages to queue `{queue}`"),
+                    endpoint: connector.settings.endpoint.clone(),
+                    ms: limit.as_millis(),
+                    hint: ", or raise `publish_timeout_ms`",
+                }),
+            };
+            match &result {
+                // The channel is fine; the broker only refused these messages.
+                Ok(()) | Err(Error::Nacked { .. }) => {}
+                Err(Error::Unroutable { .. }) => {
+                    // Declare it again next time (which recreates it in durable mode).
+                    lock(&outlet.declared).remove(queue);
+                }
+                Err(_) => self.discard(&outlet, &connector).await,
+            }
+            result
+        })?
+    }
+
+    /// The open outlet, or a new one.
+    async fn outlet(&self, connector: &Connector) -> Result<Arc<Outlet>, Error> {
+        let mut slot = self.slot.lock().await;
+        if let Some(outlet) = slot.as_ref() {
+            if outlet.connection.status().connected() && outlet.channel.status().connected() {
+                return Ok(outlet.clone());
+            }
+            // Lost since the last batch (broker restart, heartbeat timeout).
+            let dead = slot.take().expect("checked above");
+            broker::close(
+                &dead.connection,
+                connector.settings.connect_timeout,
+                "replaced",
+            )
+            .await;
+        }
+        let connection = connector.connect("publisher").await?;
+        let channel = async {
+            let channel = connector
+                .step("opening a channel", "", connection.create_channel())
+                .await?;
+            connector
+                .step(
+                    "enabling publisher confirms",
+                    "",
+                    channel.confirm_select(ConfirmSelectOptions::default()),
+                )
+                .await?;
+            Ok::<_, Error>(channel)
+        }
+        .await;
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(e) => {
+                broker::close(&connection, connector.settings.connect_timeout, "giving up").await;
+                return Err(e);
+            }
+        };
+        let outlet = Arc::new(Outlet {
+            connection,
+            channel,
+            declared: Default::default(),
+        });
+        *slot = Some(outlet.clone());
+        Ok(outlet)
+    }
+
+    /// Forgets `outlet` after a failure that may have broken its channel; the next batch
+    /// opens a new one.
+    async fn discard(&self, outlet: &Arc<Outlet>, connector: &Connector) {
+        let mut slot = self.slot.lock().await;
+        if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, outlet)) {
+            slot.take();
+        }
+        drop(slot);
+        broker::close(
+            &outlet.connection,
+            connector.settings.connect_timeout,
+            "failed",
+        )
+        .await;
+    }
+
+    /// Closes the publishing connection, if there is one.
+    pub async fn close(&self, connector: &Connector) {
+        if let Some(outlet) = self.slot.lock().await.take() {
+            broker::close(
+                &outlet.connection,
+                connector.settings.connect_timeout,
+                "shutdown",
+            )
+            .await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Outlet {
+    async fn publish(
+        &self,
+        connector: &Connector,
+        queue: &ShortString,
+        messages: &[Message],
+        properties: Vec<BasicProperties>,
+    ) -> Result<(), Error> {
+        let name = queue.as_str();
+        let endpoint = &connector.settings.endpoint;
+        if !lock(&self.declared).contains(name) {
+            connector.declare(&self.channel, queue).await?;
+            lock(&self.declared).insert(name.to_string());
+        }
+        let count = messages.len();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let failed = |e: lapin::Error| {
+            classify(
+                &format!("publishing {count} messages to queue `{queue}`"),
+                name,
+                endpoint,
+                &e,
+            )
+        };
+
+        // The first poll of `basic_publish` queues the message's frames, so polling each
+        // once, in order, sends the whole batch in order before anything is awaited.
+        let mut writes = Vec::with_capacity(count);
+        for (message, properties) in messages.iter().zip(properties) {
+            let mut write = Box::pin(self.channel.basic_publish(
+                ShortString::default(),
+                queue.clone(),
+                options,
+                &message.body,
+                properties,
+            ));
+            let done = poll_once(&mut write).await;
+            writes.push((write, done));
+        }
+        let mut confirms = Vec::with_capacity(count);
+        for (write, done) in writes {
+            let written = match done {
+                Some(written) => written,
+                None => write.await,
+            };
+            confirms.push(written.map_err(failed)?);
+        }
+        for (index, confirm) in confirms.into_iter().enumerate() {
+            match confirm.await.map_err(failed)? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(returned)) => {
+                    return Err(Error::Unroutable {
+                        queue: name.to_string(),
+                        endpoint: endpoint.clone(),
+                        index: index + 1,
+                        count,
+                        reason: format!("{} {}", returned.reply_code, returned.reply_text),
+                    })
+                }
+                Confirmation::Nack(_) => {
+                    return Err(Error::Nacked {
+                        queue: name.to_string(),
+                        endpoint: endpoint.clone(),
+                        index: index + 1,
+                        count,
+                    })
+                }
+                Confirmation::NotRequested => {
+                    return Err(Error::Lost {
+                        action: format!("publishing to queue `{queue}`"),
+                        endpoint: endpoint.clone(),
+                        reason: "the channel has publisher confirms off".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! Reading a Golconde message into a [`Change`], and writing generated keys back into it.
+//!
+//! The message is read as an ordered list of fields whose values stay raw JSON text
+//! ([`RawValue`]) until each is converted, which keeps numbers exact and lets `enrich`
+//! rewrite one field while copying every other one verbatim.
+
+use std::{borrow::Cow, fmt};
+
+use base64::Engine;
+use golconde_plugin_api::{
+    Action, Applied, Change, Column, Operation, PluginError, RString, RVec, Value,
+};
+use serde::{
+    de::{MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+use serde_json::value::RawValue;
+
+use crate::number;
+
+/// The top-level fields a message may have.
+const FIELDS: &str = "action, data, restriction, table, id";
+
+/// The fields of one JSON object, in the order written, values still as JSON text.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A field name, borrowed from the message unless it had escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some((Name(name), value)) = map.next_entry::<Name, &'de RawValue>()? {
+                    fields.push((name, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Reads an object; `what` names it in errors ("the message", "`data`").
+    fn parse(text: &'a str, what: &str) -> Result<Fields<'a>, String> {
+        let fields: Fields<'a> = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                format!("{what} must be a JSON object, not {}", excerpt(text))
+            } else {
+                format!("{what} is not valid JSON: {e}")
+            }
+        })?;
+        // Objects are small: comparing each name with the earlier ones beats hashing.
+        for (i, (name, _)) in fields.0.iter().enumerate() {
+            if fields.0[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(format!("{what} has the field `{name}` twice"));
+            }
+        }
+        Ok(fields)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// The parts of a message, checked for shape but not yet for the action's needs.
+struct Envelope {
+    action: Action,
+    data: Vec<Column>,
+    restriction: Vec<Column>,
+    table: Option<String>,
+    id: Option<String>,
+}
+
+/// Reads a message body into a change; `table` resolves the message's `table` field (or
+/// its absence) to the table to write, or refuses it.
+pub fn parse_change(
+    body: &[u8],
+    table: impl FnOnce(Option<&str>) -> Result<String, PluginError>,
+) -> Result<Change, PluginError> {
+    let envelope = parse_envelope(body).map_err(PluginError::permanent)?;
+    let table = table(envelope.table.as_deref())?;
+    let Envelope {
+        action,
+        mut data,
+        restriction,
+        id,
+        ..
+    } = envelope;
+    let restriction = match action {
+        Action::Upsert => {
+            // The first Golconde's producers may name the row of a `set` in `restriction`:
+            // those columns are the row's key, so they belong in the upserted data.
+            for column in restriction {
+                match data.iter().find(|c| c.name == column.name) {
+                    Some(c) if c.value != column.value => {
+                        return Err(PluginError::permanent(format!(
+                            "`set` has column `{}` in both `data` and `restriction`, with \
+                             different values; give it once",
+                            column.name
+                        )))
+                    }
+                    Some(_) => {}
+                    None => data.push(column),
+                }
+            }
+            Vec::new()
+        }
+        _ => restriction,
+    };
+    Ok(Change {
+        id: id.map(RString::from).into(),
+        operations: RVec::from(vec![Operation {
+            action,
+            table: table.into(),
+            data: data.into(),
+            restriction: restriction.into(),
+        }]),
+    })
+}
+
+fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| format!("the message body is not UTF-8 text: {e}"))?;
+    let fields = Fields::parse(text, "the message")?;
+    if let Some((name, _)) = fields
+        .0
+        .iter()
+        .find(|(name, _)| !FIELDS.split(", ").any(|f| f == *name))
+    {
+        return Err(format!(
+            "the message has an unknown field `{name}`; a message has only {FIELDS}"
+        ));
+    }
+
+    let action = match fields.get("action") {
+        None => {
+            return Err(
+                "the message has no `action`; it must be one of add, set, update, delete".into(),
+            )
+        }
+        Some(raw) => match serde_json::from_str::<&str>(raw.get()) {
+            Ok("add") => Action::Insert,
+            Ok("set") => Action::Upsert,
+            Ok("update") => Action::Update,
+            Ok("delete") => Action::Delete,
+            _ => {
+                return Err(format!(
+                    "unknown action {}; it must be one of \"add\", \"set\", \"update\", \"delete\"",
+                    excerpt(raw.get())
+                ))
+            }
+        },
+    };
+    let verb = verb(action);
+    let data = columns(fields.get("data"), "data")?;
+    let restriction = columns(fields.get("restriction"), "restriction")?;
+    let table = match fields.get("table").filter(|raw| raw.get() != "null") {
+        None => None,
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(t) if !t.trim().is_empty() => Some(t),
+            _ => {
+                return Err(format!(
+                    "`table` must be a non-empty string such as \"schema.table\", not {}",
+                    excerpt(raw.get())
+                ))
+            }
+        },
+    };
+    let id = match fields.get("id").filter(|raw| raw.get() != "null") {
+        None => None,
+        Some(raw) => Some(parse_id(raw)?),
+    };
+
+    match action {
+        Action::Insert | Action::Upsert | Action::Update if data.is_empty() => {
+            return Err(format!(
+                "`{verb}` needs a non-empty `data` object of column: value"
+            ))
+        }
+        Action::Update | Action::Delete if restriction.is_empty() => {
+            return Err(format!(
+                "`{verb}` needs a non-empty `restriction` object of column: value selecting \
+                 the rows; it never applies to all rows"
+            ))
+        }
+        Action::Insert if !restriction.is_empty() => {
+            return Err(
+                "`add` inserts a new row and takes no `restriction`; use `set` to write a \
+                 row by its key, or `update`"
+                    .into(),
+            )
+        }
+        Action::Delete if !data.is_empty() => {
+            return Err(
+                "`delete` takes no `data`; the rows to delete are selected by `restriction`".into(),
+            )
+        }
+        _ => {}
+    }
+    Ok(Envelope {
+        action,
+        data,
+        restriction,
+        table,
+        id,
+    })
+}
+
+fn parse_id(raw: &RawValue) -> Result<String, String> {
+    let text = raw.get();
+    let id = match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).ok(),
+        Some(b'-' | b'0'..=b'9') if !text.contains(['.', 'e', 'E']) => Some(text.to_string()),
+        _ => None,
+    };
+    match id {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => Err(format!(
+            "`id` must be a non-empty string or an integer, not {}",
+            excerpt(text)
+        )),
+    }
+}
+
+/// The columns of `data` or `restriction`; absent or `null` is no columns.
+fn columns(raw: Option<&RawValue>, what: &str) -> Result<Vec<Column>, String> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Ok(Vec::new());
+    };
+    let fields = Fields::parse(raw.get(), &format!("`{what}`"))
+        .map_err(|e| format!("{e} (an object of column: value)"))?;
+    fields
+        .0
+        .into_iter()
+        .map(|(name, value)| {
+            if name.is_empty() {
+                return Err(format!("`{what}` has a column with an empty name"));
+            }
+            let value = to_value(value).map_err(|e| format!("`{what}.{name}`: {e}"))?;
+            Ok(Column::new(name.into_owned(), value))
+        })
+        .collect()
+}
+
+/// A JSON value as a database-neutral value: objects stay JSON text, arrays become arrays.
+fn to_value(raw: &RawValue) -> Result<Value, String> {
+    let text = raw.get();
+    Ok(match text.as_bytes().first() {
+        Some(b'n') => Value::Null,
+        Some(b't') => Value::Bool(true),
+        Some(b'f') => Value::Bool(false),
+        // Without escapes, the string is the text between the quotes.
+        Some(b'"') if !text.contains('\\') => Value::Text(text[1..text.len() - 1].into()),
+        Some(b'"') => Value::Text(
+            serde_json::from_str::<String>(text)
+                .map_err(|e| e.to_string())?
+                .into(),
+        ),
+        Some(b'{') => Value::Json(text.into()),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            Value::Array(
+                items
+                    .into_iter()
+                    .map(to_value)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into(),
+            )
+        }
+        _ => number::to_value(text),
+    })
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Insert => "add",
+        Action::Upsert => "set",
+        Action::Update => "update",
+        Action::Delete => "delete",
+    }
+}
+
+/// A value as quoted in an error message, cut short.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 60;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// The body of the fan-out copy of an `add` message: its `data` with the columns the
+/// database returned (generated keys) written in, so that replicas insert the same keys.
+/// `None` when the message needs no change.
+pub fn enrich_body(body: &[u8], applied: &Applied) -> Result<Option<String>, PluginError> {
+    let returned: Vec<&Column> = applied.returned.iter().flatten().collect();
+    if returned.is_empty() {
+        return Ok(None);
+    }
+    let envelope = parse_envelope(body).map_err(PluginError::permanent)?;
+    if envelope.action != Action::Insert {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(body).expect("checked by parse_envelope");
+    let fields = Fields::parse(text, "the message").map_err(PluginError::permanent)?;
+    let mut out = String::with_capacity(text.len() + 32);
+    out.push('{');
+    for (i, (name, raw)) in fields.0.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        if name != "data" {
+            out.push_str(raw.get());
+            continue;
+        }
+        let data = Fields::parse(raw.get(), "`data`").map_err(PluginError::permanent)?;
+        out.push('{');
+        let mut first = true;
+        let mut separate = |out: &mut String| {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+        };
+        for (column, value) in &data.0 {
+            separate(&mut out);
+            push_json_string(&mut out, column);
+            out.push(':');
+            match returned.iter().find(|c| c.name.as_str() == column) {
+                Some(c) => push_json_value(&mut out, &c.value),
+                None => out.push_str(value.get()),
+            }
+        }
+        for column in &returned {
+            if data.get(column.name.as_str()).is_none() {
+                separate(&mut out);
+                push_json_string(&mut out, &column.name);
+                out.push(':');
+                push_json_value(&mut out, &column.value);
+            }
+        }
+        out.push('}');
+    }
+    out.push('}');
+    Ok(Some(out))
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push_str(&serde_json::to_string(text).expect("a string always serialises"));
+}
+
+fn push_json_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(f) if f.is_finite() => out.push_str(&f.to_string()),
+        Value::Float(f) => push_json_string(out, &f.to_string()),
+        Value::Numeric(text) if serde_json::from_str::<serde_json::Number>(text).is_ok() => {
+            out.push_str(text)
+        }
+        Value::Numeric(text) | Value::Text(text) => push_json_string(out, text),
+        Value::Json(text) => out.push_str(text),
+        Value::Bytes(bytes) => push_json_string(
+            out,
+            &base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()),
+        ),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json_value(out, item);
+            }
+            out.push(']');
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! JSON number text to [`Value`]: the narrowest representation that keeps the number exact.
+
+use golconde_plugin_api::Value;
+
+/// The most significant decimal digits an `f64` carries through a decimal → binary →
+/// decimal round trip (`DBL_DIG`).
+const F64_DIGITS: usize = 15;
+
+/// `text` is a JSON number as written in the message (serde_json has validated its syntax).
+pub fn to_value(text: &str) -> Value {
+    let integral = !text.contains(['.', 'e', 'E']);
+    if integral {
+        return match text.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Numeric(text.into()),
+        };
+    }
+    if significant_digits(text) <= F64_DIGITS {
+        if let Ok(f) = text.parse::<f64>() {
+            // Zero is exact; anything else must not have over- or underflowed.
+            let exact_zero = f == 0.0 && significant_digits(text) == 0;
+            if f.is_normal() || exact_zero {
+                return Value::Float(f);
+            }
+        }
+    }
+    Value::Numeric(text.into())
+}
+
+/// The digits of the mantissa between the first and the last non-zero one.
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: Vec<u8> = mantissa
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .skip_while(|&d| d == b'0')
+        .collect();
+    let trailing_zeros = digits.iter().rev().take_while(|&&d| d == b'0').count();
+    digits.len() - trailing_zeros
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_that_fit_are_ints_and_the_rest_keep_their_text() {
+        assert_eq!(to_value("0"), Value::Int(0));
+        assert_eq!(to_value("-7"), Value::Int(-7));
+        assert_eq!(to_value("9223372036854775807"), Value::Int(i64::MAX));
+        assert_eq!(to_value("-9223372036854775808"), Value::Int(i64::MIN));
+        assert_eq!(
+            to_value("9223372036854775808"),
+            Value::Numeric("9223372036854775808".into())
+        );
+        assert_eq!(
+            to_value("18446744073709551616000"),
+            Value::Numeric("18446744073709551616000".into())
+        );
+    }
+
+    #[test]
+    fn decimals_an_f64_holds_are_floats() {
+        assert_eq!(to_value("1.5"), Value::Float(1.5));
+        assert_eq!(to_value("-0.25"), Value::Float(-0.25));
+        assert_eq!(to_value("0.1"), Value::Float(0.1));
+        assert_eq!(to_value("1e3"), Value::Float(1000.0));
+        assert_eq!(to_value("1.50"), Value::Float(1.5));
+        assert_eq!(to_value("0.0"), Value::Float(0.0));
+        assert_eq!(
+            to_value("123456789012345.0"),
+            Value::Float(123456789012345.0)
+        );
+    }
+
+    #[test]
+    fn decimals_an_f64_would_round_keep_their_text() {
+        for text in [
+            "3.14159265358979323846264338327950288",
+            "1234567890123456.7",
+            "0.1234567890123456",
+            "1e400",
+            "1e-400",
+            "-2.5E-330",
+        ] {
+            assert_eq!(to_value(text), Value::Numeric(text.into()), "{text}");
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Values to column types: checks a [`Value`] against the column it is for and turns it
+//! into the [`Cell`] that is sent.
+//!
+//! Integers, floats and booleans travel binary (an `int8[]`, `float8[]` or `bool[]` array
+//! parameter per column), everything else as text that the server casts to the column's
+//! type. What can be checked here is, so that the error names the column; what only the
+//! server can judge (a date, a uuid, an enum label) fails there and is pinned to its
+//! column afterwards (see `session::describe_failure`).
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use golconde_plugin_api::Value;
+
+use crate::schema::Kind;
+
+/// A value ready to be sent; text borrows from the change where it can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(Cow<'a, str>),
+}
+
+/// The parameter type a column's values travel as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wire {
+    Int,
+    Float,
+    Bool,
+    Text,
+}
+
+impl Wire {
+    pub fn of(kind: &Kind) -> Wire {
+        match kind {
+            Kind::Int { .. } => Wire::Int,
+            Kind::Float { .. } => Wire::Float,
+            Kind::Bool => Wire::Bool,
+            _ => Wire::Text,
+        }
+    }
+
+    /// The array type of the parameter in SQL.
+    pub fn array_type(self) -> &'static str {
+        match self {
+            Wire::Int => "pg_catalog.int8[]",
+            Wire::Float => "pg_catalog.float8[]",
+            Wire::Bool => "pg_catalog.bool[]",
+            Wire::Text => "pg_catalog.text[]",
+        }
+    }
+}
+
+/// Converts `value` for a column of `kind`; the error says why it does not fit.
+pub fn convert<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
+    if let Value::Null = value {
+        return Ok(Cell::Null);
+    }
+    match kind {
+        Kind::Int { min, max } => {
+            let i = match value {
+                Value::Int(i) => *i,
+                Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.3e18 => *f as i64,
+                Value::Numeric(t) | Value::Text(t) => t
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| "it is not an integer".to_string())?,
+                Value::Float(_) => return Err("it is not an integer".into()),
+                _ => return Err(format!("an integer column cannot take {}", noun(value))),
+            };
+            if i < *min || i > *max {
+                return Err(format!("it is out of range ({min} to {max})"));
+            }
+            Ok(Cell::Int(i))
+        }
+        Kind::Float { single } => {
+            let f = match value {
+                Value::Int(i) => *i as f64,
+                Value::Float(f) => *f,
+                Value::Numeric(t) | Value::Text(t) => t
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| "it is not a number".to_string())?,
+                _ => {
+                    return Err(format!(
+                        "a floating-point column cannot take {}",
+                        noun(value)
+                    ))
+                }
+            };
+            if *single && f.is_finite() && f.abs() > f32::MAX as f64 {
+                return Err("it is out of range for a `real`".into());
+            }
+            Ok(Cell::Float(f))
+        }
+        Kind::Numeric => match value {
+            Value::Int(i) => Ok(Cell::Text(i.to_string().into())),
+            Value::Float(f) => Ok(Cell::Text(float_text(*f).into())),
+            Value::Numeric(t) | Value::Text(t) => {
+                let t = t.trim();
+                if t.parse::<f64>().is_err() {
+                    return Err("it is not a number".into());
+                }
+                Ok(Cell::Text(t.into()))
+            }
+            _ => Err(format!("a numeric column cannot take {}", noun(value))),
+        },
+        Kind::Bool => match value {
+            Value::Bool(b) => Ok(Cell::Bool(*b)),
+            Value::Int(0) => Ok(Cell::Bool(false)),
+            Value::Int(1) => Ok(Cell::Bool(true)),
+            Value::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "t" | "true" | "y" | "yes" | "on" | "1" => Ok(Cell::Bool(true)),
+                "f" | "false" | "n" | "no" | "off" | "0" => Ok(Cell::Bool(false)),
+                _ => Err("it is not a boolean".into()),
+            },
+            _ => Err(format!("a boolean column cannot take {}", noun(value))),
+        },
+        Kind::Text { .. } | Kind::Other => {
+            let text: Cow<'a, str> = match value {
+                Value::Text(t) | Value::Numeric(t) => t.as_str().into(),
+                Value::Int(i) => i.to_string().into(),
+                Value::Float(f) => float_text(*f).into(),
+                Value::Bool(b) => b.to_string().into(),
+                _ => return Err(format!("this column cannot take {}", noun(value))),
+            };
+            if let Kind::Text { max: Some(max) } = kind {
+                // The server allows excess characters only if they are all spaces.
+                if text.trim_end_matches(' ').chars().count() > *max {
+                    return Err(format!("it is longer than {max} characters"));
+                }
+            }
+            no_nul(text).map(Cell::Text)
+        }
+        Kind::Json => {
+            if let Value::Json(t) = value {
+                return Ok(Cell::Text(t.as_str().into()));
+            }
+            let mut text = String::new();
+            json_text(value, &mut text);
+            Ok(Cell::Text(text.into()))
+        }
+        Kind::Bytea => match value {
+            Value::Text(t) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(t.trim())
+                    .map_err(|e| {
+                        format!("a bytea column takes base64 text, and this is not: {e}")
+                    })?;
+                Ok(Cell::Text(hex(&bytes).into()))
+            }
+            Value::Bytes(b) => Ok(Cell::Text(hex(b).into())),
+            _ => Err(format!(
+                "a bytea column takes base64 text, not {}",
+                noun(value)
+            )),
+        },
+        Kind::Array(element) => match value {
+            Value::Array(_) => {
+                let mut literal = String::new();
+                array_literal(element, value, &mut literal)?;
+                Ok(Cell::Text(literal.into()))
+            }
+            _ => Err(format!(
+                "an array column takes a JSON array, not {}",
+                noun(value)
+            )),
+        },
+    }
+}
+
+/// An array value as a PostgreSQL array literal (`{1,2,NULL}`, `{"a\"b"}`), nested
+/// arrays as more dimensions.
+fn array_literal(element: &Kind, value: &Value, out: &mut String) -> Result<(), String> {
+    let Value::Array(items) = value else {
+        let cell = convert(element, value).map_err(|e| format!("an element does not fit: {e}"))?;
+        match cell {
+            Cell::Null => out.push_str("NULL"),
+            Cell::Int(i) => out.push_str(&i.to_string()),
+            Cell::Float(f) => out.push_str(&float_text(f)),
+            Cell::Bool(b) => out.push_str(if b { "t" } else { "f" }),
+            Cell::Text(t) => {
+                out.push('"');
+                for c in t.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+        }
+        return Ok(());
+    };
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        array_literal(element, item, out)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// A value as JSON text: JSON stays as it is, text becomes a JSON string.
+fn json_text(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => out.push_str(&i.to_string()),
+        Value::Float(f) if f.is_finite() => out.push_str(&float_text(*f)),
+        Value::Float(f) => out.push_str(&serde_json::to_string(&float_text(*f)).expect("text")),
+        Value::Numeric(t) => out.push_str(t),
+        Value::Json(t) => out.push_str(t),
+        Value::Text(t) => out.push_str(&serde_json::to_string(t.as_str()).expect("text")),
+        Value::Bytes(b) => out.push_str(
+            &serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+                .expect("text"),
+        ),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_text(item, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+/// A float as PostgreSQL reads it back exactly.
+fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        f.to_string()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 + bytes.len() * 2);
+    out.push_str("\\x");
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+fn no_nul(text: Cow<'_, str>) -> Result<Cow<'_, str>, String> {
+    if text.contains('\0') {
+        return Err("it contains a NUL character, which PostgreSQL text cannot hold".into());
+    }
+    Ok(text)
+}
+
+/// What kind of value this is, for messages.
+fn noun(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) | Value::Float(_) | Value::Numeric(_) => "a number",
+        Value::Text(_) => "a string",
+        Value::Bytes(_) => "bytes",
+        Value::Json(_) => "a JSON object",
+        Value::Array(_) => "an array",
+    }
+}
+
+/// A value as quoted in an error message, cut short.
+pub fn show(value: &Value) -> String {
+    const MAX: usize = 80;
+    let mut text = String::new();
+    json_text(value, &mut text);
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INT4: Kind = Kind::Int {
+        min: i32::MIN as i64,
+        max: i32::MAX as i64,
+    };
+
+    fn text(t: &str) -> Value {
+        Value::Text(t.into())
+    }
+
+    #[test]
+    fn integers_are_range_checked_and_read_from_text() {
+        assert_eq!(convert(&INT4, &Value::Int(7)), Ok(Cell::Int(7)));
+        assert_eq!(convert(&INT4, &Value::Float(7.0)), Ok(Cell::Int(7)));
+        assert_eq!(convert(&INT4, &text(" 42 ")), Ok(Cell::Int(42)));
+        assert!(convert(&INT4, &Value::Int(1 << 40))
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(convert(&INT4, &Value::Float(7.5))
+            .unwrap_err()
+            .contains("not an integer"));
+        assert!(convert(&INT4, &text("seven"))
+            .unwrap_err()
+            .contains("not an integer"));
+        assert!(convert(&INT4, &Value::Bool(true))
+            .unwrap_err()
+            .contains("a boolean"));
+        assert_eq!(convert(&INT4, &Value::Null), Ok(Cell::Null));
+    }
+
+    #[test]
+    fn arrays_become_literals_with_quoted_elements() {
+        let value =
+            Value::Array(vec![text("a\"b"), text("c\\d"), Value::Null, text("NULL")].into());
+        assert_eq!(
+            convert(&Kind::Array(Box::new(Kind::Text { max: None })), &value),
+            Ok(Cell::Text(r#"{"a\"b","c\\d",NULL,"NULL"}"#.into()))
+        );
+        let nested = Value::Array(
+            vec![
+                Value::Array(vec![Value::Int(1), Value::Int(2)].into()),
+                Value::Array(vec![Value::Int(3), Value::Null].into()),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            convert(&Kind::Array(Box::new(INT4)), &nested),
+            Ok(Cell::Text("{{1,2},{3,NULL}}".into()))
+        );
+        let bad = Value::Array(vec![text("x")].into());
+        assert!(convert(&Kind::Array(Box::new(INT4)), &bad)
+            .unwrap_err()
+            .contains("element"));
+    }
+
+    #[test]
+    fn json_columns_take_any_value_as_json() {
+        assert_eq!(
+            convert(&Kind::Json, &text("plain")),
+            Ok(Cell::Text("\"plain\"".into()))
+        );
+        assert_eq!(
+            convert(&Kind::Json, &Value::Json(r#"{"a": 1}"#.into())),
+            Ok(Cell::Text(r#"{"a": 1}"#.into()))
+        );
+        assert_eq!(
+            convert(
+                &Kind::Json,
+                &Value::Array(vec![Value::Int(1), Value::Bool(false)].into())
+            ),
+            Ok(Cell::Text("[1,false]".into()))
+        );
+    }
+
+    #[test]
+    fn bytea_takes_base64() {
+        assert_eq!(
+            convert(&Kind::Bytea, &text("AAEC/w==")),
+            Ok(Cell::Text("\\x000102ff".into()))
+        );
+        assert!(convert(&Kind::Bytea, &text("not base64!"))
+            .unwrap_err()
+            .contains("base64"));
+    }
+
+    #[test]
+    fn text_refuses_nul_and_structures() {
+        assert!(convert(&Kind::Text { max: None }, &text("a\0b"))
+            .unwrap_err()
+            .contains("NUL"));
+        assert!(
+            convert(&Kind::Text { max: None }, &Value::Json("{}".into()))
+                .unwrap_err()
+                .contains("JSON object")
+        );
+        assert_eq!(
+            convert(&Kind::Text { max: None }, &Value::Int(3)),
+            Ok(Cell::Text("3".into()))
+        );
+        let varchar3 = Kind::Text { max: Some(3) };
+        assert_eq!(
+            convert(&varchar3, &text("äbc  ")),
+            Ok(Cell::Text("äbc  ".into()))
+        );
+        assert!(convert(&varchar3, &text("abcd"))
+            .unwrap_err()
+            .contains("longer than 3"));
+    }
+
+    #[test]
+    fn floats_and_numerics() {
+        assert_eq!(
+            convert(
+                &Kind::Numeric,
+                &Value::Numeric("1.000000000000000000001".into())
+            ),
+            Ok(Cell::Text("1.000000000000000000001".into()))
+        );
+        assert!(convert(&Kind::Numeric, &text("12abc")).is_err());
+        assert_eq!(
+            convert(&Kind::Float { single: false }, &text("NaN"))
+                .map(|c| matches!(c, Cell::Float(f) if f.is_nan())),
+            Ok(true)
+        );
+        assert!(convert(&Kind::Float { single: true }, &Value::Float(1e300)).is_err());
+        assert_eq!(convert(&Kind::Bool, &text("Yes")), Ok(Cell::Bool(true)));
+        assert!(convert(&Kind::Bool, &Value::Int(2)).is_err());
+    }
+}

@@ -1,0 +1,699 @@
+//! From operations to statements: each operation is checked against its table
+//! ([`prepare`]), then consecutive operations of the same shape are grouped into a
+//! [`Run`] that one set-based statement applies ([`runs`], [`sql`]).
+//!
+//! A run is a stretch of consecutive operations, so every row's operations keep their
+//! queue order. Within one run no target row may be touched twice (PostgreSQL forbids it
+//! for `ON CONFLICT DO UPDATE` and picks an arbitrary source row for `UPDATE ... FROM`):
+//! operations of the same shape on the same key are collapsed to the last one, which has
+//! the same columns and so overwrites all the earlier one wrote.
+
+use std::{collections::HashMap, fmt::Write, sync::Arc};
+
+use golconde_plugin_api::{Action, Column, Operation};
+use tokio_postgres::types::ToSql;
+
+use crate::{
+    config::UnknownColumns,
+    convert::{convert, show, Cell, Wire},
+    schema::Table,
+};
+
+/// An operation checked against its table, with its values converted.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    pub table: Arc<Table>,
+    pub action: Action,
+    /// Column positions and values, by column position.
+    pub data: Vec<(usize, Cell<'a>)>,
+    pub restriction: Vec<(usize, Cell<'a>)>,
+    /// For an upsert, the columns of the key it conflicts on.
+    pub conflict: Vec<usize>,
+}
+
+impl<'a> Prepared<'a> {
+    /// An update whose every column was ignored: there is nothing to do.
+    pub fn is_noop(&self) -> bool {
+        self.action == Action::Update && self.data.is_empty()
+    }
+
+    /// Whether `other` fits the same statement.
+    fn same_shape(&self, other: &Prepared<'_>) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+            && self.action == other.action
+            && self.conflict == other.conflict
+            && self.data.len() == other.data.len()
+            && self.restriction.len() == other.restriction.len()
+            && self.data.iter().zip(&other.data).all(|(a, b)| a.0 == b.0)
+            && self
+                .restriction
+                .iter()
+                .zip(&other.restriction)
+                .all(|(a, b)| a.0 == b.0 && (a.1 == Cell::Null) == (b.1 == Cell::Null))
+    }
+
+    /// The values that name the row an upsert or update touches, for collapsing.
+    fn key(&self) -> Option<RowKey<'_, 'a>> {
+        match self.action {
+            Action::Upsert | Action::Update => Some(RowKey(self)),
+            Action::Insert | Action::Delete => None,
+        }
+    }
+
+    fn key_cells(&self) -> impl Iterator<Item = &Cell<'a>> {
+        let upsert = self.action == Action::Upsert;
+        let conflict = self.conflict.iter().map(move |i| {
+            &self
+                .data
+                .iter()
+                .find(|(c, _)| c == i)
+                .expect("conflict columns are in the data")
+                .1
+        });
+        let restriction = self.restriction.iter().map(|(_, c)| c);
+        conflict
+            .take(if upsert { usize::MAX } else { 0 })
+            .chain(restriction.take(if upsert { 0 } else { usize::MAX }))
+    }
+}
+
+/// An operation's row key; equal keys within one run name the same row.
+struct RowKey<'p, 'a>(&'p Prepared<'a>);
+
+impl PartialEq for RowKey<'_, '_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key_cells().eq(other.0.key_cells())
+    }
+}
+
+impl Eq for RowKey<'_, '_> {}
+
+impl std::hash::Hash for RowKey<'_, '_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for cell in self.0.key_cells() {
+            match cell {
+                Cell::Null => 0u8.hash(state),
+                Cell::Int(i) => i.hash(state),
+                Cell::Float(f) => f.to_bits().hash(state),
+                Cell::Bool(b) => b.hash(state),
+                Cell::Text(t) => t.hash(state),
+            }
+        }
+    }
+}
+
+/// Why an operation does not fit its table.
+#[derive(Debug)]
+pub struct Misfit {
+    pub message: String,
+    /// It depends on the table's definition (a column it lacks, a column's type, its
+    /// keys), so a stale cached definition could explain it.
+    pub stale_suspect: bool,
+}
+
+impl From<String> for Misfit {
+    fn from(message: String) -> Misfit {
+        Misfit {
+            message,
+            stale_suspect: false,
+        }
+    }
+}
+
+/// Checks `op` against `table`; the error says what is wrong, naming table and column.
+pub fn prepare<'a>(
+    table: &Arc<Table>,
+    op: &'a Operation,
+    unknown: UnknownColumns,
+) -> Result<Prepared<'a>, Misfit> {
+    let t = &table.display;
+    let data = cells(table, &op.data, "data", unknown)?;
+    let restriction = cells(table, &op.restriction, "restriction", UnknownColumns::Error)?;
+    let verb = match op.action {
+        Action::Insert => "insert",
+        Action::Upsert => "upsert",
+        Action::Update => "update",
+        Action::Delete => "delete",
+    };
+    match op.action {
+        Action::Insert | Action::Upsert if !restriction.is_empty() => {
+            return Err(format!(
+                "an {verb} into `{t}` takes no restriction; put the key columns in its data"
+            )
+            .into())
+        }
+        Action::Insert | Action::Upsert if data.is_empty() => {
+            return Err(Misfit {
+                message: format!(
+                    "an {verb} into `{t}` has no column of that table to write (given: {})",
+                    names(&op.data)
+                ),
+                stale_suspect: true,
+            })
+        }
+        Action::Update | Action::Delete if restriction.is_empty() => {
+            return Err(format!(
+                "an {verb} of `{t}` without a restriction would touch every row; it is refused"
+            )
+            .into())
+        }
+        Action::Delete if !op.data.is_empty() => {
+            return Err(format!("a delete from `{t}` takes no data").into())
+        }
+        _ => {}
+    }
+    let mut conflict = Vec::new();
+    if op.action == Action::Upsert {
+        let has = |key: &Vec<usize>| {
+            !key.is_empty() && key.iter().all(|k| data.iter().any(|(c, _)| c == k))
+        };
+        conflict = std::iter::once(&table.primary_key)
+            .chain(&table.unique_keys)
+            .find(|key| has(key))
+            .cloned()
+            .ok_or_else(|| {
+                let mut keys = Vec::new();
+                if !table.primary_key.is_empty() {
+                    keys.push(format!(
+                        "primary key ({})",
+                        table.column_names(&table.primary_key)
+                    ));
+                }
+                for key in &table.unique_keys {
+                    keys.push(format!("unique key ({})", table.column_names(key)));
+                }
+                let message = if keys.is_empty() {
+                    format!(
+                        "an upsert into `{t}` needs a primary key or unique index to find its \
+                         row, and the table has none; use add/update instead"
+                    )
+                } else {
+                    format!(
+                        "an upsert into `{t}` needs every column of its {} in its data; it has \
+                         only {}",
+                        keys.join(" or "),
+                        names(&op.data)
+                    )
+                };
+                Misfit {
+                    message,
+                    stale_suspect: true,
+                }
+            })?;
+    }
+    Ok(Prepared {
+        table: table.clone(),
+        action: op.action,
+        data,
+        restriction,
+        conflict,
+    })
+}
+
+fn cells<'a>(
+    table: &Table,
+    columns: &'a [Column],
+    what: &str,
+    unknown: UnknownColumns,
+) -> Result<Vec<(usize, Cell<'a>)>, Misfit> {
+    let mut cells: Vec<(usize, Cell<'a>)> = Vec::with_capacity(columns.len());
+    for column in columns {
+        let Some(position) = table.column(&column.name) else {
+            if unknown == UnknownColumns::Ignore {
+                continue;
+            }
+            return Err(Misfit {
+                message: format!(
+                    "table `{}` has no column `{}` (named in the {what}); fix the message, or \
+                     set `unknown_columns = \"ignore\"` to drop such columns from data",
+                    table.display, column.name
+                ),
+                stale_suspect: true,
+            });
+        };
+        if cells.iter().any(|(p, _)| *p == position) {
+            return Err(format!(
+                "column `{}` appears twice in the {what} for `{}`",
+                column.name, table.display
+            )
+            .into());
+        }
+        let info = &table.columns[position];
+        let cell = convert(&info.kind, &column.value).map_err(|reason| Misfit {
+            message: format!(
+                "column `{}` of `{}` ({}) cannot take {}: {reason}",
+                info.name,
+                table.display,
+                info.type_name,
+                show(&column.value)
+            ),
+            stale_suspect: true,
+        })?;
+        cells.push((position, cell));
+    }
+    cells.sort_by_key(|(p, _)| *p);
+    Ok(cells)
+}
+
+fn names(columns: &[Column]) -> String {
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Where an operation comes from: its change and its place in that change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub change: usize,
+    pub operation: usize,
+}
+
+/// Operations of one shape, applied by one statement.
+#[derive(Debug)]
+pub struct Run<'p, 'a> {
+    /// The operations the statement sends, in order.
+    pub rows: Vec<(Origin, &'p Prepared<'a>)>,
+    /// Operations collapsed into a later one of `rows`: applied by it.
+    pub superseded: Vec<Origin>,
+}
+
+/// Groups operations, in order, into runs of one shape.
+pub fn runs<'p, 'a>(ops: impl IntoIterator<Item = (Origin, &'p Prepared<'a>)>) -> Vec<Run<'p, 'a>> {
+    let mut runs: Vec<Run<'p, 'a>> = Vec::new();
+    let mut keys: HashMap<RowKey<'p, 'a>, usize> = HashMap::new();
+    for (origin, op) in ops {
+        if op.is_noop() {
+            continue;
+        }
+        let fits = matches!(runs.last(), Some(run) if run.rows[0].1.same_shape(op));
+        if !fits {
+            keys.clear();
+            runs.push(Run {
+                rows: Vec::new(),
+                superseded: Vec::new(),
+            });
+        }
+        let run = runs.last_mut().expect("pushed above");
+        if let Some(key) = op.key() {
+            if let Some(&at) = keys.get(&key) {
+                let (earlier, _) = std::mem::replace(&mut run.rows[at], (origin, op));
+                run.superseded.push(earlier);
+                continue;
+            }
+            keys.insert(key, run.rows.len());
+        }
+        run.rows.push((origin, op));
+    }
+    runs
+}
+
+impl<'p, 'a> Run<'p, 'a> {
+    /// The statement for this run's shape.
+    pub fn sql(&self) -> String {
+        let first = self.rows[0].1;
+        sql(first)
+    }
+
+    /// Whether the statement returns the inserted rows' keys.
+    pub fn returns(&self) -> bool {
+        self.rows[0].1.action == Action::Insert && !self.rows[0].1.table.primary_key.is_empty()
+    }
+
+    /// One array parameter per data column, then one per non-NULL restriction column.
+    pub fn params(&self) -> Vec<Box<dyn ToSql + Sync + Send + 'p>> {
+        let first = self.rows[0].1;
+        let mut params: Vec<Box<dyn ToSql + Sync + Send + 'p>> = Vec::new();
+        for (slot, (position, _)) in first.data.iter().enumerate() {
+            params.push(self.column(*position, |op| &op.data[slot].1));
+        }
+        for (slot, (position, cell)) in first.restriction.iter().enumerate() {
+            if *cell != Cell::Null {
+                params.push(self.column(*position, |op| &op.restriction[slot].1));
+            }
+        }
+        params
+    }
+
+    fn column(
+        &self,
+        position: usize,
+        cell: impl Fn(&'p Prepared<'a>) -> &'p Cell<'a>,
+    ) -> Box<dyn ToSql + Sync + Send + 'p> {
+        let table = &self.rows[0].1.table;
+        let cells = self.rows.iter().map(|(_, op)| cell(op));
+        match Wire::of(&table.columns[position].kind) {
+            Wire::Int => Box::new(
+                cells
+                    .map(|c| match c {
+                        Cell::Int(i) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Wire::Float => Box::new(
+                cells
+                    .map(|c| match c {
+                        Cell::Float(f) => Some(*f),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Wire::Bool => Box::new(
+                cells
+                    .map(|c| match c {
+                        Cell::Bool(b) => Some(*b),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Wire::Text => Box::new(
+                cells
+                    .map(|c| match c {
+                        Cell::Text(t) => Some(t.as_ref()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+}
+
+/// The set-based statement for operations shaped like `op`: values come from `unnest`
+/// of one array parameter per column (`v.d0`, `v.d1`... for data, `v.r0`... for the
+/// restriction), each cast to its column's type.
+pub fn sql(op: &Prepared<'_>) -> String {
+    let table = &op.table;
+    let col = |i: usize| &table.columns[i];
+    let mut arrays = Vec::new();
+    let mut aliases = Vec::new();
+    let mut n = 0;
+    for (slot, (position, _)) in op.data.iter().enumerate() {
+        n += 1;
+        arrays.push(format!(
+            "${n}::{}",
+            Wire::of(&col(*position).kind).array_type()
+        ));
+        aliases.push(format!("d{slot}"));
+    }
+    for (slot, (position, cell)) in op.restriction.iter().enumerate() {
+        if *cell != Cell::Null {
+            n += 1;
+            arrays.push(format!(
+                "${n}::{}",
+                Wire::of(&col(*position).kind).array_type()
+            ));
+            aliases.push(format!("r{slot}"));
+        }
+    }
+    // A restriction of NULLs only has no parameter; one row of nothing stands in for it.
+    let source = if arrays.is_empty() {
+        "(VALUES (1)) AS v(x)".to_string()
+    } else {
+        format!("unnest({}) AS v({})", arrays.join(", "), aliases.join(", "))
+    };
+    let value = |slot: usize, position: usize| format!("v.d{slot}::{}", col(position).cast);
+    let condition = || {
+        op.restriction
+            .iter()
+            .enumerate()
+            .map(|(slot, (position, cell))| {
+                if *cell == Cell::Null {
+                    format!("t.{} IS NULL", col(*position).quoted)
+                } else {
+                    format!(
+                        "t.{} = v.r{slot}::{}",
+                        col(*position).quoted,
+                        col(*position).cast
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let mut sql = String::new();
+    match op.action {
+        Action::Insert | Action::Upsert => {
+            let columns: Vec<&str> = op
+                .data
+                .iter()
+                .map(|(p, _)| col(*p).quoted.as_str())
+                .collect();
+            let values: Vec<String> = op
+                .data
+                .iter()
+                .enumerate()
+                .map(|(slot, (p, _))| value(slot, *p))
+                .collect();
+            write!(
+                sql,
+                "INSERT INTO {} ({}) SELECT {} FROM {source}",
+                table.quoted,
+                columns.join(", "),
+                values.join(", ")
+            )
+            .expect("writing to a String");
+            if op.action == Action::Upsert {
+                let target: Vec<&str> = op
+                    .conflict
+                    .iter()
+                    .map(|p| col(*p).quoted.as_str())
+                    .collect();
+                let updates: Vec<String> = op
+                    .data
+                    .iter()
+                    .filter(|(p, _)| !op.conflict.contains(p))
+                    .map(|(p, _)| format!("{0} = EXCLUDED.{0}", col(*p).quoted))
+                    .collect();
+                if updates.is_empty() {
+                    write!(sql, " ON CONFLICT ({}) DO NOTHING", target.join(", "))
+                } else {
+                    write!(
+                        sql,
+                        " ON CONFLICT ({}) DO UPDATE SET {}",
+                        target.join(", "),
+                        updates.join(", ")
+                    )
+                }
+                .expect("writing to a String");
+            } else if !table.primary_key.is_empty() {
+                let keys: Vec<String> = table
+                    .primary_key
+                    .iter()
+                    .map(|p| format!("{}::text", col(*p).quoted))
+                    .collect();
+                write!(sql, " RETURNING {}", keys.join(", ")).expect("writing to a String");
+            }
+        }
+        Action::Update => {
+            let sets: Vec<String> = op
+                .data
+                .iter()
+                .enumerate()
+                .map(|(slot, (p, _))| format!("{} = {}", col(*p).quoted, value(slot, *p)))
+                .collect();
+            write!(
+                sql,
+                "UPDATE {} AS t SET {} FROM {source} WHERE {}",
+                table.quoted,
+                sets.join(", "),
+                condition()
+            )
+            .expect("writing to a String");
+        }
+        Action::Delete => {
+            write!(
+                sql,
+                "DELETE FROM {} AS t USING {source} WHERE {}",
+                table.quoted,
+                condition()
+            )
+            .expect("writing to a String");
+        }
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use golconde_plugin_api::Value;
+
+    use super::*;
+    use crate::schema::{quote_ident, ColumnInfo, Kind};
+
+    fn table() -> Arc<Table> {
+        let column = |name: &str, cast: &str, kind: Kind| ColumnInfo {
+            name: name.into(),
+            quoted: quote_ident(name),
+            type_name: cast.into(),
+            cast: format!("\"pg_catalog\".\"{cast}\""),
+            kind,
+        };
+        let columns = vec![
+            column(
+                "id",
+                "int8",
+                Kind::Int {
+                    min: i64::MIN,
+                    max: i64::MAX,
+                },
+            ),
+            column("na\"me", "text", Kind::Text { max: None }),
+            column("at", "timestamptz", Kind::Other),
+        ];
+        Arc::new(Table {
+            quoted: r#""s"."t""#.into(),
+            display: "s.t".into(),
+            by_name: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect(),
+            columns,
+            primary_key: vec![0],
+            unique_keys: Vec::new(),
+        })
+    }
+
+    fn operation(
+        action: Action,
+        data: &[(&str, Value)],
+        restriction: &[(&str, Value)],
+    ) -> Operation {
+        let columns = |cs: &[(&str, Value)]| -> Vec<Column> {
+            cs.iter().map(|(n, v)| Column::new(*n, v.clone())).collect()
+        };
+        Operation {
+            action,
+            table: "s.t".into(),
+            data: columns(data).into(),
+            restriction: columns(restriction).into(),
+        }
+    }
+
+    #[test]
+    fn statements_for_each_action() {
+        let t = table();
+        let sql = |op: &Operation| sql(&prepare(&t, op, UnknownColumns::Error).unwrap());
+        let row = [("id", Value::Int(1)), ("na\"me", Value::Text("x".into()))];
+        assert_eq!(
+            sql(&operation(Action::Insert, &row, &[])),
+            r#"INSERT INTO "s"."t" ("id", "na""me") SELECT v.d0::"pg_catalog"."int8", v.d1::"pg_catalog"."text" FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[]) AS v(d0, d1) RETURNING "id"::text"#
+        );
+        assert_eq!(
+            sql(&operation(Action::Upsert, &row, &[])),
+            r#"INSERT INTO "s"."t" ("id", "na""me") SELECT v.d0::"pg_catalog"."int8", v.d1::"pg_catalog"."text" FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[]) AS v(d0, d1) ON CONFLICT ("id") DO UPDATE SET "na""me" = EXCLUDED."na""me""#
+        );
+        assert_eq!(
+            sql(&operation(Action::Upsert, &row[..1], &[])),
+            r#"INSERT INTO "s"."t" ("id") SELECT v.d0::"pg_catalog"."int8" FROM unnest($1::pg_catalog.int8[]) AS v(d0) ON CONFLICT ("id") DO NOTHING"#
+        );
+        assert_eq!(
+            sql(&operation(
+                Action::Update,
+                &[("at", Value::Text("now".into()))],
+                &[("id", Value::Int(1)), ("na\"me", Value::Null)]
+            )),
+            r#"UPDATE "s"."t" AS t SET "at" = v.d0::"pg_catalog"."timestamptz" FROM unnest($1::pg_catalog.text[], $2::pg_catalog.int8[]) AS v(d0, r0) WHERE t."id" = v.r0::"pg_catalog"."int8" AND t."na""me" IS NULL"#
+        );
+        assert_eq!(
+            sql(&operation(Action::Delete, &[], &[("na\"me", Value::Null)])),
+            r#"DELETE FROM "s"."t" AS t USING (VALUES (1)) AS v(x) WHERE t."na""me" IS NULL"#
+        );
+    }
+
+    #[test]
+    fn runs_split_at_a_change_of_shape_and_collapse_repeated_keys() {
+        let t = table();
+        let set = |id: i64, name: &str| {
+            operation(
+                Action::Upsert,
+                &[("id", Value::Int(id)), ("na\"me", Value::Text(name.into()))],
+                &[],
+            )
+        };
+        let ops = [
+            set(1, "a"),
+            set(2, "b"),
+            set(1, "c"),
+            operation(Action::Delete, &[], &[("id", Value::Int(2))]),
+            set(2, "d"),
+            operation(Action::Upsert, &[("id", Value::Int(3))], &[]),
+        ];
+        let prepared: Vec<Prepared> = ops
+            .iter()
+            .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
+            .collect();
+        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
+            (
+                Origin {
+                    change: i,
+                    operation: 0,
+                },
+                op,
+            )
+        }));
+        let changes =
+            |run: &Run| -> Vec<usize> { run.rows.iter().map(|(o, _)| o.change).collect() };
+        assert_eq!(runs.len(), 4);
+        // The later upsert of key 1 takes the earlier one's place: key 2 stays after it.
+        assert_eq!(changes(&runs[0]), [2, 1]);
+        assert_eq!(
+            runs[0]
+                .superseded
+                .iter()
+                .map(|o| o.change)
+                .collect::<Vec<_>>(),
+            [0]
+        );
+        assert_eq!(changes(&runs[1]), [3]);
+        assert_eq!(changes(&runs[2]), [4]);
+        assert_eq!(changes(&runs[3]), [5]);
+    }
+
+    #[test]
+    fn misfits_name_table_and_column() {
+        let t = table();
+        let misfit = |op: &Operation| prepare(&t, op, UnknownColumns::Error).unwrap_err();
+        let e = misfit(&operation(
+            Action::Upsert,
+            &[("na\"me", Value::Text("x".into()))],
+            &[],
+        ));
+        assert!(e.message.contains("primary key (id)"), "{}", e.message);
+        assert!(e.stale_suspect);
+        let e = misfit(&operation(
+            Action::Insert,
+            &[("id", Value::Bool(true))],
+            &[],
+        ));
+        assert!(
+            e.message
+                .contains("column `id` of `s.t` (int8) cannot take true"),
+            "{}",
+            e.message
+        );
+        let e = misfit(&operation(
+            Action::Insert,
+            &[("id", Value::Int(1)), ("id", Value::Int(2))],
+            &[],
+        ));
+        assert!(e.message.contains("`id` appears twice"), "{}", e.message);
+        assert!(!e.stale_suspect);
+        let e = misfit(&operation(
+            Action::Insert,
+            &[("id", Value::Int(1))],
+            &[("id", Value::Int(1))],
+        ));
+        assert!(e.message.contains("takes no restriction"), "{}", e.message);
+        let update = operation(
+            Action::Update,
+            &[("nope", Value::Int(1))],
+            &[("id", Value::Int(1))],
+        );
+        let ignored = prepare(&t, &update, UnknownColumns::Ignore).unwrap();
+        assert!(ignored.is_noop());
+    }
+}

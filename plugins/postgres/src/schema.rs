@@ -1,0 +1,345 @@
+//! What the plugin knows of a target table: its columns and their types, its primary key
+//! and unique indexes, read from the catalog once and cached until the table changes.
+//!
+//! **Invariant:** every identifier that reaches SQL goes through [`quote_ident`], and every
+//! type name used in a cast is the catalog's own `schema.typname`, quoted, never text from
+//! a message.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use tokio_postgres::Client;
+
+/// Quotes an identifier for SQL: wrapped in `"`, with every `"` doubled.
+pub fn quote_ident(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `schema.table` or `table` as an operation names it: split on the first dot outside
+/// double quotes; a part in double quotes may contain dots and doubled quotes. Unquoted
+/// parts are taken literally (no case folding): operations name tables unquoted.
+pub fn parse_table_name(text: &str) -> Result<(Option<String>, String), String> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(format!("table name `{text}` has an unclosed `\"`")),
+                }
+            }
+            if !matches!(chars.peek(), None | Some('.')) {
+                return Err(format!(
+                    "table name `{text}` has text after a closing `\"`; quote the whole part"
+                ));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' && parts.is_empty() {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return Err(format!("table name `{text}` has an empty part"));
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') if parts.len() == 1 => continue,
+            Some(_) => unreachable!("a part ends at a dot or at the end"),
+        }
+    }
+    let name = parts.pop().expect("at least one part");
+    Ok((parts.pop(), name))
+}
+
+/// How values for a column are checked and sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        single: bool,
+    },
+    Numeric,
+    Bool,
+    /// `max`: the length limit of `varchar(n)` and `char(n)`, in characters.
+    Text {
+        max: Option<usize>,
+    },
+    Json,
+    Bytea,
+    /// Sent as text and parsed by the server: uuid, dates and times, enums, intervals...
+    Other,
+    Array(Box<Kind>),
+}
+
+impl Kind {
+    fn of(oid: u32, typmod: i32) -> Kind {
+        match oid {
+            21 => Kind::Int {
+                min: i16::MIN as i64,
+                max: i16::MAX as i64,
+            },
+            23 => Kind::Int {
+                min: i32::MIN as i64,
+                max: i32::MAX as i64,
+            },
+            20 => Kind::Int {
+                min: i64::MIN,
+                max: i64::MAX,
+            },
+            700 => Kind::Float { single: true },
+            701 => Kind::Float { single: false },
+            1700 => Kind::Numeric,
+            16 => Kind::Bool,
+            1043 | 1042 => Kind::Text {
+                max: usize::try_from(typmod - 4).ok(),
+            },
+            25 | 19 => Kind::Text { max: None },
+            114 | 3802 => Kind::Json,
+            17 => Kind::Bytea,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// One column of a table.
+#[derive(Debug)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub quoted: String,
+    /// The type as people write it (`character varying(20)`), for messages.
+    pub type_name: String,
+    /// The type to cast a parameter to: the column's own type without its modifier, so
+    /// that the assignment to the column still checks lengths (`varchar(20)`) rather than
+    /// an explicit cast silently truncating.
+    pub cast: String,
+    pub kind: Kind,
+}
+
+/// One target table.
+#[derive(Debug)]
+pub struct Table {
+    /// `"schema"."table"`, resolved, for SQL.
+    pub quoted: String,
+    /// `schema.table`, for messages.
+    pub display: String,
+    pub columns: Vec<ColumnInfo>,
+    pub by_name: HashMap<String, usize>,
+    /// Column positions of the primary key; empty when there is none.
+    pub primary_key: Vec<usize>,
+    /// Column positions of every other unique index usable as an upsert target.
+    pub unique_keys: Vec<Vec<usize>>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn column_names(&self, positions: &[usize]) -> String {
+        positions
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+const TABLE_SQL: &str = "\
+SELECT c.oid, n.nspname::text, c.relname::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = pg_catalog.to_regclass($1) AND c.relkind IN ('r', 'p', 'v', 'f')";
+
+const COLUMNS_SQL: &str = "\
+SELECT a.attname::text,
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
+       tn.nspname::text,
+       t.typname::text,
+       bt.oid,
+       bt.typcategory::text,
+       bt.typelem,
+       a.atttypmod
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+JOIN pg_catalog.pg_type bt
+  ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum";
+
+const KEYS_SQL: &str = "\
+SELECT i.indisprimary,
+       ARRAY(SELECT a.attname::text
+             FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             ORDER BY k.ord)
+FROM pg_catalog.pg_index i
+WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+  AND i.indpred IS NULL AND i.indexprs IS NULL
+ORDER BY i.indisprimary DESC, i.indexrelid";
+
+/// Reads `name` from the catalog; `None` when no such table exists.
+pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, Introspection> {
+    let (schema, table) = parse_table_name(name).map_err(Introspection::BadName)?;
+    let regclass = match &schema {
+        Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&table)),
+        None => quote_ident(&table),
+    };
+    let Some(row) = client.query_opt(TABLE_SQL, &[&regclass]).await? else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let schema: String = row.get(1);
+    let relname: String = row.get(2);
+
+    let mut columns = Vec::new();
+    for row in client.query(COLUMNS_SQL, &[&oid]).await? {
+        let name: String = row.get(0);
+        let type_name: String = row.get(1);
+        let type_schema: String = row.get(2);
+        let typname: String = row.get(3);
+        let base: u32 = row.get(4);
+        let category: String = row.get(5);
+        let element: u32 = row.get(6);
+        let typmod: i32 = row.get(7);
+        let kind = if category == "A" {
+            Kind::Array(Box::new(Kind::of(element, typmod)))
+        } else {
+            Kind::of(base, typmod)
+        };
+        columns.push(ColumnInfo {
+            quoted: quote_ident(&name),
+            name,
+            type_name,
+            cast: format!("{}.{}", quote_ident(&type_schema), quote_ident(&typname)),
+            kind,
+        });
+    }
+    let by_name: HashMap<String, usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+
+    let mut primary_key = Vec::new();
+    let mut unique_keys = Vec::new();
+    for row in client.query(KEYS_SQL, &[&oid]).await? {
+        let primary: bool = row.get(0);
+        let names: Vec<String> = row.get(1);
+        let positions: Option<Vec<usize>> = names.iter().map(|n| by_name.get(n).copied()).collect();
+        let Some(positions) = positions else { continue };
+        if primary {
+            primary_key = positions;
+        } else {
+            unique_keys.push(positions);
+        }
+    }
+    Ok(Some(Table {
+        quoted: format!("{}.{}", quote_ident(&schema), quote_ident(&relname)),
+        display: format!("{schema}.{relname}"),
+        columns,
+        by_name,
+        primary_key,
+        unique_keys,
+    }))
+}
+
+/// Why a table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Introspection {
+    #[error("{0}")]
+    BadName(String),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// The tables read so far, shared by every session of one database instance, keyed by
+/// the name operations use.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tables: Mutex<HashMap<String, Arc<Table>>>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<Arc<Table>> {
+        self.lock().get(name).cloned()
+    }
+
+    pub fn insert(&self, name: &str, table: Arc<Table>) {
+        self.lock().insert(name.to_string(), table);
+    }
+
+    /// Forgets `names`, so they are read again: their definition changed under us.
+    pub fn forget<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut tables = self.lock();
+        for name in names {
+            tables.remove(name);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Table>>> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident("users"), r#""users""#);
+        assert_eq!(
+            quote_ident(r#"x"; DROP TABLE t; --"#),
+            r#""x""; DROP TABLE t; --""#
+        );
+        assert_eq!(quote_ident("$GOLCONDE$"), r#""$GOLCONDE$""#);
+    }
+
+    #[test]
+    fn table_names_split_on_the_first_unquoted_dot() {
+        let ok = |s: &str| parse_table_name(s).unwrap();
+        assert_eq!(ok("users"), (None, "users".into()));
+        assert_eq!(ok("public.users"), (Some("public".into()), "users".into()));
+        assert_eq!(ok("public.a.b"), (Some("public".into()), "a.b".into()));
+        assert_eq!(
+            ok(r#""my.schema".t"#),
+            (Some("my.schema".into()), "t".into())
+        );
+        assert_eq!(
+            ok(r#"s."we""ird.name""#),
+            (Some("s".into()), r#"we"ird.name"#.into())
+        );
+        assert_eq!(ok("Users"), (None, "Users".into()));
+        for bad in ["", ".t", "s.", r#""open"#, r#""a"b.c"#] {
+            assert!(parse_table_name(bad).is_err(), "{bad}");
+        }
+    }
+}

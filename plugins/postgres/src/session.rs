@@ -1,0 +1,817 @@
+//! One connection, and applying a batch of changes through it.
+//!
+//! A batch is one transaction. The fast path sends one set-based statement per run of
+//! like operations. When a statement fails because of some change's data, the transaction
+//! is rolled back and the batch is applied again by bisection under savepoints: a range
+//! that fails is split in two until each bad change stands alone and is reported; every
+//! range that works is kept, and all of it commits together. A failure that is not the
+//! data's fault (connection lost, serialization failure, deadlock, shutdown) rolls back
+//! everything and is returned as transient, so the host reconnects and retries the batch.
+//!
+//! **Invariant:** the results are decided only once `COMMIT` succeeded; before that any
+//! failure is transient and nothing of the batch is kept.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use golconde_plugin_api::{Applied, Change, Column, PluginError, RVec, Value};
+use tokio::{runtime::Runtime, task::JoinHandle};
+use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
+
+use crate::{
+    convert::Cell,
+    dedupe,
+    plan::{self, Origin, Prepared},
+    schema::{self, Introspection, Kind, Table},
+    Shared,
+};
+
+/// A statement failed; what that means for the batch.
+#[derive(Debug)]
+enum Failure {
+    /// Not the data's fault: roll back, report, let the host retry.
+    Transient(PluginError),
+    /// A table changed under the cached definition: read it again and retry once.
+    Schema(tokio_postgres::Error),
+    /// Some change's data cannot apply: find it.
+    Data(DataError),
+}
+
+/// Why a statement refused the data.
+#[derive(Debug)]
+enum DataError {
+    Database(tokio_postgres::Error),
+    /// An insert returned fewer keys than it had rows (a trigger skipped some), so the
+    /// keys cannot be matched to their rows; applied one by one they can.
+    Unmatched,
+}
+
+/// What became of one attempt at the batch.
+enum Attempt {
+    Done(Vec<Result<Applied, PluginError>>),
+    /// A cached table definition was stale: the tables must be read again.
+    Stale,
+}
+
+/// A session: a connection with its own single-threaded runtime, which runs only while a
+/// call of the host is in it. Nothing async is visible outside.
+pub struct PgSession {
+    inner: Option<Inner>,
+    connection: Option<JoinHandle<()>>,
+    runtime: Runtime,
+}
+
+struct Inner {
+    client: Client,
+    shared: Arc<Shared>,
+    /// Prepared statements by SQL text; cleared when a table changes.
+    statements: HashMap<String, Statement>,
+}
+
+/// The most prepared statements a session keeps.
+const MAX_STATEMENTS: usize = 256;
+
+/// Table definitions by the name operations use, or why a table cannot be used.
+type Tables = HashMap<String, Result<Arc<Table>, String>>;
+
+/// Why a change could not be planned, and the table whose stale definition might be
+/// the reason.
+type Unplanned<'c> = (PluginError, Option<&'c str>);
+
+/// A runtime for one connection: single-threaded, driven by whoever blocks on it.
+pub fn runtime() -> Result<Runtime, PluginError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PluginError::transient(format!("cannot start the plugin's runtime: {e}")))
+}
+
+/// Opens a connection; must run inside `runtime`, which then drives it.
+pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginError> {
+    let settings = &shared.settings;
+    let target = &settings.target;
+    let (client, connection) = tokio::time::timeout(
+        settings.connect_timeout,
+        settings.connect.connect(settings.tls.connector.clone()),
+    )
+    .await
+    .map_err(|_| {
+        PluginError::transient(format!(
+            "connecting to {target} timed out after {} ms",
+            settings.connect_timeout.as_millis()
+        ))
+    })?
+    .map_err(|e| PluginError::transient(format!("cannot connect to {target}: {}", chain(&e))))?;
+    let target = target.clone();
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection to {target} ended: {e}");
+        }
+    });
+    if let Some(ms) = settings.statement_timeout_ms {
+        client
+            .batch_execute(&format!("SET statement_timeout = {ms}"))
+            .await
+            .map_err(|e| {
+                PluginError::transient(format!(
+                    "setting statement_timeout on {}: {e}",
+                    settings.target
+                ))
+            })?;
+    }
+    Ok((client, connection))
+}
+
+impl PgSession {
+    pub fn connect(shared: Arc<Shared>) -> Result<PgSession, PluginError> {
+        let runtime = runtime()?;
+        let (client, connection) = runtime.block_on(async {
+            let (client, connection) = open(&shared).await?;
+            if shared.settings.dedupe && !shared.dedupe_ready() {
+                dedupe::ensure_table(&client).await.map_err(|e| {
+                    PluginError::transient(format!(
+                        "cannot create golconde.applied on {} for `dedupe`: {e}",
+                        shared.settings.target
+                    ))
+                })?;
+                shared.set_dedupe_ready();
+            }
+            Ok::<_, PluginError>((client, connection))
+        })?;
+        tracing::debug!("connected to {}", shared.settings.target);
+        Ok(PgSession {
+            inner: Some(Inner {
+                client,
+                shared,
+                statements: HashMap::new(),
+            }),
+            connection: Some(connection),
+            runtime,
+        })
+    }
+
+    /// The server process serving this session (what `pg_terminate_backend` takes).
+    pub fn backend_pid(&mut self) -> Result<i32, PluginError> {
+        let inner = self.inner.as_ref().expect("present until drop");
+        self.runtime.block_on(async {
+            let row = inner
+                .client
+                .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                .await
+                .map_err(|e| PluginError::transient(e.to_string()))?;
+            Ok(row.get(0))
+        })
+    }
+}
+
+impl Drop for PgSession {
+    fn drop(&mut self) {
+        // Dropping the client asks the connection to say goodbye to the server; give it a
+        // moment to do so rather than cutting the socket.
+        drop(self.inner.take());
+        if let Some(connection) = self.connection.take() {
+            let _ = self.runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(1), connection).await
+            });
+        }
+    }
+}
+
+impl golconde_plugin_api::Session for PgSession {
+    fn apply(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Vec<Result<Applied, PluginError>>, PluginError> {
+        let inner = self.inner.as_mut().expect("present until drop");
+        if inner.client.is_closed() {
+            return Err(PluginError::transient(format!(
+                "the connection to {} is closed; reconnecting",
+                inner.shared.settings.target
+            )));
+        }
+        self.runtime.block_on(inner.apply(changes))
+    }
+}
+
+impl Inner {
+    async fn apply(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Vec<Result<Applied, PluginError>>, PluginError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut refreshed = false;
+        loop {
+            let (tables, cached) = self.tables(changes).await?;
+            let plans = self.plan(changes, &tables);
+            // A change that does not fit a table read earlier may fit it as it is now (a
+            // column added, a type changed): read such tables again, once, before saying so.
+            let suspect: Vec<&str> = plans
+                .iter()
+                .filter_map(|p| p.as_ref().err().and_then(|(_, table)| *table))
+                .filter(|table| cached.contains(table))
+                .collect();
+            if !refreshed && !suspect.is_empty() {
+                self.refresh(suspect);
+                refreshed = true;
+                continue;
+            }
+            let plans: Vec<Result<Vec<Prepared>, PluginError>> =
+                plans.into_iter().map(|p| p.map_err(|(e, _)| e)).collect();
+            match self.attempt(changes, &plans, !refreshed).await? {
+                Attempt::Done(results) => {
+                    self.prune().await;
+                    return Ok(results);
+                }
+                Attempt::Stale => {
+                    self.refresh(
+                        changes
+                            .iter()
+                            .flat_map(|c| c.operations.iter().map(|o| o.table.as_str()))
+                            .collect(),
+                    );
+                    refreshed = true;
+                }
+            }
+        }
+    }
+
+    /// Forgets what we know of `tables` (and the statements built on it).
+    fn refresh(&mut self, tables: Vec<&str>) {
+        tracing::info!(
+            "reading the definition of {} again: it changed",
+            tables.join(", ")
+        );
+        self.shared.catalog.forget(tables);
+        self.statements.clear();
+    }
+
+    /// The definition of every table the batch names, read from the catalog if not cached.
+    /// Also answers which of them came from the cache.
+    async fn tables<'c>(
+        &mut self,
+        changes: &'c [Change],
+    ) -> Result<(Tables, Vec<&'c str>), PluginError> {
+        let mut tables = HashMap::new();
+        let mut cached = Vec::new();
+        for op in changes.iter().flat_map(|c| c.operations.iter()) {
+            let name = op.table.as_str();
+            if tables.contains_key(name) {
+                continue;
+            }
+            let table = match self.shared.catalog.get(name) {
+                Some(table) => {
+                    cached.push(name);
+                    Ok(table)
+                }
+                None => match schema::introspect(&self.client, name).await {
+                    Ok(Some(table)) => {
+                        let table = Arc::new(table);
+                        self.shared.catalog.insert(name, table.clone());
+                        Ok(table)
+                    }
+                    Ok(None) => Err(format!(
+                        "table `{name}` does not exist in {} (or user cannot see it); create \
+                         it, or fix the message's table",
+                        self.shared.settings.target
+                    )),
+                    Err(Introspection::BadName(e)) => Err(e),
+                    Err(Introspection::Database(e)) => match classify(e) {
+                        Failure::Transient(e) => return Err(e),
+                        Failure::Schema(e) | Failure::Data(DataError::Database(e)) => Err(format!(
+                            "cannot read the definition of table `{name}`: {}",
+                            db_message(&e)
+                        )),
+                        Failure::Data(DataError::Unmatched) => unreachable!("not a statement"),
+                    },
+                },
+            };
+            tables.insert(name.to_string(), table);
+        }
+        Ok((tables, cached))
+    }
+
+    /// Each change's operations, checked; a failure names the table when a stale
+    /// definition of it might explain the failure.
+    fn plan<'c>(
+        &self,
+        changes: &'c [Change],
+        tables: &Tables,
+    ) -> Vec<Result<Vec<Prepared<'c>>, Unplanned<'c>>> {
+        let unknown = self.shared.settings.unknown_columns;
+        changes
+            .iter()
+            .map(|change| {
+                change
+                    .operations
+                    .iter()
+                    .map(|op| {
+                        let table = tables[op.table.as_str()].as_ref().map_err(|e| {
+                            (PluginError::permanent(with_id(change, e.clone())), None)
+                        })?;
+                        plan::prepare(table, op, unknown).map_err(|misfit| {
+                            let error = PluginError::permanent(with_id(change, misfit.message));
+                            (error, misfit.stale_suspect.then_some(op.table.as_str()))
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// One transaction over the batch. `may_refresh`: a stale table definition answers
+    /// [`Attempt::Stale`] rather than counting as bad data.
+    async fn attempt(
+        &mut self,
+        changes: &[Change],
+        plans: &[Result<Vec<Prepared<'_>>, PluginError>],
+        may_refresh: bool,
+    ) -> Result<Attempt, PluginError> {
+        let mut results: Vec<Option<Result<Applied, PluginError>>> = plans
+            .iter()
+            .map(|p| p.as_ref().err().map(|e| Err(e.clone())))
+            .collect();
+        self.begin().await?;
+        // Later changes carrying an id an earlier change of this batch has: (later, earlier).
+        let mut repeats = Vec::new();
+        if self.shared.settings.dedupe {
+            if let Err(e) = self.skip_seen(changes, &mut results, &mut repeats).await {
+                self.rollback().await;
+                return Err(e);
+            }
+        }
+        let candidates: Vec<usize> = (0..changes.len())
+            .filter(|&i| results[i].is_none() && !repeats.iter().any(|(later, _)| *later == i))
+            .collect();
+
+        match self.run(plans, &candidates).await {
+            Ok(applied) => {
+                for (i, applied) in candidates.iter().zip(applied) {
+                    results[*i] = Some(Ok(applied));
+                }
+            }
+            Err(Failure::Transient(e)) => {
+                self.rollback().await;
+                return Err(e);
+            }
+            Err(Failure::Schema(_)) if may_refresh => {
+                self.rollback().await;
+                return Ok(Attempt::Stale);
+            }
+            Err(Failure::Schema(_) | Failure::Data(_)) => {
+                self.rollback().await;
+                self.begin().await?;
+                if let Err(e) = self
+                    .isolate(changes, plans, &candidates, &mut results)
+                    .await
+                {
+                    self.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
+        for (later, earlier) in repeats {
+            results[later] = Some(match &results[earlier] {
+                Some(Ok(applied)) => Ok(Applied {
+                    returned: applied.returned.clone(),
+                    duplicate: true,
+                }),
+                Some(Err(e)) => Err(e.clone()),
+                None => unreachable!("every earlier change has a result"),
+            });
+        }
+        let results: Vec<Result<Applied, PluginError>> = results
+            .into_iter()
+            .map(|r| r.expect("every change has a result"))
+            .collect();
+        if self.shared.settings.dedupe {
+            if let Err(e) = self.record(changes, &results).await {
+                self.rollback().await;
+                return Err(e);
+            }
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| self.transient("committing", e))?;
+        Ok(Attempt::Done(results))
+    }
+
+    async fn begin(&mut self) -> Result<(), PluginError> {
+        // Deferred constraints are checked per statement, so that a violation is pinned
+        // to its change rather than failing the whole batch at COMMIT.
+        self.client
+            .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(|e| self.transient("starting a transaction", e))
+    }
+
+    async fn rollback(&mut self) {
+        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            tracing::debug!("rolling back: {e}");
+        }
+    }
+
+    fn transient(&self, what: &str, e: tokio_postgres::Error) -> PluginError {
+        PluginError::transient(format!(
+            "{what} on {}: {}; nothing of the batch was committed",
+            self.shared.settings.target,
+            db_message(&e)
+        ))
+    }
+
+    /// Marks the changes whose id was applied before as duplicates.
+    async fn skip_seen(
+        &mut self,
+        changes: &[Change],
+        results: &mut [Option<Result<Applied, PluginError>>],
+        repeats: &mut Vec<(usize, usize)>,
+    ) -> Result<(), PluginError> {
+        let ids: Vec<&str> = changes
+            .iter()
+            .zip(results.iter())
+            .filter(|(_, r)| r.is_none())
+            .filter_map(|(c, _)| c.id.as_ref().map(|id| id.as_str()).into_option())
+            .collect();
+        let seen = dedupe::seen(&self.client, &ids)
+            .await
+            .map_err(|e| self.transient("reading golconde.applied", e))?;
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            let Some(id) = change.id.as_ref().into_option() else {
+                continue;
+            };
+            if results[i].is_some() {
+                continue;
+            }
+            if let Some(returned) = seen.get(id.as_str()) {
+                results[i] = Some(Ok(Applied {
+                    returned: dedupe::decode(returned.as_deref(), change.operations.len()),
+                    duplicate: true,
+                }));
+            } else if let Some(&earlier) = first.get(id.as_str()) {
+                repeats.push((i, earlier));
+            } else {
+                first.insert(id.as_str(), i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the ids of the changes this batch applied.
+    async fn record(
+        &mut self,
+        changes: &[Change],
+        results: &[Result<Applied, PluginError>],
+    ) -> Result<(), PluginError> {
+        let entries: Vec<(String, Option<String>)> = changes
+            .iter()
+            .zip(results)
+            .filter_map(
+                |(change, result)| match (change.id.as_ref().into_option(), result) {
+                    (Some(id), Ok(applied)) if !applied.duplicate => {
+                        Some((id.to_string(), dedupe::encode(&applied.returned)))
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        let recorded = dedupe::record(&self.client, &entries)
+            .await
+            .map_err(|e| self.transient("writing golconde.applied", e))?;
+        if recorded < entries.len() {
+            return Err(PluginError::transient(format!(
+                "another session committed some of this batch's change ids meanwhile; \
+                 rolled back, the retry will skip them (on {})",
+                self.shared.settings.target
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes old entries of golconde.applied, now and then, outside any batch.
+    async fn prune(&mut self) {
+        if !self.shared.settings.dedupe || !self.shared.prune_due() {
+            return;
+        }
+        let retention = self.shared.settings.dedupe_retention.as_secs_f64();
+        match dedupe::prune(&self.client, retention).await {
+            Ok(n) if n > 0 => tracing::debug!("pruned {n} entries of golconde.applied"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning golconde.applied: {}", db_message(&e)),
+        }
+    }
+
+    /// Applies the changes `candidates` (positions in `plans`) set-based; what each
+    /// returned, in the order of `candidates`.
+    async fn run(
+        &mut self,
+        plans: &[Result<Vec<Prepared<'_>>, PluginError>],
+        candidates: &[usize],
+    ) -> Result<Vec<Applied>, Failure> {
+        let ops = |k: usize| {
+            plans[candidates[k]]
+                .as_ref()
+                .expect("candidates are planned")
+        };
+        let mut applied: Vec<Applied> = (0..candidates.len())
+            .map(|k| Applied {
+                returned: vec![RVec::new(); ops(k).len()].into(),
+                duplicate: false,
+            })
+            .collect();
+        let runs = plan::runs((0..candidates.len()).flat_map(|k| {
+            ops(k).iter().enumerate().map(move |(j, op)| {
+                (
+                    Origin {
+                        change: k,
+                        operation: j,
+                    },
+                    op,
+                )
+            })
+        }));
+        for run in runs {
+            let sql = run.sql();
+            let statement = self.statement(&sql).await.map_err(classify)?;
+            let params = run.params();
+            let params: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            if !run.returns() {
+                self.client
+                    .execute(&statement, &params)
+                    .await
+                    .map_err(classify)?;
+                continue;
+            }
+            let rows = self
+                .client
+                .query(&statement, &params)
+                .await
+                .map_err(classify)?;
+            if rows.len() != run.rows.len() {
+                if run.rows.len() > 1 {
+                    return Err(Failure::Data(DataError::Unmatched));
+                }
+                continue;
+            }
+            for ((origin, op), row) in run.rows.iter().zip(rows) {
+                let table = &op.table;
+                let columns: Vec<Column> = table
+                    .primary_key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| {
+                        let column = &table.columns[p];
+                        Column::new(
+                            column.name.clone(),
+                            returned_value(&column.kind, row.get::<_, Option<String>>(i)),
+                        )
+                    })
+                    .collect();
+                applied[origin.change].returned[origin.operation] = columns.into();
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        // Messages choosing ever new sets of columns must not grow this without bound.
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// The slow path, inside the open transaction: bisects `candidates` under savepoints
+    /// until every change that cannot apply stands alone.
+    async fn isolate(
+        &mut self,
+        changes: &[Change],
+        plans: &[Result<Vec<Prepared<'_>>, PluginError>],
+        candidates: &[usize],
+        results: &mut [Option<Result<Applied, PluginError>>],
+    ) -> Result<(), PluginError> {
+        let started = Instant::now();
+        let mut bad = 0;
+        // Ranges of `candidates`, the next one on top; a range's left half is finished
+        // before its right half starts, which keeps each row's changes in order.
+        let mut ranges = vec![(0, candidates.len())];
+        while let Some((lo, hi)) = ranges.pop() {
+            if lo == hi {
+                continue;
+            }
+            self.execute("SAVEPOINT golconde").await?;
+            let error = match self.run(plans, &candidates[lo..hi]).await {
+                Ok(applied) => {
+                    self.execute("RELEASE SAVEPOINT golconde").await?;
+                    for (i, applied) in candidates[lo..hi].iter().zip(applied) {
+                        results[*i] = Some(Ok(applied));
+                    }
+                    continue;
+                }
+                Err(Failure::Transient(e)) => return Err(e),
+                Err(Failure::Schema(e) | Failure::Data(DataError::Database(e))) => Some(e),
+                Err(Failure::Data(DataError::Unmatched)) => None,
+            };
+            self.execute("ROLLBACK TO SAVEPOINT golconde; RELEASE SAVEPOINT golconde")
+                .await?;
+            if hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                ranges.push((mid, hi));
+                ranges.push((lo, mid));
+                continue;
+            }
+            let i = candidates[lo];
+            let ops = plans[i].as_ref().expect("candidates are planned");
+            let error = error.expect("a single change always matches its keys");
+            let message = self.describe(&error, ops).await?;
+            bad += 1;
+            results[i] = Some(Err(PluginError::permanent(with_id(&changes[i], message))));
+        }
+        tracing::debug!(
+            "isolated {bad} of {} changes in {:?}",
+            candidates.len(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<(), PluginError> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| match classify(e) {
+                Failure::Transient(e) => e,
+                Failure::Schema(e) | Failure::Data(DataError::Database(e)) => {
+                    self.transient(sql, e)
+                }
+                Failure::Data(DataError::Unmatched) => unreachable!("not a statement"),
+            })
+    }
+
+    /// Says why one change failed: the server's message, and for a value the server could
+    /// not read, which column it was for (found by trying each value alone).
+    async fn describe(
+        &mut self,
+        error: &tokio_postgres::Error,
+        ops: &[Prepared<'_>],
+    ) -> Result<String, PluginError> {
+        let table = ops
+            .first()
+            .map(|op| op.table.display.as_str())
+            .unwrap_or("?");
+        let mut message = format!("`{table}`: {}", db_message(error));
+        let data_exception = error
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c == &SqlState::DATATYPE_MISMATCH);
+        let column_known = error.as_db_error().and_then(|e| e.column()).is_some();
+        if data_exception && !column_known {
+            if let Some((op, position, text)) = self.find_unreadable(ops).await? {
+                let column = &op.table.columns[position];
+                message = format!(
+                    "column `{}` of `{}` ({}) cannot take {}: {}",
+                    column.name,
+                    op.table.display,
+                    column.type_name,
+                    serde_json::to_string(&text).unwrap_or(text),
+                    db_message(error)
+                );
+            }
+        }
+        Ok(message)
+    }
+
+    /// The first value of `ops` the server cannot read as its column's type.
+    async fn find_unreadable<'p, 'a>(
+        &mut self,
+        ops: &'p [Prepared<'a>],
+    ) -> Result<Option<(&'p Prepared<'a>, usize, String)>, PluginError> {
+        for op in ops {
+            for (position, cell) in op.data.iter().chain(&op.restriction) {
+                let Cell::Text(text) = cell else { continue };
+                let column = &op.table.columns[*position];
+                self.execute("SAVEPOINT golconde_probe").await?;
+                // Through the declared type too (`numeric(30,10)`, which the bare cast
+                // lacks): format_type's output is the catalog's, never a message's.
+                let sql = format!(
+                    "SELECT $1::pg_catalog.text::{}::{}",
+                    column.cast, column.type_name
+                );
+                let fails = match self.client.query(&sql, &[&text.as_ref()]).await {
+                    Ok(_) => false,
+                    Err(e) => match classify(e) {
+                        Failure::Transient(e) => return Err(e),
+                        _ => true,
+                    },
+                };
+                self.execute(
+                    "ROLLBACK TO SAVEPOINT golconde_probe; RELEASE SAVEPOINT golconde_probe",
+                )
+                .await?;
+                if fails {
+                    return Ok(Some((op, *position, text.to_string())));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A returned key column, read as text, as a value of its kind.
+fn returned_value(kind: &Kind, text: Option<String>) -> Value {
+    let Some(text) = text else {
+        return Value::Null;
+    };
+    match kind {
+        Kind::Int { .. } => text
+            .parse()
+            .map(Value::Int)
+            .unwrap_or(Value::Text(text.into())),
+        Kind::Float { .. } => text
+            .parse()
+            .map(Value::Float)
+            .unwrap_or(Value::Text(text.into())),
+        Kind::Numeric => Value::Numeric(text.into()),
+        Kind::Bool => Value::Bool(text == "true"),
+        Kind::Json => Value::Json(text.into()),
+        _ => Value::Text(text.into()),
+    }
+}
+
+/// An error with its causes: tokio-postgres keeps a TLS failure's reason in its source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What a failed statement means, by SQLSTATE class.
+fn classify(e: tokio_postgres::Error) -> Failure {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection broke, or the protocol did.
+        return Failure::Transient(PluginError::transient(format!(
+            "the database connection failed: {}; nothing of the batch was committed",
+            db_message(&e)
+        )));
+    };
+    let code = code.code();
+    let transient = matches!(&code[..2], "08" | "40" | "53" | "57" | "58" | "25" | "XX")
+        || matches!(code, "55P03" | "55006" | "42501");
+    let schema = matches!(
+        code,
+        "42P01" | "42703" | "42704" | "42883" | "42804" | "42P10" | "0A000" | "3F000"
+    );
+    if transient {
+        Failure::Transient(PluginError::transient(format!(
+            "{}; nothing of the batch was committed",
+            db_message(&e)
+        )))
+    } else if schema {
+        Failure::Schema(e)
+    } else {
+        Failure::Data(DataError::Database(e))
+    }
+}
+
+/// The server's message with its detail and SQLSTATE, or the client's error.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return e.to_string();
+    };
+    let mut message = db.message().to_string();
+    if let Some(detail) = db.detail() {
+        message.push_str(&format!(" ({detail})"));
+    }
+    if let Some(constraint) = db.constraint() {
+        message.push_str(&format!(" [constraint {constraint}]"));
+    }
+    message.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+    message
+}
+
+fn with_id(change: &Change, message: String) -> String {
+    match change.id.as_ref().into_option() {
+        Some(id) => format!("change `{id}`: {message}"),
+        None => message,
+    }
+}

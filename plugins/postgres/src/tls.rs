@@ -1,0 +1,427 @@
+//! TLS for the connection, with libpq's `sslmode` meanings, through rustls and ring.
+//!
+//! tokio-postgres knows `sslmode=disable|prefer|require` and no `sslrootcert`, so both are
+//! taken out of the DSN here ([`split_dsn`]) and turned into a rustls configuration:
+//!
+//! | sslmode | TLS | certificate checked |
+//! |---|---|---|
+//! | `disable` | never | - |
+//! | `allow`, `prefer` (default) | if the server offers it | only against `sslrootcert`, if given |
+//! | `require` | always | only against `sslrootcert`, if given |
+//! | `verify-ca` | always | chain, against `sslrootcert` or the system's roots |
+//! | `verify-full` | always | chain and host name |
+//!
+//! That is libpq's behaviour: `prefer` and `require` encrypt without proving who the
+//! server is, unless a root certificate is named.
+
+use std::{path::PathBuf, sync::Arc};
+
+use rustls::{
+    client::{
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        WebPkiServerVerifier,
+    },
+    crypto::CryptoProvider,
+    pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// `sslmode`, as libpq spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Mode {
+    fn parse(text: &str) -> Result<Mode, String> {
+        Ok(match text {
+            "disable" => Mode::Disable,
+            // `allow` prefers no TLS; encrypting when offered is the safe side of it.
+            "allow" | "prefer" => Mode::Prefer,
+            "require" => Mode::Require,
+            "verify-ca" => Mode::VerifyCa,
+            "verify-full" => Mode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode `{other}` is none of disable, allow, prefer, require, verify-ca, \
+                     verify-full"
+                ))
+            }
+        })
+    }
+
+    /// What tokio-postgres is told.
+    pub fn ssl_mode(self) -> SslMode {
+        match self {
+            Mode::Disable => SslMode::Disable,
+            Mode::Prefer => SslMode::Prefer,
+            Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
+        }
+    }
+}
+
+/// The TLS options of a DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Splits `sslmode` and `sslrootcert` off a DSN (`key=value ...` or a `postgres://` URL);
+/// returns the rest of the DSN for tokio-postgres.
+pub fn split_dsn(dsn: &str) -> Result<(String, Options), String> {
+    let trimmed = dsn.trim_start();
+    let (rest, mode, root_cert) =
+        if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+            split_url(trimmed)?
+        } else {
+            split_pairs(dsn)?
+        };
+    let mode = match mode {
+        Some(mode) => Mode::parse(&mode)?,
+        None => Mode::Prefer,
+    };
+    Ok((
+        rest,
+        Options {
+            mode,
+            root_cert: root_cert.map(PathBuf::from),
+        },
+    ))
+}
+
+type Split = (String, Option<String>, Option<String>);
+
+fn split_url(url: &str) -> Result<Split, String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None, None));
+    };
+    let (mut mode, mut root_cert) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match percent_decode(key)?.as_str() {
+            "sslmode" => mode = Some(percent_decode(value)?),
+            "sslrootcert" => root_cert = Some(percent_decode(value)?),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, mode, root_cert))
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("the URL has a bad %-escape at `{}`", &text[i..]))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the URL's %-escapes are not UTF-8".to_string())
+}
+
+/// libpq's `key = value` list: values may be single-quoted, `\` escapes the next character.
+fn split_pairs(dsn: &str) -> Result<Split, String> {
+    let mut chars = dsn.chars().peekable();
+    let (mut mode, mut root_cert) = (None, None);
+    let mut kept = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!("`{key}` has no `=value`"));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(format!("the value of `{key}` has an unclosed quote")),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        match key.as_str() {
+            "sslmode" => mode = Some(value),
+            "sslrootcert" => root_cert = Some(value),
+            _ => {
+                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+                kept.push(format!("{key}='{quoted}'"));
+            }
+        }
+    }
+    Ok((kept.join(" "), mode, root_cert))
+}
+
+/// The connector for `options`. Reads the root certificates now, so that a missing file
+/// is a configuration error rather than a connection failure.
+pub fn connector(options: &Options) -> Result<MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let roots = match (&options.root_cert, options.mode) {
+        (Some(path), _) => Some(read_roots(path)?),
+        (None, Mode::VerifyCa | Mode::VerifyFull) => Some(system_roots()?),
+        (None, _) => None,
+    };
+    let config = match (roots, options.mode) {
+        (None, _) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+        (Some(roots), Mode::VerifyFull) => {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        (Some(roots), _) => {
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("cannot use the root certificates: {e}"))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyHostName(chain)))
+                .with_no_client_auth()
+        }
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn read_roots(path: &PathBuf) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("sslrootcert `{}` cannot be read: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("sslrootcert `{}` is not PEM: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sslrootcert `{}`: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "sslrootcert `{}` holds no certificate",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        return Err(
+            "verifying the server needs root certificates, and the system has none; name a \
+             file with `sslrootcert=...`"
+                .into(),
+        );
+    }
+    Ok(roots)
+}
+
+/// `prefer`/`require` without `sslrootcert`: encrypt, accept any certificate (libpq's
+/// behaviour), but still check that the server holds its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca` (and `prefer`/`require` with `sslrootcert`): the chain must lead to a
+/// trusted root; the host name is not checked.
+#[derive(Debug)]
+struct AnyHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The name is checked after the chain, so a wrong name means a good chain.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(dsn: &str) -> (String, Mode, Option<String>) {
+        let (rest, options) = split_dsn(dsn).unwrap();
+        (
+            rest,
+            options.mode,
+            options.root_cert.map(|p| p.display().to_string()),
+        )
+    }
+
+    #[test]
+    fn key_value_dsns_lose_only_the_tls_keys() {
+        assert_eq!(
+            split("host=db sslmode=verify-full  sslrootcert = '/etc/my ca.pem' user=a"),
+            (
+                "host='db' user='a'".into(),
+                Mode::VerifyFull,
+                Some("/etc/my ca.pem".into())
+            )
+        );
+        assert_eq!(
+            split(r"host=db password='it\'s \\ secret'"),
+            (
+                r"host='db' password='it\'s \\ secret'".into(),
+                Mode::Prefer,
+                None
+            )
+        );
+        assert_eq!(split("sslmode=disable").1, Mode::Disable);
+        assert_eq!(split("sslmode=allow").1, Mode::Prefer);
+        assert!(split_dsn("host=db sslmode=sometimes").is_err());
+        assert!(split_dsn("host='db").is_err());
+        assert!(split_dsn("host").is_err());
+    }
+
+    #[test]
+    fn url_dsns_lose_only_the_tls_parameters() {
+        assert_eq!(
+            split("postgres://u:p@db:5433/x?sslmode=verify-ca&application_name=g&sslrootcert=%2Fca.pem"),
+            (
+                "postgres://u:p@db:5433/x?application_name=g".into(),
+                Mode::VerifyCa,
+                Some("/ca.pem".into())
+            )
+        );
+        assert_eq!(
+            split("postgresql://db/x?sslmode=require"),
+            ("postgresql://db/x".into(), Mode::Require, None)
+        );
+        assert_eq!(split("postgres://db/x").1, Mode::Prefer);
+        assert!(split_dsn("postgres://db/x?sslrootcert=%zz").is_err());
+    }
+
+    #[test]
+    fn a_missing_root_certificate_file_is_named() {
+        let error = connector(&Options {
+            mode: Mode::VerifyFull,
+            root_cert: Some("/nonexistent/ca.pem".into()),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            error.contains("sslrootcert `/nonexistent/ca.pem`"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! A batch with bad changes among good ones: exactly the bad ones are reported, as
+//! permanent errors saying why, and everything else commits.
+
+mod common;
+
+use common::*;
+use golconde_plugin_api::{Action, Value};
+
+const TABLES: &str = "
+CREATE TABLE {s}.parent (id int PRIMARY KEY);
+INSERT INTO {s}.parent SELECT generate_series(1, 10);
+CREATE TABLE {s}.child (
+    id bigint PRIMARY KEY,
+    email text UNIQUE,
+    name text NOT NULL,
+    parent int REFERENCES {s}.parent (id),
+    qty int CHECK (qty >= 0),
+    born date
+);";
+
+/// What is wrong with message `i`, if anything, and a word its error must contain.
+fn flaw(i: usize) -> Option<&'static str> {
+    match i % 50 {
+        7 => Some("child_email_key"),
+        13 => Some("not-null"),
+        21 => Some("child_parent_fkey"),
+        33 => Some("child_qty_check"),
+        42 => Some("column `born`"),
+        45 if i < 500 => Some("child_pkey"),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_mixed_batch_of_1000_reports_exactly_the_bad_changes() {
+    let db = Db::new("isolated");
+    db.exec(TABLES);
+    let pg = db.plugin("");
+    let mut messages = Vec::new();
+    for i in 0..1000usize {
+        // The first half inserts, the second upserts (and rewrites rows of the first).
+        let (action, id) = if i < 500 {
+            ("add", i)
+        } else {
+            ("set", i - 500)
+        };
+        let mut email = format!("\"e{id}\"");
+        let mut name = format!("\"n{i}\"");
+        let mut parent = 1 + i % 10;
+        let mut qty = (i % 7) as i64;
+        let mut born = "\"2000-01-01\"".to_string();
+        let mut key = id;
+        match i % 50 {
+            7 => email = format!("\"e{}\"", id - 1),
+            13 => name = "null".into(),
+            21 => parent = 999,
+            33 => qty = -1,
+            42 => born = "\"2023-13-01\"".into(),
+            45 if i < 500 => key = id - 1,
+            _ => {}
+        }
+        messages.push(format!(
+            r#"{{"action": "{action}", "id": "{}-{i}", "data": {{"id": {key}, "email": {email},
+               "name": {name}, "parent": {parent}, "qty": {qty}, "born": {born}}}}}"#,
+            db.schema
+        ));
+    }
+    let results = apply(&pg, &changes(&db.processor("child"), &messages));
+
+    let mut bad = 0;
+    for (i, result) in results.iter().enumerate() {
+        match flaw(i) {
+            Some(word) => {
+                bad += 1;
+                let error = permanent(result);
+                assert!(error.contains(word), "message {i}: {error}");
+                assert!(
+                    error.contains(&format!("change `{}-{i}`", db.schema)),
+                    "message {i}: {error}"
+                );
+            }
+            None => assert!(result.is_ok(), "message {i}: {result:?}"),
+        }
+    }
+    assert_eq!(bad, 110);
+
+    // Every row but the bad inserts' exists, and carries the last good write to it.
+    for id in 0..500usize {
+        let rows = db.query(
+            "SELECT name, qty FROM {s}.child WHERE id = $1",
+            &[&(id as i64)],
+        );
+        let insert_bad = flaw(id).is_some();
+        let upsert = id + 500;
+        let expected = match (insert_bad, flaw(upsert).is_some()) {
+            (_, false) => Some(format!("n{upsert}")),
+            (false, true) => Some(format!("n{id}")),
+            (true, true) => None,
+        };
+        let actual = rows.first().map(|r| r.get::<_, String>(0));
+        assert_eq!(actual, expected, "row {id}");
+    }
+}
+
+#[test]
+fn a_missing_table_fails_only_its_own_changes() {
+    let db = Db::new("missing_table");
+    db.exec(TABLES);
+    let pg = db.plugin("");
+    let child = db.table("child");
+    let missing = db.table("nowhere");
+    let row = |id: i64| vec![col("id", Value::Int(id)), col("name", text("x"))];
+    let results = apply(
+        &pg,
+        &[
+            op(Action::Upsert, &child, row(1), vec![]),
+            op(Action::Upsert, &missing, row(2), vec![]),
+            op(Action::Upsert, &child, row(3), vec![]),
+        ],
+    );
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let error = permanent(&results[1]);
+    assert!(
+        error.contains(&format!("table `{missing}` does not exist")),
+        "{error}"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM {s}.child"), 2);
+
+    // Once the table exists, the same change applies (the absence was not cached).
+    db.exec("CREATE TABLE {s}.nowhere (id bigint PRIMARY KEY, name text)");
+    let results = apply(&pg, &[op(Action::Upsert, &missing, row(2), vec![])]);
+    assert!(results[0].is_ok(), "{results:?}");
+}
+
+#[test]
+fn unknown_columns_are_an_error_by_default() {
+    let db = Db::new("unknown_error");
+    db.exec(TABLES);
+    let pg = db.plugin("");
+    let p = db.processor("child");
+    let results = apply(
+        &pg,
+        &changes(
+            &p,
+            &[
+                r#"{"action": "set", "data": {"id": 1, "name": "a", "colour": "red"}}"#.into(),
+                r#"{"action": "set", "data": {"id": 2, "name": "b"}}"#.into(),
+            ],
+        ),
+    );
+    let error = permanent(&results[0]);
+    assert!(
+        error.contains(&format!(
+            "table `{}` has no column `colour`",
+            db.table("child")
+        )),
+        "{error}"
+    );
+    assert!(error.contains("unknown_columns"), "{error}");
+    assert!(results[1].is_ok());
+    assert_eq!(db.count("SELECT count(*) FROM {s}.child"), 1);
+}
+
+#[test]
+fn unknown_columns_can_be_ignored_in_data_but_never_in_a_restriction() {
+    let db = Db::new("unknown_ignore");
+    db.exec(TABLES);
+    let pg = db.plugin(r#", "unknown_columns": "ignore""#);
+    let p = db.processor("child");
+    let results = apply(
+        &pg,
+        &changes(
+            &p,
+            &[
+                r#"{"action": "set", "data": {"id": 1, "name": "a", "colour": "red"}}"#.into(),
+                r#"{"action": "update", "data": {"colour": "blue"}, "restriction": {"id": 1}}"#
+                    .into(),
+                r#"{"action": "delete", "restriction": {"id": 1, "colour": "red"}}"#.into(),
+            ],
+        ),
+    );
+    assert!(results[0].is_ok(), "{results:?}");
+    // Nothing left to update is nothing to do.
+    assert!(results[1].is_ok(), "{results:?}");
+    let error = permanent(&results[2]);
+    assert!(error.contains("no column `colour`"), "{error}");
+    assert_eq!(db.text("SELECT name FROM {s}.child WHERE id = 1"), "a");
+}
+
+#[test]
+fn update_and_delete_without_restriction_are_refused() {
+    let db = Db::new("no_restriction");
+    db.exec(TABLES);
+    db.exec("INSERT INTO {s}.child (id, name) VALUES (1, 'keep'), (2, 'keep')");
+    let pg = db.plugin("");
+    let child = db.table("child");
+    let results = apply(
+        &pg,
+        &[
+            op(
+                Action::Update,
+                &child,
+                vec![col("name", text("gone"))],
+                vec![],
+            ),
+            op(Action::Delete, &child, vec![], vec![]),
+        ],
+    );
+    for result in &results {
+        assert!(permanent(result).contains("every row"), "{result:?}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.child WHERE name = 'keep'"),
+        2
+    );
+}

@@ -1,0 +1,321 @@
+//! The plugin's configuration section, and its validation into [`Settings`].
+//!
+//! Decoding goes through `serde_path_to_error` so that a value of the wrong type is
+//! reported with its key (`heartbeat_ms: invalid type ...`), not just as a type mismatch;
+//! every other check in [`Settings::from_config`] names its key too. Nothing here touches
+//! the network: `golconde check` builds plugins offline.
+
+use std::{fmt, time::Duration};
+
+use golconde_plugin_api::PluginError;
+use serde::{Deserialize, Deserializer};
+
+/// The configuration section as written; see the crate documentation for each key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_address")]
+    address: String,
+    #[serde(default)]
+    login: Option<String>,
+    #[serde(default)]
+    passcode: Option<String>,
+    #[serde(default = "default_virtual_host")]
+    virtual_host: String,
+    #[serde(default = "default_heartbeat")]
+    heartbeat_ms: [u64; 2],
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_receipt_timeout")]
+    receipt_timeout_ms: u64,
+    #[serde(default = "default_max_frame")]
+    max_frame_bytes: usize,
+    #[serde(default = "default_reconnect_initial")]
+    reconnect_initial_ms: u64,
+    #[serde(default = "default_reconnect_max")]
+    reconnect_max_ms: u64,
+    #[serde(default = "default_prefetch_header")]
+    prefetch_header: String,
+}
+
+fn default_address() -> String {
+    "127.0.0.1:61613".into()
+}
+fn default_virtual_host() -> String {
+    "/".into()
+}
+fn default_heartbeat() -> [u64; 2] {
+    [10_000, 10_000]
+}
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+fn default_receipt_timeout() -> u64 {
+    30_000
+}
+fn default_max_frame() -> usize {
+    16 * 1024 * 1024
+}
+fn default_reconnect_initial() -> u64 {
+    100
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+fn default_prefetch_header() -> String {
+    "prefetch-count".into()
+}
+
+/// The decoded configuration section, not yet validated.
+pub struct Config(RawConfig);
+
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Config, D::Error> {
+        serde_path_to_error::deserialize(deserializer)
+            .map(Config)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." || path.is_empty() {
+                    inner
+                } else {
+                    serde::de::Error::custom(format!("`{path}`: {inner}"))
+                }
+            })
+    }
+}
+
+/// Validated settings, shared by every connection of one transport instance.
+#[derive(Clone)]
+pub struct Settings {
+    /// `host:port`, as configured.
+    pub address: String,
+    pub login: Option<String>,
+    pub passcode: Option<String>,
+    pub virtual_host: String,
+    /// What we offer in CONNECT's `heart-beat`: send every `.0` ms, want to hear every
+    /// `.1` ms (0 = never).
+    pub heartbeat: (u64, u64),
+    pub connect_timeout: Duration,
+    pub receipt_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// The SUBSCRIBE header carrying the prefetch; `None` sends none.
+    pub prefetch_header: Option<String>,
+}
+
+/// Passwords stay out of logs, including debug output.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("address", &self.address)
+            .field("login", &self.login)
+            .field("passcode", &self.passcode.as_ref().map(|_| "<redacted>"))
+            .field("virtual_host", &self.virtual_host)
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("receipt_timeout", &self.receipt_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("prefetch_header", &self.prefetch_header)
+            .finish()
+    }
+}
+
+/// The smallest frame limit that still leaves room for a broker's CONNECTED and ERROR
+/// frames.
+const MIN_FRAME_BYTES: usize = 4096;
+/// The largest frame limit: a frame is held in memory whole.
+const MAX_FRAME_BYTES: usize = 1 << 30;
+
+fn invalid(key: &str, why: impl fmt::Display) -> PluginError {
+    PluginError::config(format!("`{key}`: {why}"))
+}
+
+/// CONNECT is sent without escaping, so its values cannot hold a line break.
+fn check_handshake_value(key: &str, value: &str) -> Result<(), PluginError> {
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(invalid(
+            key,
+            "must not contain a line break or NUL (STOMP sends it unescaped in CONNECT)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_address(address: &str) -> Result<(), PluginError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("address", format!("`{address}` is not host:port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid("address", format!("`{address}` has no valid host")));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(invalid(
+            "address",
+            format!("`{address}` has no valid port (1-65535)"),
+        )),
+    }
+}
+
+fn positive(key: &str, ms: u64) -> Result<Duration, PluginError> {
+    if ms == 0 {
+        return Err(invalid(key, "must be at least 1 ms"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl Settings {
+    pub fn from_config(Config(raw): Config) -> Result<Settings, PluginError> {
+        check_address(&raw.address)?;
+        for (key, value) in [
+            ("login", raw.login.as_deref()),
+            ("passcode", raw.passcode.as_deref()),
+            ("virtual_host", Some(raw.virtual_host.as_str())),
+        ] {
+            if let Some(value) = value {
+                check_handshake_value(key, value)?;
+            }
+        }
+        if raw.virtual_host.is_empty() {
+            return Err(invalid(
+                "virtual_host",
+                "must not be empty (RabbitMQ's default virtual host is `/`)",
+            ));
+        }
+        let connect_timeout = positive("connect_timeout_ms", raw.connect_timeout_ms)?;
+        let receipt_timeout = positive("receipt_timeout_ms", raw.receipt_timeout_ms)?;
+        let reconnect_initial = positive("reconnect_initial_ms", raw.reconnect_initial_ms)?;
+        let reconnect_max = positive("reconnect_max_ms", raw.reconnect_max_ms)?;
+        if reconnect_initial > reconnect_max {
+            return Err(invalid(
+                "reconnect_initial_ms",
+                format!(
+                    "{} is more than `reconnect_max_ms` ({})",
+                    raw.reconnect_initial_ms, raw.reconnect_max_ms
+                ),
+            ));
+        }
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&raw.max_frame_bytes) {
+            return Err(invalid(
+                "max_frame_bytes",
+                format!(
+                    "{} is outside {MIN_FRAME_BYTES}..={MAX_FRAME_BYTES} (a frame is held in \
+                     memory whole)",
+                    raw.max_frame_bytes
+                ),
+            ));
+        }
+        let prefetch_header = match raw.prefetch_header.as_str() {
+            "" => None,
+            name if name.contains([':', '\r', '\n']) => {
+                return Err(invalid(
+                    "prefetch_header",
+                    format!("`{name}` is not a header name"),
+                ))
+            }
+            name => Some(name.to_string()),
+        };
+        Ok(Settings {
+            address: raw.address,
+            login: raw.login,
+            passcode: raw.passcode,
+            virtual_host: raw.virtual_host,
+            heartbeat: (raw.heartbeat_ms[0], raw.heartbeat_ms[1]),
+            connect_timeout,
+            receipt_timeout,
+            max_frame_bytes: raw.max_frame_bytes,
+            reconnect_initial,
+            reconnect_max,
+            prefetch_header,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use golconde_plugin_api::{sdk::parse_config, ErrorKind};
+
+    use super::*;
+
+    fn settings(json: &str) -> Result<Settings, PluginError> {
+        Settings::from_config(parse_config::<Config>(json)?)
+    }
+
+    #[track_caller]
+    fn refused(json: &str, key: &str) -> String {
+        let err = settings(json)
+            .err()
+            .unwrap_or_else(|| panic!("{json} accepted"));
+        assert_eq!(err.kind, ErrorKind::Config, "{err}");
+        assert!(err.message.contains(key), "`{key}` not named in: {err}");
+        err.message.to_string()
+    }
+
+    #[test]
+    fn defaults_suit_a_local_rabbitmq() {
+        let s = settings("{}").unwrap();
+        assert_eq!(s.address, "127.0.0.1:61613");
+        assert_eq!(s.virtual_host, "/");
+        assert_eq!(s.heartbeat, (10_000, 10_000));
+        assert_eq!(s.prefetch_header.as_deref(), Some("prefetch-count"));
+        assert!(s.login.is_none() && s.passcode.is_none());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let s = settings(
+            r#"{"address": "mq.example:61614", "login": "app", "passcode": "secret",
+                "virtual_host": "prod", "heartbeat_ms": [0, 5000], "connect_timeout_ms": 1,
+                "receipt_timeout_ms": 2, "max_frame_bytes": 4096, "reconnect_initial_ms": 3,
+                "reconnect_max_ms": 4, "prefetch_header": "activemq.prefetchSize"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.address, "mq.example:61614");
+        assert_eq!(s.login.as_deref(), Some("app"));
+        assert_eq!(s.virtual_host, "prod");
+        assert_eq!(s.heartbeat, (0, 5000));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1));
+        assert_eq!(s.receipt_timeout, Duration::from_millis(2));
+        assert_eq!(s.max_frame_bytes, 4096);
+        assert_eq!(s.reconnect_initial, Duration::from_millis(3));
+        assert_eq!(s.reconnect_max, Duration::from_millis(4));
+        assert_eq!(s.prefetch_header.as_deref(), Some("activemq.prefetchSize"));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert_eq!(
+            settings(r#"{"prefetch_header": ""}"#)
+                .unwrap()
+                .prefetch_header,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_key() {
+        refused(r#"{"adress": "x:1"}"#, "adress");
+        refused(r#"{"address": "nohost"}"#, "address");
+        refused(r#"{"address": "host:0"}"#, "address");
+        refused(r#"{"address": ":61613"}"#, "address");
+        refused(r#"{"address": 61613}"#, "address");
+        refused(r#"{"heartbeat_ms": 1000}"#, "heartbeat_ms");
+        refused(r#"{"heartbeat_ms": [1, 2, 3]}"#, "heartbeat_ms");
+        refused(r#"{"connect_timeout_ms": "soon"}"#, "connect_timeout_ms");
+        refused(r#"{"receipt_timeout_ms": 0}"#, "receipt_timeout_ms");
+        refused(r#"{"max_frame_bytes": 100}"#, "max_frame_bytes");
+        refused(r#"{"max_frame_bytes": 4294967296}"#, "max_frame_bytes");
+        refused(
+            r#"{"reconnect_initial_ms": 5000, "reconnect_max_ms": 100}"#,
+            "reconnect_initial_ms",
+        );
+        refused(r#"{"passcode": "a\nb"}"#, "passcode");
+        refused(r#"{"virtual_host": ""}"#, "virtual_host");
+        refused(r#"{"prefetch_header": "a:b"}"#, "prefetch_header");
+        let message = refused(r#"{"login": ["x"]}"#, "login");
+        assert!(message.contains("`login`"), "{message}");
+    }
+}

@@ -1,0 +1,503 @@
+//! One STOMP connection: the CONNECT handshake, then a reader task and a writer task.
+//!
+//! The socket is split so that reading and writing never wait on each other: the writer
+//! drains a queue of outgoing items (frames from the host's threads, heart-beats when
+//! idle) and flushes once per burst, so a stream of ACKs costs one write per burst, not
+//! one per ACK; the reader routes MESSAGE frames to the consumer's channel and RECEIPT
+//! and ERROR frames to whoever waits for them. Awaiting a full consumer channel pauses
+//! the reader, and with it TCP, which is the backpressure; the silence timer that
+//! enforces the broker's heart-beats only runs while the reader waits on the socket, so a
+//! slow host is never mistaken for a dead broker.
+//!
+//! A connection fails once: the first failure (I/O error, malformed frame, ERROR frame,
+//! missed heart-beats) is recorded, every waiting request gets it, both tasks stop, and
+//! [`Connection::lost`] resolves. Reconnecting is the owner's job (consumer or
+//! publisher), because only the owner knows what must be set up again.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::{
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    sync::{mpsc, oneshot},
+    time::timeout,
+};
+use tokio_util::{
+    codec::{FramedRead, FramedWrite},
+    sync::CancellationToken,
+};
+use tracing::instrument::WithSubscriber;
+
+use crate::{
+    codec::{Item, StompCodec},
+    config::Settings,
+    error::{describe_error_frame, StompError},
+    frame::{Command, Frame},
+    message::Incoming,
+};
+
+/// Where a consumer's connection delivers MESSAGE frames, in batches.
+pub struct Sink {
+    pub deliveries: mpsc::Sender<Vec<Incoming>>,
+    /// Stamped on every delivery, so the consumer can drop those of a dead connection.
+    pub generation: u64,
+}
+
+type Waiter = oneshot::Sender<Result<(), StompError>>;
+
+/// What the tasks of one connection share with its owner.
+struct State {
+    receipts: Mutex<Receipts>,
+    /// Cancelled when the connection is gone, whichever side noticed.
+    closed: CancellationToken,
+}
+
+#[derive(Default)]
+struct Receipts {
+    waiting: HashMap<String, Waiter>,
+    lost: Option<StompError>,
+}
+
+impl State {
+    fn receipts(&self) -> std::sync::MutexGuard<'_, Receipts> {
+        self.receipts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records why the connection ended (the first reason wins) and fails every request
+    /// still waiting.
+    fn fail(&self, reason: StompError) {
+        let waiting = {
+            let mut receipts = self.receipts();
+            if receipts.lost.is_none() {
+                receipts.lost = Some(reason);
+            }
+            std::mem::take(&mut receipts.waiting)
+        };
+        let reason = self.lost_reason();
+        for (_, waiter) in waiting {
+            let _ = waiter.send(Err(reason.clone()));
+        }
+        self.closed.cancel();
+    }
+
+    fn settle(&self, receipt: &str, result: Result<(), StompError>) {
+        let waiter = self.receipts().waiting.remove(receipt);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(result);
+            }
+            None => tracing::debug!(receipt, "receipt nobody waits for"),
+        }
+    }
+
+    fn lost_reason(&self) -> StompError {
+        self.receipts().lost.clone().unwrap_or(StompError::Closed)
+    }
+}
+
+/// An established STOMP 1.2 session. Dropping it closes the socket without DISCONNECT.
+pub struct Connection {
+    outgoing: mpsc::UnboundedSender<Item>,
+    state: Arc<State>,
+    next_receipt: AtomicU64,
+    receipt_timeout: Duration,
+}
+
+/// The heart-beat intervals both sides agreed on: `(we send every, we hear at least
+/// every)`, `None` for never (STOMP 1.2 §Heart-beating).
+fn negotiate(
+    offered: (u64, u64),
+    answered: &str,
+) -> Result<(Option<u64>, Option<u64>), StompError> {
+    let parse = |text: &str| text.trim().parse::<u64>().ok();
+    let (sx, sy) = answered
+        .split_once(',')
+        .and_then(|(a, b)| Some((parse(a)?, parse(b)?)))
+        .ok_or_else(|| {
+            StompError::Malformed(format!("CONNECTED has an invalid heart-beat `{answered}`"))
+        })?;
+    let agree = |ours: u64, theirs: u64| (ours != 0 && theirs != 0).then(|| ours.max(theirs));
+    Ok((agree(offered.0, sy), agree(offered.1, sx)))
+}
+
+impl Connection {
+    /// Connects, says CONNECT and waits for CONNECTED, then starts the connection's tasks
+    /// on the current runtime.
+    pub async fn open(settings: &Settings, sink: Option<Sink>) -> Result<Connection, StompError> {
+        let connect_ms = settings.connect_timeout.as_millis() as u64;
+        let stream = timeout(
+            settings.connect_timeout,
+            TcpStream::connect(&settings.address),
+        )
+        .await
+        .map_err(|_| StompError::Timeout {
+            what: "connecting",
+            ms: connect_ms,
+            key: "connect_timeout_ms",
+        })?
+        .map_err(|e| StompError::Connect {
+            address: settings.address.clone(),
+            source: Arc::new(e),
+        })?;
+        // ACKs and SENDs are small; waiting to coalesce them only adds latency.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| StompError::Io(Arc::new(e)))?;
+        let (read, write) = stream.into_split();
+        let mut frames = FramedRead::new(read, StompCodec::new(settings.max_frame_bytes));
+        let mut sink_out = FramedWrite::new(write, StompCodec::new(settings.max_frame_bytes));
+
+        let mut connect = Frame::new(Command::Connect)
+            .with_header("accept-version", "1.2")
+            .with_header("host", settings.virtual_host.as_str())
+            .with_header(
+                "heart-beat",
+                format!("{},{}", settings.heartbeat.0, settings.heartbeat.1),
+            );
+        if let Some(login) = &settings.login {
+            connect = connect.with_header("login", login.as_str());
+        }
+        if let Some(passcode) = &settings.passcode {
+            connect = connect.with_header("passcode", passcode.as_str());
+        }
+        let handshake = async {
+            sink_out.send(Item::Frame(connect)).await?;
+            loop {
+                match frames.next().await {
+                    None => return Err(StompError::Closed),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Item::Heartbeat)) => continue,
+                    Some(Ok(Item::Frame(frame))) => match frame.command {
+                        Command::Connected => return Ok(frame),
+                        Command::Error => {
+                            return Err(StompError::Refused(describe_error_frame(&frame)))
+                        }
+                        other => {
+                            return Err(StompError::Malformed(format!(
+                                "expected CONNECTED, got {other}"
+                            )))
+                        }
+                    },
+                }
+            }
+        };
+        let connected = timeout(settings.connect_timeout, handshake)
+            .await
+            .map_err(|_| StompError::Timeout {
+                what: "waiting for CONNECTED",
+                ms: connect_ms,
+                key: "connect_timeout_ms",
+            })??;
+        match connected.header("version") {
+            Some("1.2") => {}
+            other => {
+                return Err(StompError::Protocol(format!(
+                    "the broker at {} speaks STOMP {}, this plugin needs 1.2",
+                    settings.address,
+                    other.unwrap_or("1.0")
+                )))
+            }
+        }
+        let (send_every, hear_every) = negotiate(
+            settings.heartbeat,
+            connected.header("heart-beat").unwrap_or("0,0"),
+        )?;
+        tracing::debug!(
+            address = %settings.address,
+            server = connected.header("server").unwrap_or("unknown"),
+            ?send_every,
+            ?hear_every,
+            "connected"
+        );
+
+        let state = Arc::new(State {
+            receipts: Mutex::new(Receipts::default()),
+            closed: CancellationToken::new(),
+        });
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        // Beat at half the agreed period so that a late timer never looks like silence.
+        let beat = send_every.map(|ms| Duration::from_millis((ms / 2).max(1)));
+        // The broker may be late too: allow two periods before giving up on it.
+        let silence = hear_every.map(|ms| Duration::from_millis(ms.saturating_mul(2)));
+        tokio::spawn(write_loop(sink_out, queue, state.clone(), beat).with_current_subscriber());
+        tokio::spawn(read_loop(frames, state.clone(), sink, silence).with_current_subscriber());
+        Ok(Connection {
+            outgoing,
+            state,
+            next_receipt: AtomicU64::new(1),
+            receipt_timeout: settings.receipt_timeout,
+        })
+    }
+
+    /// The queue the writer drains, for senders that outlive a borrow of the connection
+    /// (the consumer's acknowledgements).
+    pub fn outgoing(&self) -> mpsc::UnboundedSender<Item> {
+        self.outgoing.clone()
+    }
+
+    /// Queues a frame; no confirmation.
+    pub fn send(&self, frame: Frame) -> Result<(), StompError> {
+        self.outgoing
+            .send(Item::Frame(frame))
+            .map_err(|_| self.state.lost_reason())
+    }
+
+    /// Queues a frame with a `receipt` header; the returned channel says when the broker
+    /// confirmed it (RECEIPT) or refused it (ERROR), or that the connection was lost.
+    pub fn request(
+        &self,
+        frame: Frame,
+    ) -> Result<oneshot::Receiver<Result<(), StompError>>, StompError> {
+        let id = self
+            .next_receipt
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string();
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut receipts = self.state.receipts();
+            if let Some(lost) = &receipts.lost {
+                return Err(lost.clone());
+            }
+            receipts.waiting.insert(id.clone(), waiter);
+        }
+        self.send(frame.with_header("receipt", id))?;
+        Ok(answer)
+    }
+
+    /// Sends a frame and waits for its receipt, at most `receipt_timeout_ms`.
+    pub async fn call(&self, frame: Frame, what: &'static str) -> Result<(), StompError> {
+        let answer = self.request(frame)?;
+        self.await_receipt(answer, self.receipt_deadline(), what)
+            .await
+    }
+
+    pub fn receipt_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.receipt_timeout
+    }
+
+    pub async fn await_receipt(
+        &self,
+        answer: oneshot::Receiver<Result<(), StompError>>,
+        deadline: tokio::time::Instant,
+        what: &'static str,
+    ) -> Result<(), StompError> {
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.state.lost_reason()),
+            Err(_) => Err(StompError::Timeout {
+                what,
+                ms: self.receipt_timeout.as_millis() as u64,
+                key: "receipt_timeout_ms",
+            }),
+        }
+    }
+
+    /// Resolves when the connection is gone, with the reason.
+    pub async fn lost(&self) -> StompError {
+        self.state.closed.cancelled().await;
+        self.state.lost_reason()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.state.closed.is_cancelled()
+    }
+
+    /// Says DISCONNECT and waits for its receipt: the broker sends it only after it has
+    /// processed every frame before it, so once this returns every ACK sent earlier has
+    /// taken effect.
+    pub async fn disconnect(self) -> Result<(), StompError> {
+        let result = self
+            .call(
+                Frame::new(Command::Disconnect),
+                "waiting for the receipt of DISCONNECT",
+            )
+            .await;
+        self.state.fail(StompError::Closed);
+        result
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.state.fail(StompError::Closed);
+    }
+}
+
+/// Receives one outgoing item, or a heart-beat once `beat` passed without any.
+async fn next_outgoing(
+    queue: &mut mpsc::UnboundedReceiver<Item>,
+    beat: Option<Duration>,
+) -> Option<Item> {
+    match beat {
+        None => queue.recv().await,
+        Some(beat) => timeout(beat, queue.recv())
+            .await
+            .unwrap_or(Some(Item::Heartbeat)),
+    }
+}
+
+/// How many queued items go into one write before it is flushed.
+const BURST: usize = 4096;
+
+async fn write_loop(
+    mut out: FramedWrite<OwnedWriteHalf, StompCodec>,
+    mut queue: mpsc::UnboundedReceiver<Item>,
+    state: Arc<State>,
+    beat: Option<Duration>,
+) {
+    let result: Result<(), StompError> = async {
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = state.closed.cancelled() => return Ok(()),
+                item = next_outgoing(&mut queue, beat) => item,
+            };
+            let Some(item) = item else { return Ok(()) };
+            out.feed(item).await?;
+            for _ in 0..BURST {
+                match queue.try_recv() {
+                    Ok(item) => out.feed(item).await?,
+                    Err(_) => break,
+                }
+            }
+            out.flush().await?;
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        state.fail(e);
+    }
+}
+
+/// The most deliveries passed to the consumer in one batch.
+const BATCH: usize = 256;
+
+/// What the reader makes of one frame.
+enum Step {
+    Deliver(Incoming),
+    Continue,
+    Stop(StompError),
+}
+
+fn handle(frame: Frame, state: &State, sink: Option<&Sink>) -> Step {
+    match frame.command {
+        Command::Message => match sink {
+            Some(sink) => match Incoming::from_frame(frame, sink.generation) {
+                Ok(incoming) => Step::Deliver(incoming),
+                Err(e) => Step::Stop(e),
+            },
+            None => {
+                tracing::debug!("ignoring a MESSAGE on a connection without subscription");
+                Step::Continue
+            }
+        },
+        Command::Receipt => {
+            match frame.header("receipt-id") {
+                Some(id) => state.settle(id, Ok(())),
+                None => tracing::debug!("RECEIPT without receipt-id"),
+            }
+            Step::Continue
+        }
+        Command::Error => {
+            let text = describe_error_frame(&frame);
+            if let Some(id) = frame.header("receipt-id") {
+                state.settle(id, Err(StompError::Rejected(text.clone())));
+            }
+            // Brokers do not always name the request an ERROR answers (RabbitMQ never
+            // does), so it is charged to whatever is waiting, if anything.
+            let waiting = !state.receipts().waiting.is_empty();
+            Step::Stop(if waiting {
+                StompError::Rejected(text)
+            } else {
+                StompError::Broker(text)
+            })
+        }
+        other => {
+            tracing::debug!("ignoring an unexpected {other} frame");
+            Step::Continue
+        }
+    }
+}
+
+/// Reads frames until the connection ends. Deliveries go to the consumer in batches of
+/// whatever one read brought (frames already buffered are taken without waiting), so the
+/// host's thread is woken once per batch rather than once per message.
+async fn read_loop(
+    mut frames: FramedRead<OwnedReadHalf, StompCodec>,
+    state: Arc<State>,
+    sink: Option<Sink>,
+    silence: Option<Duration>,
+) {
+    let mut batch = Vec::new();
+    let reason = 'read: loop {
+        let next = match silence {
+            None => tokio::select! {
+                biased;
+                _ = state.closed.cancelled() => break None,
+                next = frames.next() => next,
+            },
+            Some(limit) => tokio::select! {
+                biased;
+                _ = state.closed.cancelled() => break None,
+                next = timeout(limit, frames.next()) => match next {
+                    Ok(next) => next,
+                    Err(_) => break Some(StompError::HeartbeatMissed(limit.as_millis() as u64)),
+                },
+            },
+        };
+        let mut next = Some(next);
+        while let Some(item) = next.take() {
+            match item {
+                None => break 'read Some(StompError::Closed),
+                Some(Err(e)) => break 'read Some(e.into()),
+                Some(Ok(Item::Heartbeat)) => {}
+                Some(Ok(Item::Frame(frame))) => match handle(frame, &state, sink.as_ref()) {
+                    Step::Deliver(incoming) => batch.push(incoming),
+                    Step::Continue => {}
+                    Step::Stop(reason) => break 'read Some(reason),
+                },
+            }
+            if batch.len() < BATCH {
+                next = frames.next().now_or_never();
+            }
+        }
+        if let (Some(sink), false) = (&sink, batch.is_empty()) {
+            let full = std::mem::take(&mut batch);
+            tokio::select! {
+                biased;
+                _ = state.closed.cancelled() => break None,
+                sent = sink.deliveries.send(full) => if sent.is_err() { break None },
+            }
+        }
+    };
+    state.fail(reason.unwrap_or(StompError::Closed));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_the_larger_of_both_wishes_or_none() {
+        assert_eq!(
+            negotiate((1000, 2000), "3000,500").unwrap(),
+            (Some(1000), Some(3000))
+        );
+        assert_eq!(
+            negotiate((0, 2000), "3000,500").unwrap(),
+            (None, Some(3000))
+        );
+        assert_eq!(negotiate((1000, 2000), "0,0").unwrap(), (None, None));
+        assert!(negotiate((1000, 1000), "soon").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Between STOMP frames and the host's [`Message`]: destinations, headers both ways.
+//!
+//! Header names are kept as the broker spells them, so a message published over AMQP and
+//! consumed over STOMP (or the reverse) on RabbitMQ carries the same names
+//! (`correlation-id`, `content-type`, `timestamp`, custom ones). One exception makes that
+//! true for the message id: RabbitMQ refuses `message-id` on SEND (it is the broker's
+//! per-delivery id on MESSAGE) and carries the AMQP `message_id` as `amqp-message-id`. So
+//! the host's `message-id` is sent as `amqp-message-id`, and on delivery
+//! `amqp-message-id` becomes `message-id` again, replacing the broker's own id. ActiveMQ
+//! keeps `amqp-message-id` as an ordinary header, so the same mapping round-trips there.
+
+use bytes::Bytes;
+use golconde_plugin_api::{Header, Message, RString, RVec};
+
+use crate::{
+    error::StompError,
+    frame::{Command, Frame},
+};
+
+/// The header RabbitMQ uses for the AMQP `message_id` property.
+const AMQP_MESSAGE_ID: &str = "amqp-message-id";
+
+/// Headers of a MESSAGE that only mean something on the connection that received it
+/// (RabbitMQ also echoes the sender's `receipt`); they are not passed to the host.
+const CONNECTION_HEADERS: [&str; 3] = ["subscription", "ack", "receipt"];
+
+/// Headers of a host message that the plugin sets itself on SEND, or that would change
+/// what SEND means (`transaction` would hold the message back until a COMMIT).
+const RESERVED_ON_SEND: [&str; 8] = [
+    "content-length",
+    "destination",
+    "receipt",
+    "transaction",
+    "persistent",
+    "subscription",
+    "ack",
+    "redelivered",
+];
+
+/// The STOMP destination of a pipeline's queue: a plain name is a queue (`foo` becomes
+/// `/queue/foo`, which RabbitMQ and ActiveMQ both read as the queue `foo`); a name
+/// starting with `/` is already a destination (`/exchange/x/key`, `/topic/t`,
+/// `/amq/queue/q`) and is used as it is.
+pub fn destination(queue: &str) -> Result<String, StompError> {
+    if queue.is_empty() {
+        return Err(StompError::Invalid("the queue name is empty".into()));
+    }
+    if queue.starts_with('/') {
+        Ok(queue.to_string())
+    } else {
+        Ok(format!("/queue/{queue}"))
+    }
+}
+
+/// A MESSAGE as the consumer's connection hands it over, before it gets a delivery tag.
+#[derive(Debug)]
+pub struct Incoming {
+    pub generation: u64,
+    /// The MESSAGE's `ack` header, which ACK and NACK quote.
+    pub ack_id: String,
+    pub redelivered: bool,
+    pub message: Message,
+}
+
+impl Incoming {
+    pub fn from_frame(frame: Frame, generation: u64) -> Result<Incoming, StompError> {
+        let ack_id = frame
+            .header("ack")
+            .ok_or_else(|| {
+                StompError::Malformed(
+                    "MESSAGE without an `ack` header on a client-acknowledged subscription".into(),
+                )
+            })?
+            .to_string();
+        // RabbitMQ says `redelivered:true`; ActiveMQ counts in `redeliveries`.
+        let redelivered = frame.header("redelivered") == Some("true")
+            || frame
+                .header("redeliveries")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
+        let has_app_id = frame.header(AMQP_MESSAGE_ID).is_some();
+        let mut headers: Vec<Header> = Vec::with_capacity(frame.headers.len());
+        for (name, value) in frame.headers {
+            if CONNECTION_HEADERS.contains(&name.as_str()) || (has_app_id && name == "message-id") {
+                continue;
+            }
+            let name = if name == AMQP_MESSAGE_ID {
+                "message-id".to_string()
+            } else {
+                name
+            };
+            // The first of repeated headers wins, as STOMP reads them.
+            if headers.iter().any(|h| h.name.as_str() == name) {
+                continue;
+            }
+            headers.push(Header {
+                name: RString::from(name),
+                value: RString::from(value),
+            });
+        }
+        Ok(Incoming {
+            generation,
+            ack_id,
+            redelivered,
+            message: Message {
+                body: RVec::from(frame.body.to_vec()),
+                headers: RVec::from(headers),
+            },
+        })
+    }
+}
+
+/// The SEND frame publishing `message` persistently to `destination`, without its
+/// receipt; an error says why the message cannot be sent.
+pub fn send_frame(destination: &str, message: &Message) -> Result<Frame, String> {
+    let mut frame = Frame::new(Command::Send)
+        .with_header("destination", destination)
+        .with_header("persistent", "true");
+    for header in message.headers.iter() {
+        let name = header.name.as_str();
+        if name.is_empty() {
+            return Err("it has a header with an empty name".into());
+        }
+        if RESERVED_ON_SEND.contains(&name) {
+            continue;
+        }
+        let name = if name == "message-id" {
+            AMQP_MESSAGE_ID
+        } else {
+            name
+        };
+        if frame.header(name).is_some() {
+            continue;
+        }
+        frame
+            .headers
+            .push((name.to_string(), header.value.to_string()));
+    }
+    frame.body = Bytes::copy_from_slice(&message.body);
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_are_queues_and_paths_pass_through() {
+        assert_eq!(destination("orders").unwrap(), "/queue/orders");
+        assert_eq!(destination("/exchange/x/k").unwrap(), "/exchange/x/k");
+        assert!(destination("").is_err());
+    }
+
+    #[test]
+    fn a_message_keeps_its_headers_but_not_the_connections() {
+        let frame = Frame::new(Command::Message)
+            .with_header("subscription", "0")
+            .with_header("destination", "/queue/q")
+            .with_header("message-id", "T_0@@session@@1")
+            .with_header("redelivered", "true")
+            .with_header("ack", "T_0@@session@@1")
+            .with_header("x-a", "1")
+            .with_header("receipt", "77")
+            .with_header("x-a", "2")
+            .with_header("amqp-message-id", "app-1")
+            .with_body(&b"{}"[..]);
+        let incoming = Incoming::from_frame(frame, 3).unwrap();
+        assert_eq!(incoming.ack_id, "T_0@@session@@1");
+        assert!(incoming.redelivered);
+        assert_eq!(incoming.generation, 3);
+        let m = &incoming.message;
+        assert_eq!(m.header("message-id"), Some("app-1"));
+        assert_eq!(m.header("x-a"), Some("1"));
+        assert_eq!(m.header("destination"), Some("/queue/q"));
+        for gone in ["subscription", "ack", "receipt", "amqp-message-id"] {
+            assert_eq!(m.header(gone), None, "{gone}");
+        }
+        assert_eq!(m.headers.iter().filter(|h| h.name == "x-a").count(), 1);
+        assert_eq!(&m.body[..], b"{}");
+    }
+
+    #[test]
+    fn without_an_application_id_the_brokers_id_stays() {
+        let frame = Frame::new(Command::Message)
+            .with_header("message-id", "ID:host-1:1")
+            .with_header("ack", "a")
+            .with_header("redeliveries", "0");
+        let incoming = Incoming::from_frame(frame, 1).unwrap();
+        assert!(!incoming.redelivered);
+        assert_eq!(incoming.message.header("message-id"), Some("ID:host-1:1"));
+        let frame = Frame::new(Command::Message)
+            .with_header("ack", "a")
+            .with_header("redeliveries", "2");
+        assert!(Incoming::from_frame(frame, 1).unwrap().redelivered);
+        let frame = Frame::new(Command::Message).with_header("message-id", "m");
+        assert!(Incoming::from_frame(frame, 1).is_err());
+    }
+
+    #[test]
+    fn sending_maps_the_message_id_and_keeps_protocol_headers_to_itself() {
+        let message = Message::new(&b"body"[..])
+            .with_header("message-id", "m-1")
+            .with_header("destination", "/queue/elsewhere")
+            .with_header("content-length", "1")
+            .with_header("receipt", "x")
+            .with_header("persistent", "false")
+            .with_header("correlation-id", "c:1")
+            .with_header("correlation-id", "c-2");
+        let frame = send_frame("/queue/q", &message).unwrap();
+        assert_eq!(
+            frame.headers,
+            [
+                ("destination", "/queue/q"),
+                ("persistent", "true"),
+                ("amqp-message-id", "m-1"),
+                ("correlation-id", "c:1"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        assert_eq!(&frame.body[..], b"body");
+        let bad = Message::new(&b""[..]).with_header("", "v");
+        assert!(send_frame("/queue/q", &bad).is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! The same plugin against ActiveMQ, the broker the first Golconde ran on. Skipped unless
+//! `GOLCONDE_ACTIVEMQ_STOMP=host:port` names a running ActiveMQ STOMP listener. To run one
+//! beside RabbitMQ (Debian's `activemq` package, STOMP on 61614, starts in seconds):
+//!
+//! ```text
+//! apt-get install -y activemq
+//! dir=$(mktemp -d); mkdir -p "$dir/data" "$dir/tmp"
+//! ACTIVEMQ_CONF=$PWD/plugins/stomp/tests/activemq ACTIVEMQ_BASE=$dir \
+//!   ACTIVEMQ_DATA=$dir/data ACTIVEMQ_TMP=$dir/tmp ACTIVEMQ_USER=$(id -un) \
+//!   ACTIVEMQ_PIDFILE=$dir/activemq.pid \
+//!   activemq start xbean:file:$PWD/plugins/stomp/tests/activemq/activemq.xml
+//! export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+//! # afterwards: kill $(cat $dir/activemq.pid); rm -rf $dir
+//! ```
+
+mod common;
+
+use std::{io::Write, time::Duration};
+
+use common::*;
+use golconde_plugin_api::{AckMode, Consumer, Message, Transport};
+use golconde_stomp::Stomp;
+
+/// The transport for the ActiveMQ named by the environment, or `None` (and a note on the
+/// test's output) when there is none.
+fn activemq(test: &str) -> Option<Stomp> {
+    let Ok(address) = std::env::var("GOLCONDE_ACTIVEMQ_STOMP") else {
+        // Straight to stderr, past the test harness's capture, so the skip shows in every run.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no ActiveMQ; set GOLCONDE_ACTIVEMQ_STOMP=host:port to run it"
+        );
+        return None;
+    };
+    Some(transport_at(
+        &address,
+        r#""login": null, "passcode": null, "prefetch_header": "activemq.prefetchSize""#,
+    ))
+}
+
+#[test]
+fn activemq_publish_consume_ack_and_headers() {
+    let Some(transport) = activemq("activemq_publish_consume_ack_and_headers") else {
+        return;
+    };
+    let queue = unique("activemq");
+    let messages: Vec<Message> = (0..20)
+        .map(|i| {
+            message(&format!("a-{i}"), format!("body {i}\0binary").as_bytes())
+                .with_header("correlation-id", format!("c-{i}"))
+                .with_header("content-type", "application/json")
+                .with_header("x-tricky", "colon: and\nnewline")
+        })
+        .collect();
+    transport.publish(&queue, &messages).expect("published");
+
+    let consumer = transport
+        .consume(&queue, options(10, AckMode::Cumulative))
+        .expect("consumer");
+    let first = receive_n(&consumer, 10, Duration::from_secs(10));
+    let beyond = consumer
+        .receive(10, Duration::from_millis(500))
+        .expect("receive");
+    assert!(beyond.is_empty(), "ActiveMQ honours activemq.prefetchSize");
+    consumer.ack(first[9].tag, true).expect("ack ten");
+    let rest = receive_n(&consumer, 10, Duration::from_secs(10));
+    for (i, delivery) in first.iter().chain(&rest).enumerate() {
+        let m = &delivery.message;
+        assert_eq!(id(delivery), format!("a-{i}"));
+        assert_eq!(&m.body[..], format!("body {i}\0binary").as_bytes());
+        assert_eq!(m.header("correlation-id"), Some(format!("c-{i}").as_str()));
+        assert_eq!(m.header("content-type"), Some("application/json"));
+        assert_eq!(m.header("x-tricky"), Some("colon: and\nnewline"));
+        assert!(!delivery.redelivered);
+    }
+    // Leave the last five unacknowledged: they come back, marked redelivered.
+    consumer.ack(rest[4].tag, true).expect("ack five more");
+    consumer.close().expect("close");
+
+    let consumer = transport
+        .consume(&queue, options(10, AckMode::Cumulative))
+        .expect("second consumer");
+    let again = receive_n(&consumer, 5, Duration::from_secs(10));
+    assert_eq!(id(&again[0]), "a-15");
+    assert!(again.iter().all(|d| d.redelivered), "{again:?}");
+    consumer.ack(again[4].tag, true).expect("ack the rest");
+    consumer.close().expect("close");
+    assert!(
+        consume_all(&transport, &queue).is_empty(),
+        "everything was acknowledged"
+    );
+}
+
+#[test]
+fn activemq_individual_acknowledgement() {
+    let Some(transport) = activemq("activemq_individual_acknowledgement") else {
+        return;
+    };
+    let queue = unique("activemq-individual");
+    fill(&transport, &queue, "i", 3);
+    let consumer = transport
+        .consume(&queue, options(10, AckMode::Individual))
+        .expect("consumer");
+    let got = receive_n(&consumer, 3, Duration::from_secs(10));
+    consumer.ack(got[0].tag, false).expect("ack the first");
+    consumer.ack(got[2].tag, false).expect("ack the third");
+    consumer.close().expect("close");
+    let left = consume_all(&transport, &queue);
+    assert_eq!(left.iter().map(id).collect::<Vec<_>>(), ["i-1"]);
+}

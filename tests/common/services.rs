@@ -1,0 +1,354 @@
+//! The real services the end-to-end tests run against: a PostgreSQL database of the test's
+//! own, and RabbitMQ queues of its own, both removed when the test ends.
+//!
+//! Test data goes onto the broker and comes back off it through the `amqp` plugin itself,
+//! called in-process through its ABI constructor as the host would, so the tests need no
+//! second AMQP client.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RArc, RSlice, RStr, RString},
+};
+use golconde_plugin_api::{
+    abi::{Constructor, HostContext, TransportBox},
+    log::{FfiLogSink, FfiLogSink_TO, LogLevel, LogRecord},
+    sdk::transport_entry,
+    AckMode, ConsumeOptions, Message,
+};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG: &str = "host=127.0.0.1 user=postgres";
+
+/// A name unique to this test run: `golconde_e2e_{what}_{pid}_{n}`.
+pub fn unique(what: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "golconde_e2e_{what}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database of the test's own, dropped at the end.
+pub struct Database {
+    pub name: String,
+    pub client: postgres::Client,
+}
+
+impl Database {
+    /// Creates the database and runs `schema` in it.
+    pub fn create(what: &str, schema: &str) -> Database {
+        let name = unique(what);
+        let mut admin = admin();
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .expect("create database");
+        let mut client = postgres::Client::connect(&format!("{PG} dbname={name}"), postgres::NoTls)
+            .expect("connect to the test database");
+        client.batch_execute(schema).expect("schema");
+        Database { name, client }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("{PG} dbname={}", self.name)
+    }
+
+    /// Every row of `query`, each rendered as text columns joined by `|`.
+    pub fn rows(&mut self, query: &str) -> Vec<String> {
+        self.client
+            .simple_query(query)
+            .expect("query")
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count(&mut self, table: &str) -> i64 {
+        self.rows(&format!("select count(*) from {table}"))[0]
+            .parse()
+            .expect("a count")
+    }
+
+    /// Ends every connection Golconde has open to this database.
+    pub fn terminate_golconde_connections(&mut self) -> usize {
+        self.rows(&format!(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where datname = '{}' and pid <> pg_backend_pid()",
+            self.name
+        ))
+        .len()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = admin().batch_execute(&format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ));
+    }
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&format!("{PG} dbname=postgres"), postgres::NoTls)
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/test starts it)")
+}
+
+/// Prints what the in-process plugin logs, so a failing test shows it.
+#[derive(Clone)]
+struct StderrSink;
+
+impl FfiLogSink for StderrSink {
+    fn max_level(&self) -> LogLevel {
+        LogLevel::Warn
+    }
+
+    fn log(&self, record: &LogRecord<'_>) {
+        eprintln!("[test amqp client] {}", record.message);
+    }
+}
+
+/// Queues of the test's own on the local RabbitMQ, deleted at the end.
+pub struct Queues {
+    transport: TransportBox,
+    names: Vec<String>,
+}
+
+impl Queues {
+    /// Queues the client declares durable before publishing, as Golconde does by default.
+    pub fn new() -> Queues {
+        Self::declaring("durable")
+    }
+
+    /// Queues someone else declared, with arguments of their own: only checked for.
+    pub fn passive() -> Queues {
+        Self::declaring("passive")
+    }
+
+    fn declaring(declare: &str) -> Queues {
+        let Constructor::Transport(construct) =
+            transport_entry::<golconde_amqp::AmqpTransport>().constructor
+        else {
+            unreachable!("amqp is a transport");
+        };
+        let config = serde_json::json!({
+            "url": AMQP_URL,
+            "connection_name": unique("client"),
+            "declare": declare,
+        });
+        let transport = construct(
+            RStr::from_str(&config.to_string()),
+            HostContext {
+                instance: RString::from("e2e"),
+                log: FfiLogSink_TO::from_ptr(RArc::new(StderrSink), TD_Opaque),
+            },
+        )
+        .into_result()
+        .expect("the amqp plugin builds");
+        Queues {
+            transport,
+            names: Vec::new(),
+        }
+    }
+
+    /// A new queue name, deleted with the others at the end.
+    pub fn name(&mut self, what: &str) -> String {
+        let name = unique(what).replace('_', ".");
+        self.names.push(name.clone());
+        name
+    }
+
+    /// Publishes each body as a persistent message, confirmed.
+    pub fn publish(&self, queue: &str, bodies: &[String]) {
+        for chunk in bodies.chunks(1000) {
+            let messages: Vec<Message> = chunk.iter().map(|b| Message::new(b.as_bytes())).collect();
+            self.transport
+                .publish(RStr::from_str(queue), RSlice::from_slice(&messages))
+                .into_result()
+                .expect("publish");
+        }
+    }
+
+    /// Takes every message now on `queue` (waiting `quiet` for stragglers) and acks them.
+    pub fn drain(&self, queue: &str, quiet: Duration) -> Vec<Message> {
+        let consumer = self
+            .transport
+            .consume(
+                RStr::from_str(queue),
+                ConsumeOptions {
+                    prefetch: 1000,
+                    ack_mode: AckMode::Cumulative,
+                },
+            )
+            .into_result()
+            .expect("consume");
+        let mut out = Vec::new();
+        loop {
+            let batch = consumer
+                .receive(1000, quiet.as_millis() as u64)
+                .into_result()
+                .expect("receive");
+            let Some(last) = batch.last() else { break };
+            consumer.ack(last.tag, true).into_result().expect("ack");
+            out.extend(batch.into_iter().map(|d| d.message));
+        }
+        let _ = consumer.close();
+        out
+    }
+
+    /// Declares `queue` durable with `x-single-active-consumer`: the broker delivers it to one
+    /// consumer at a time and fails over to the next when that one goes away.
+    pub fn declare_single_active_consumer(&mut self, queue: &str) {
+        use lapin::types::{AMQPValue, FieldTable};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let handle = runtime.handle().clone();
+        runtime.block_on(async {
+            let connection = lapin::Connection::connect_with_runtime(
+                AMQP_URL,
+                lapin::ConnectionProperties::default(),
+                async_rs::Runtime::tokio_with_handle(handle),
+            )
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+            let channel = connection.create_channel().await.expect("a channel");
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            channel
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    arguments,
+                )
+                .await
+                .expect("declare");
+            let _ = connection.close(200, "done".into()).await;
+        });
+    }
+
+    /// How many messages `queue` holds, ready and unacknowledged, per the broker.
+    pub fn depth(&self, queue: &str) -> (u64, u64) {
+        let output = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(queue)).then(|| {
+                    let ready = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+                    let unacked = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+                    (ready, unacked)
+                })
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Closes every broker connection whose client-provided name contains `name` (make it
+    /// unique: other tests share the broker).
+    pub fn close_connections(name: &str) -> usize {
+        let output = Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let mut closed = 0;
+        for line in text.lines() {
+            if !line.contains(name) {
+                continue;
+            }
+            let Some(pid) = line.split_whitespace().next() else {
+                continue;
+            };
+            let status = Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "golconde end-to-end test"])
+                .status()
+                .expect("rabbitmqctl runs");
+            if status.success() {
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", name])
+                .output();
+        }
+    }
+}
+
+/// A configuration for real services: transports `rabbit` (AMQP, its connections named
+/// `connection_name` so a test can cut exactly them) and `rabbit-stomp`, the given
+/// databases (`[databases.NAME]` with `dsn` and any extra lines), and `pipelines` appended
+/// as written.
+pub fn real_config(
+    connection_name: &str,
+    databases: &[(&str, &Database, &str)],
+    pipelines: &str,
+) -> String {
+    let mut text = format!(
+        r#"
+plugin_dirs = ["{{plugins}}"]
+shutdown_grace_ms = 20000
+[log]
+level = "info"
+
+[transports.rabbit]
+plugin = "amqp"
+url = "{AMQP_URL}"
+connection_name = "{connection_name}"
+
+[transports.rabbit-stomp]
+plugin = "stomp"
+address = "127.0.0.1:61613"
+login = "guest"
+passcode = "guest"
+"#
+    );
+    for (name, database, extra) in databases {
+        text.push_str(&format!(
+            "\n[databases.{name}]\nplugin = \"postgres\"\ndsn = \"{}\"\n{extra}\n",
+            database.dsn()
+        ));
+    }
+    text.push_str(pipelines);
+    text
+}

@@ -1,0 +1,271 @@
+//! Faults in the middle of a stream of 20,000 messages. Each test ends with the exact
+//! expected table and nothing left on the queue: at-least-once, in order, nothing lost.
+
+use std::time::Duration;
+
+use golconde_e2e::{
+    eventually,
+    services::{real_config, unique, Database, Queues},
+    Daemon, Scratch,
+};
+
+const ITEMS: &str = "create table items (id bigint primary key, version int not null)";
+const KEYS: u64 = 5_000;
+const MESSAGES: u64 = 20_000;
+
+/// How a test's pipeline is set up.
+struct Setup<'a> {
+    what: &'a str,
+    /// The table, created with this statement.
+    table: &'a str,
+    schema: &'a str,
+    /// The processor's inline table, after `plugin = `.
+    processor: &'a str,
+    database_extra: &'a str,
+    dead_letter: bool,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            what: "stream",
+            table: "items",
+            schema: ITEMS,
+            processor: "\"autosql\"",
+            database_extra: "",
+            dead_letter: false,
+        }
+    }
+}
+
+/// A stream of messages and the pipeline that replicates it.
+struct Stream {
+    queues: Queues,
+    queue: String,
+    dead: String,
+    db: Database,
+    config: std::path::PathBuf,
+    connection_name: String,
+    _scratch: Scratch,
+}
+
+impl Stream {
+    fn new(setup: Setup<'_>) -> Stream {
+        let what = setup.what;
+        let mut queues = Queues::new();
+        let queue = queues.name(what);
+        let dead = queues.name(&format!("{what}-dead"));
+        let db = Database::create(what, setup.schema);
+        let scratch = Scratch::new();
+        let connection_name = unique(what);
+        let dead_letter = if setup.dead_letter {
+            format!(r#"dead_letter = {{ transport = "rabbit", queue = "{dead}" }}"#)
+        } else {
+            String::new()
+        };
+        let config = scratch.config(&real_config(
+            &connection_name,
+            &[("db", &db, setup.database_extra)],
+            &format!(
+                r#"
+[[pipelines]]
+name = "{what}"
+transport = "rabbit"
+queue = "{queue}"
+processor = {{ plugin = {} }}
+database = "db"
+table = "{}"
+workers = 2
+batch = {{ max_messages = 200, max_wait_ms = 10 }}
+retry = {{ initial_backoff_ms = 50, max_backoff_ms = 500 }}
+{dead_letter}
+"#,
+                setup.processor, setup.table
+            ),
+        ));
+        Stream {
+            queues,
+            queue,
+            dead,
+            db,
+            config,
+            connection_name,
+            _scratch: scratch,
+        }
+    }
+
+    fn publish_versions(&self) {
+        let messages: Vec<String> = (0..MESSAGES)
+            .map(|i| {
+                format!(
+                    r#"{{"action": "set", "data": {{"id": {}, "version": {i}}}}}"#,
+                    i % KEYS
+                )
+            })
+            .collect();
+        self.queues.publish(&self.queue, &messages);
+    }
+
+    /// Waits until the daemon is part-way through the stream.
+    fn wait_mid_stream(&self, daemon: &Daemon) {
+        let started = eventually(Duration::from_secs(60), || {
+            let (ready, _) = self.queues.depth(&self.queue);
+            ready < MESSAGES * 3 / 4
+        });
+        assert!(started, "never got going; log:\n{}", daemon.log());
+    }
+
+    fn wait_drained(&self, daemon: &Daemon) {
+        let drained = eventually(Duration::from_secs(120), || {
+            self.queues.depth(&self.queue) == (0, 0)
+        });
+        assert!(
+            drained,
+            "queue not drained: {:?}; log:\n{}",
+            self.queues.depth(&self.queue),
+            daemon.log()
+        );
+    }
+
+    fn assert_last_versions(&mut self) {
+        let expected: Vec<String> = (0..KEYS)
+            .map(|id| format!("{id}|{}", MESSAGES - KEYS + id))
+            .collect();
+        assert_eq!(
+            self.db.rows("select id, version from items order by id"),
+            expected
+        );
+    }
+}
+
+#[test]
+fn database_connections_killed_mid_stream() {
+    let mut s = Stream::new(Setup {
+        what: "pgkill",
+        ..Setup::default()
+    });
+    s.publish_versions();
+    let daemon = Daemon::start(&s.config);
+    s.wait_mid_stream(&daemon);
+    let mut killed = 0;
+    for _ in 0..3 {
+        killed += s.db.terminate_golconde_connections();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(killed > 0, "no Golconde connection to kill");
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("retrying the batch"), "{log}");
+    s.assert_last_versions();
+}
+
+#[test]
+fn broker_connections_closed_mid_stream() {
+    let mut s = Stream::new(Setup {
+        what: "amqpclose",
+        ..Setup::default()
+    });
+    s.publish_versions();
+    let daemon = Daemon::start(&s.config);
+    s.wait_mid_stream(&daemon);
+    let closed = Queues::close_connections(&s.connection_name);
+    assert!(closed > 0, "no Golconde connection to close");
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    s.assert_last_versions();
+}
+
+#[test]
+fn kill_9_then_restart() {
+    let mut s = Stream::new(Setup {
+        what: "kill9",
+        ..Setup::default()
+    });
+    s.publish_versions();
+    let daemon = Daemon::start(&s.config);
+    s.wait_mid_stream(&daemon);
+    daemon.kill();
+    let daemon = Daemon::start(&s.config);
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    s.assert_last_versions();
+}
+
+#[test]
+fn a_processor_panicking_on_one_message_dead_letters_it_and_applies_the_rest() {
+    // fixture-rows turns {"key", "value"} into an upsert of (key, value): here into
+    // PostgreSQL, with the real broker.
+    let mut s = Stream::new(Setup {
+        what: "panic",
+        table: "rows",
+        schema: "create table rows (key text primary key, value text not null)",
+        processor: r#""fixture-rows", panic_always_on = "poison""#,
+        dead_letter: true,
+        ..Setup::default()
+    });
+    let mut messages: Vec<String> = (0..MESSAGES)
+        .map(|i| format!(r#"{{"key": "k{}", "value": "{i}"}}"#, i % KEYS))
+        .collect();
+    messages.insert(
+        12_345,
+        r#"{"key": "poisoned", "value": "poison"}"#.to_string(),
+    );
+    s.queues.publish(&s.queue, &messages);
+
+    let daemon = Daemon::start(&s.config);
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("always panics on value poison"), "{log}");
+    let expected: std::collections::BTreeSet<String> = (0..KEYS)
+        .map(|k| format!("k{k}|{}", MESSAGES - KEYS + k))
+        .collect();
+    let rows: std::collections::BTreeSet<String> =
+        s.db.rows("select key, value from rows")
+            .into_iter()
+            .collect();
+    assert_eq!(rows, expected);
+    let letters = s.queues.drain(&s.dead, Duration::from_millis(500));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header("x-golconde-error-kind"), Some("panic"));
+    assert_eq!(letters[0].header("x-golconde-attempts"), Some("3"));
+}
+
+#[test]
+fn sigterm_under_load_then_restart_loses_and_doubles_nothing() {
+    let mut s = Stream::new(Setup {
+        what: "sigterm",
+        table: "events",
+        schema: "create table events (serial bigserial primary key, ref text not null)",
+        database_extra: "dedupe = true",
+        ..Setup::default()
+    });
+    let messages: Vec<String> = (0..MESSAGES)
+        .map(|i| {
+            format!(r#"{{"action": "add", "id": "event-{i}", "data": {{"ref": "event-{i}"}}}}"#)
+        })
+        .collect();
+    s.queues.publish(&s.queue, &messages);
+
+    let daemon = Daemon::start(&s.config);
+    s.wait_mid_stream(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    let applied = s.db.count("events");
+    assert!(
+        applied > 0 && applied < MESSAGES as i64,
+        "stopped at {applied}"
+    );
+
+    let daemon = Daemon::start(&s.config);
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        s.db.rows("select count(*), count(distinct ref) from events"),
+        [format!("{MESSAGES}|{MESSAGES}")]
+    );
+}
