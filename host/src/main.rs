@@ -193,43 +193,38 @@ fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<E
     let assembly = Assembly::build(&file, &registry);
     let mut problems: Vec<String> = assembly.problems.iter().map(ToString::to_string).collect();
     println!("{}: parsed", file.path.display());
-    for t in assembly.transports.values() {
+    // With --connect, each connection is tried once; a failure is a problem, not a stop.
+    let mut report = |kind: &str,
+                      section: &str,
+                      plugin: &loader::PluginInfo,
+                      name: &str,
+                      tried: Option<Result<(), String>>| {
         let mut line = format!(
-            "  transport {}: {} {} ({})",
-            t.name,
-            t.plugin.name,
-            t.plugin.version,
-            t.plugin.file.display()
+            "  {kind} {name}: {} {} ({})",
+            plugin.name,
+            plugin.version,
+            plugin.file.display()
         );
-        if connect {
-            match t.value.ping().into_result() {
-                Ok(()) => line.push_str(", connected"),
-                Err(e) => problems.push(format!(
-                    "[transports.{}]: cannot connect: {}",
-                    t.name, e.message
-                )),
-            }
+        match tried {
+            Some(Ok(())) => line.push_str(", connected"),
+            Some(Err(e)) => problems.push(format!("[{section}.{name}]: cannot connect: {e}")),
+            None => {}
         }
         println!("{line}");
+    };
+    for t in assembly.transports.values() {
+        let tried = connect.then(|| t.value.ping().into_result().map_err(|e| e.message.into()));
+        report("transport", "transports", &t.plugin, &t.name, tried);
     }
     for d in assembly.databases.values() {
-        let mut line = format!(
-            "  database {}: {} {} ({})",
-            d.name,
-            d.plugin.name,
-            d.plugin.version,
-            d.plugin.file.display()
-        );
-        if connect {
-            match d.value.connect().into_result() {
-                Ok(_session) => line.push_str(", connected"),
-                Err(e) => problems.push(format!(
-                    "[databases.{}]: cannot connect: {}",
-                    d.name, e.message
-                )),
-            }
-        }
-        println!("{line}");
+        let tried = connect.then(|| {
+            d.value
+                .connect()
+                .into_result()
+                .map(drop)
+                .map_err(|e| e.message.into())
+        });
+        report("database", "databases", &d.plugin, &d.name, tried);
     }
     for p in &assembly.pipelines {
         let c = &p.config;

@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{Hash, Hasher},
-    sync::{mpsc, Arc, Mutex},
+    sync::{mpsc, Arc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -47,28 +47,26 @@ impl RunningPipeline {
     pub fn start(parts: PipelineParts, shutdown: &Shutdown) -> std::io::Result<RunningPipeline> {
         let name = parts.config.name.clone();
         let retry = parts.config.retry;
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        for _ in 0..parts.config.workers {
-            let (tx, rx) = mpsc::sync_channel::<Job>(1);
-            senders.push(tx);
-            receivers.push(Arc::new(Mutex::new(rx)));
-        }
+        // One slot per applier: the dispatcher waits for a worker's commit before handing
+        // it the next job, so nothing queues up unbounded.
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..parts.config.workers)
+            .map(|_| mpsc::sync_channel::<Job>(1))
+            .unzip();
+        let mut receivers = receivers.into_iter();
         let appliers = WorkerPool::spawn(
             &name,
             "apply",
             parts.config.workers,
             retry,
             shutdown,
-            |index| {
-                let applier = Applier {
+            |_| {
+                let mut applier = Applier {
                     database: parts.database.clone(),
-                    jobs: receivers[index].clone(),
+                    jobs: receivers.next().expect("one receiver per applier"),
                     retry: Backoff::new(&retry),
                     shutdown: shutdown.clone(),
                     session: None,
                 };
-                let mut applier = applier;
                 move || applier.run()
             },
         )?;
@@ -125,7 +123,8 @@ struct Interrupted;
 /// that a job is never lost between restarts.
 struct Applier {
     database: Arc<Instance<DatabaseBox>>,
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Owned by the worker's closure, so it outlives restarts of the worker.
+    jobs: mpsc::Receiver<Job>,
     retry: Backoff,
     shutdown: Shutdown,
     session: Option<SessionBox>,
@@ -133,9 +132,7 @@ struct Applier {
 
 impl Applier {
     fn run(&mut self) -> Stop {
-        let jobs = self.jobs.clone();
-        let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
-        while let Ok(job) = jobs.recv() {
+        while let Ok(job) = self.jobs.recv() {
             let results = self.apply(&job.changes);
             let _ = job.reply.send(JobResult {
                 positions: job.positions,

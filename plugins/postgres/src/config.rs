@@ -19,12 +19,15 @@ pub struct Config {
     /// What to do with a column of a message that the table does not have.
     #[serde(default)]
     pub unknown_columns: UnknownColumns,
-    /// Record each change's `id` in `golconde.applied` and skip ids seen before.
+    /// Record each change's `id` in `SCHEMA.applied` and skip ids seen before.
     #[serde(default)]
     pub dedupe: bool,
     /// How long a recorded id is kept, in seconds (default 7 days).
     #[serde(default = "default_retention")]
     pub dedupe_retention_s: u64,
+    /// The schema of the applied-change table (default `golconde`).
+    #[serde(default = "default_dedupe_schema")]
+    pub dedupe_schema: String,
     /// The server-side `statement_timeout` of each session; none by default.
     pub statement_timeout_ms: Option<u64>,
     /// How long connecting may take (default 10 s).
@@ -48,6 +51,10 @@ fn default_retention() -> u64 {
     7 * 24 * 3600
 }
 
+fn default_dedupe_schema() -> String {
+    "golconde".into()
+}
+
 fn default_connect_timeout() -> u64 {
     10_000
 }
@@ -62,6 +69,7 @@ pub struct Settings {
     pub unknown_columns: UnknownColumns,
     pub dedupe: bool,
     pub dedupe_retention: Duration,
+    pub dedupe_schema: String,
     pub statement_timeout_ms: Option<u64>,
     pub connect_timeout: Duration,
 }
@@ -93,6 +101,11 @@ impl Settings {
                 "`dedupe_retention_s` must be at least 1 (seconds)",
             ));
         }
+        if config.dedupe_schema.is_empty() || config.dedupe_schema.len() > 63 {
+            return Err(PluginError::config(
+                "`dedupe_schema` must be a schema name of 1 to 63 bytes",
+            ));
+        }
         if config.connect_timeout_ms == 0 {
             return Err(PluginError::config(
                 "`connect_timeout_ms` must be at least 1 (milliseconds)",
@@ -116,6 +129,7 @@ impl Settings {
             unknown_columns: config.unknown_columns,
             dedupe: config.dedupe,
             dedupe_retention: Duration::from_secs(config.dedupe_retention_s),
+            dedupe_schema: config.dedupe_schema,
             statement_timeout_ms: config.statement_timeout_ms,
             connect_timeout,
         })

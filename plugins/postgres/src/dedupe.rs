@@ -1,5 +1,6 @@
-//! The applied-change table, `golconde.applied`: the ids of committed changes, written in
-//! the same transaction as the changes, so a replayed id is recognised and skipped.
+//! The applied-change table, `SCHEMA.applied` (`golconde.applied` unless `dedupe_schema`
+//! says otherwise): the ids of committed changes, written in the same transaction as the
+//! changes, so a replayed id is recognised and skipped.
 //!
 //! Each entry also keeps what its change returned (an insert's generated keys), so the
 //! fan-out copy of a replayed `add` still carries the keys the first delivery got.
@@ -11,29 +12,39 @@ use golconde_plugin_api::{Column, RVec, Value};
 use serde_json::{json, Value as Json};
 use tokio_postgres::Client;
 
+use crate::schema::quote_ident;
+
+/// The table's name, quoted, in `schema`.
+fn table(schema: &str) -> String {
+    format!("{}.applied", quote_ident(schema))
+}
+
 /// Creates the table if missing. Serialised by an advisory lock, so that sessions (and
 /// hosts) starting together do not trip over each other's `CREATE`.
-pub async fn ensure_table(client: &Client) -> Result<(), tokio_postgres::Error> {
+pub async fn ensure_table(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let table = table(schema);
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "BEGIN;
              SELECT pg_catalog.pg_advisory_xact_lock(7310418265513690131);
-             CREATE SCHEMA IF NOT EXISTS golconde;
-             CREATE TABLE IF NOT EXISTS golconde.applied (
+             CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {table} (
                  id text PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now(),
                  returned text
              );
-             ALTER TABLE golconde.applied ADD COLUMN IF NOT EXISTS returned text;
-             CREATE INDEX IF NOT EXISTS applied_applied_at ON golconde.applied (applied_at);
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS returned text;
+             CREATE INDEX IF NOT EXISTS applied_applied_at ON {table} (applied_at);
              COMMIT;",
-        )
+            schema = quote_ident(schema),
+        ))
         .await
 }
 
 /// The ids among `ids` applied before, with what their change returned.
 pub async fn seen(
     client: &Client,
+    schema: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, Option<String>>, tokio_postgres::Error> {
     if ids.is_empty() {
@@ -41,7 +52,10 @@ pub async fn seen(
     }
     let rows = client
         .query(
-            "SELECT id, returned FROM golconde.applied WHERE id = ANY($1::text[])",
+            &format!(
+                "SELECT id, returned FROM {} WHERE id = ANY($1::text[])",
+                table(schema)
+            ),
             &[&ids],
         )
         .await?;
@@ -52,6 +66,7 @@ pub async fn seen(
 /// another session committed one of the same ids meanwhile.
 pub async fn record(
     client: &Client,
+    schema: &str,
     entries: &[(String, Option<String>)],
 ) -> Result<usize, tokio_postgres::Error> {
     if entries.is_empty() {
@@ -61,9 +76,12 @@ pub async fn record(
     let returned: Vec<Option<&str>> = entries.iter().map(|(_, r)| r.as_deref()).collect();
     let rows = client
         .query(
-            "INSERT INTO golconde.applied (id, returned)
-             SELECT * FROM unnest($1::text[], $2::text[])
-             ON CONFLICT (id) DO NOTHING RETURNING 1",
+            &format!(
+                "INSERT INTO {} (id, returned)
+                 SELECT * FROM unnest($1::text[], $2::text[])
+                 ON CONFLICT (id) DO NOTHING RETURNING 1",
+                table(schema)
+            ),
             &[&ids, &returned],
         )
         .await?;
@@ -71,11 +89,17 @@ pub async fn record(
 }
 
 /// Forgets entries older than `retention_s` seconds.
-pub async fn prune(client: &Client, retention_s: f64) -> Result<u64, tokio_postgres::Error> {
+pub async fn prune(
+    client: &Client,
+    schema: &str,
+    retention_s: f64,
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "DELETE FROM golconde.applied
-             WHERE applied_at < now() - $1::float8 * interval '1 second'",
+            &format!(
+                "DELETE FROM {} WHERE applied_at < now() - $1::float8 * interval '1 second'",
+                table(schema)
+            ),
             &[&retention_s],
         )
         .await

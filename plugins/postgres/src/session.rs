@@ -131,9 +131,10 @@ impl PgSession {
         let (client, connection) = runtime.block_on(async {
             let (client, connection) = open(&shared).await?;
             if shared.settings.dedupe && !shared.dedupe_ready() {
-                dedupe::ensure_table(&client).await.map_err(|e| {
+                let schema = &shared.settings.dedupe_schema;
+                dedupe::ensure_table(&client, schema).await.map_err(|e| {
                     PluginError::transient(format!(
-                        "cannot create golconde.applied on {} for `dedupe`: {e}",
+                        "cannot create {schema}.applied on {} for `dedupe`: {e}",
                         shared.settings.target
                     ))
                 })?;
@@ -437,9 +438,10 @@ impl Inner {
             .filter(|(_, r)| r.is_none())
             .filter_map(|(c, _)| c.id.as_ref().map(|id| id.as_str()).into_option())
             .collect();
-        let seen = dedupe::seen(&self.client, &ids)
+        let schema = &self.shared.settings.dedupe_schema;
+        let seen = dedupe::seen(&self.client, schema, &ids)
             .await
-            .map_err(|e| self.transient("reading golconde.applied", e))?;
+            .map_err(|e| self.transient(&format!("reading {schema}.applied"), e))?;
         let mut first: HashMap<&str, usize> = HashMap::new();
         for (i, change) in changes.iter().enumerate() {
             let Some(id) = change.id.as_ref().into_option() else {
@@ -480,9 +482,10 @@ impl Inner {
                 },
             )
             .collect();
-        let recorded = dedupe::record(&self.client, &entries)
+        let schema = &self.shared.settings.dedupe_schema;
+        let recorded = dedupe::record(&self.client, schema, &entries)
             .await
-            .map_err(|e| self.transient("writing golconde.applied", e))?;
+            .map_err(|e| self.transient(&format!("writing {schema}.applied"), e))?;
         if recorded < entries.len() {
             return Err(PluginError::transient(format!(
                 "another session committed some of this batch's change ids meanwhile; \
@@ -493,16 +496,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes old entries of golconde.applied, now and then, outside any batch.
+    /// Removes old entries of the applied-change table, now and then, outside any batch.
     async fn prune(&mut self) {
         if !self.shared.settings.dedupe || !self.shared.prune_due() {
             return;
         }
         let retention = self.shared.settings.dedupe_retention.as_secs_f64();
-        match dedupe::prune(&self.client, retention).await {
-            Ok(n) if n > 0 => tracing::debug!("pruned {n} entries of golconde.applied"),
+        let schema = &self.shared.settings.dedupe_schema;
+        match dedupe::prune(&self.client, schema, retention).await {
+            Ok(n) if n > 0 => tracing::debug!("pruned {n} entries of {schema}.applied"),
             Ok(_) => {}
-            Err(e) => tracing::warn!("pruning golconde.applied: {}", db_message(&e)),
+            Err(e) => tracing::warn!("pruning {schema}.applied: {}", db_message(&e)),
         }
     }
 

@@ -41,7 +41,7 @@ fn a_replayed_batch_is_skipped_and_returns_the_first_keys() {
     // The ids were recorded in the same transaction as the rows.
     assert_eq!(
         db.count(&format!(
-            "SELECT count(*) FROM golconde.applied WHERE id LIKE '{}-%'",
+            "SELECT count(*) FROM {{s}}.applied WHERE id LIKE '{}-%'",
             db.schema
         )),
         3
@@ -104,10 +104,10 @@ fn old_entries_are_pruned() {
     let db = Db::new("dedupe_prune");
     db.exec(TABLE);
     let pg = db.plugin(r#", "dedupe": true, "dedupe_retention_s": 3600"#);
-    // Creates golconde.applied if this is the first test to need it.
+    // Creates the applied-change table if this is the first test to need it.
     drop(pg.connect().unwrap());
     db.exec(&format!(
-        "INSERT INTO golconde.applied (id, applied_at) VALUES
+        "INSERT INTO {{s}}.applied (id, applied_at) VALUES
              ('{0}-old', now() - interval '2 hours'), ('{0}-recent', now() - interval '1 minute')",
         db.schema
     ));
@@ -116,7 +116,7 @@ fn old_entries_are_pruned() {
     let left: Vec<String> = db
         .query(
             &format!(
-                "SELECT id FROM golconde.applied WHERE id LIKE '{}-%' ORDER BY id",
+                "SELECT id FROM {{s}}.applied WHERE id LIKE '{}-%' ORDER BY id",
                 db.schema
             ),
             &[],

@@ -79,7 +79,11 @@ impl Db {
 
     /// The plugin, pointed at the test database, with extra configuration keys.
     pub fn plugin(&self, extra: &str) -> Postgres {
-        let json = format!(r#"{{"dsn": "{DSN}"{extra}}}"#);
+        // The applied-change table goes into the test's schema, and is dropped with it.
+        let json = format!(
+            r#"{{"dsn": "{DSN}", "dedupe_schema": "{}"{extra}}}"#,
+            self.schema
+        );
         Postgres::from_config(parse_config::<Config>(&json).unwrap()).unwrap()
     }
 
@@ -105,15 +109,7 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let sql = format!(
-            "DROP SCHEMA IF EXISTS {0} CASCADE;
-             DO $$ BEGIN
-               IF to_regclass('golconde.applied') IS NOT NULL THEN
-                 DELETE FROM golconde.applied WHERE id LIKE '{0}%';
-               END IF;
-             END $$;",
-            self.schema
-        );
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
         let _ = self.runtime.block_on(self.client.batch_execute(&sql));
     }
 }
