@@ -172,3 +172,16 @@ fn help_explains_each_command() {
         "{text}"
     );
 }
+
+#[test]
+fn a_misspelt_log_level_is_a_problem() {
+    let scratch = Scratch::new();
+    let text =
+        fixture_config("q", "rows.jsonl", "", "").replace("level = \"info\"", "level = \"inf\"");
+    let (ok, out) = check(&scratch, &text);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("[log] level = `inf` is not a valid level"),
+        "{out}"
+    );
+}

@@ -56,6 +56,8 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
     /// How long, at most, a stopping daemon waits for in-flight batches.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -83,6 +85,14 @@ impl Default for LogConfig {
             format: LogFormat::default(),
         }
     }
+}
+
+/// The `[stats]` section: where the counters are served over HTTP, if anywhere.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// `host:port` to serve `/stats`, `/metrics` and `/health` on; off when absent.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]

@@ -12,19 +12,8 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level.
 pub fn init(config: &LogConfig) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
-            .map_err(|e| format!("RUST_LOG=`{directives}` is not a valid filter: {e}"))?,
-        _ => EnvFilter::try_new(&config.level).map_err(|e| {
-            format!(
-                "[log] level = `{}` is not a valid level or filter (try `info`, `debug`, or \
-                 `golconde=debug,info`): {e}",
-                config.level
-            )
-        })?,
-    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(config)?)
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never in files or journals.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
@@ -34,6 +23,31 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
     installed.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// The filter `init` would install, or why it cannot be made.
+pub fn filter(config: &LogConfig) -> Result<EnvFilter, String> {
+    match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+            .map_err(|e| format!("RUST_LOG=`{directives}` is not a valid filter: {e}")),
+        _ => {
+            let invalid = |why: String| {
+                format!(
+                    "[log] level = `{}` is not a valid level or filter (try `info`, `debug`, \
+                     or `golconde=debug,info`): {why}",
+                    config.level
+                )
+            };
+            // A lone word would parse as a target name and silence everything else.
+            let level = config.level.trim();
+            if !level.contains(['=', ',']) && level.parse::<LevelFilter>().is_err() {
+                return Err(invalid(
+                    "not one of off, error, warn, info, debug, trace".into(),
+                ));
+            }
+            EnvFilter::try_new(level).map_err(|e| invalid(e.to_string()))
+        }
+    }
 }
 
 /// A sink for one plugin instance: its events come out of the host's log with `plugin` and

@@ -13,6 +13,7 @@ mod logging;
 mod pipeline;
 mod pool;
 mod send;
+mod stats;
 
 use std::{
     path::{Path, PathBuf},
@@ -192,6 +193,9 @@ fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<E
     let (file, registry) = load(path, cli_dirs)?;
     let assembly = Assembly::build(&file, &registry);
     let mut problems: Vec<String> = assembly.problems.iter().map(ToString::to_string).collect();
+    if let Err(e) = logging::filter(&file.config.log) {
+        problems.push(format!("{}: {e}", file.path.display()));
+    }
     println!("{}: parsed", file.path.display());
     // With --connect, each connection is tried once; a failure is a problem, not a stop.
     let mut report = |kind: &str,
@@ -275,11 +279,17 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     let shutdown = Shutdown::default();
     let signals = watch_signals(shutdown.clone())?;
+    let stats = stats::Stats::default();
+    if let Some(listen) = &file.config.stats.listen {
+        let address = stats::serve(listen, stats.clone(), shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tracing::info!("serving counters on http://{address}/stats and /metrics");
+    }
     let mut running = Vec::new();
     for parts in assembly.pipelines {
         let name = parts.config.name.clone();
         running.push(
-            RunningPipeline::start(parts, &shutdown)
+            RunningPipeline::start(parts, &shutdown, stats.register(&name))
                 .with_context(|| format!("starting the threads of pipeline `{name}`"))?,
         );
     }

@@ -27,6 +27,7 @@ use golconde_plugin_api::{
 use crate::{
     assemble::{allowed_tables, Instance, PipelineParts},
     pool::{Backoff, Shutdown, Stop, WorkerPool},
+    stats::PipelineStats,
 };
 
 /// How often an idle dispatcher wakes up to look at the shutdown flag.
@@ -44,7 +45,11 @@ pub struct RunningPipeline {
 }
 
 impl RunningPipeline {
-    pub fn start(parts: PipelineParts, shutdown: &Shutdown) -> std::io::Result<RunningPipeline> {
+    pub fn start(
+        parts: PipelineParts,
+        shutdown: &Shutdown,
+        stats: Arc<PipelineStats>,
+    ) -> std::io::Result<RunningPipeline> {
         let name = parts.config.name.clone();
         let retry = parts.config.retry;
         // One slot per applier: the dispatcher waits for a worker's commit before handing
@@ -66,6 +71,7 @@ impl RunningPipeline {
                     retry: Backoff::new(&retry),
                     shutdown: shutdown.clone(),
                     session: None,
+                    stats: stats.clone(),
                 };
                 move || applier.run()
             },
@@ -77,10 +83,17 @@ impl RunningPipeline {
             key_columns: HashMap::new(),
             panics: HashMap::new(),
             shutdown: shutdown.clone(),
+            stats,
         });
         let dispatcher = WorkerPool::spawn(&name, "dispatch", 1, retry, shutdown, |_| {
             let mut dispatcher = dispatcher.take().expect("one dispatcher");
-            move || dispatcher.run()
+            move || {
+                let stop = dispatcher.run();
+                if let Stop::Restart(why) = &stop {
+                    dispatcher.stats.error(why);
+                }
+                stop
+            }
         })?;
         Ok(RunningPipeline {
             name,
@@ -128,6 +141,7 @@ struct Applier {
     retry: Backoff,
     shutdown: Shutdown,
     session: Option<SessionBox>,
+    stats: Arc<PipelineStats>,
 }
 
 impl Applier {
@@ -170,12 +184,15 @@ impl Applier {
                 }
                 ErrorKind::Transient => {
                     self.session = None;
-                    tracing::warn!(
+                    let message = format!(
                         "database `{}`: {}; retrying the batch of {} changes",
                         self.database.name,
                         error.message,
                         changes.len()
                     );
+                    tracing::warn!("{message}");
+                    PipelineStats::add(&self.stats.retries, 1);
+                    self.stats.error(&message);
                 }
                 ErrorKind::Permanent | ErrorKind::Config => return self.isolate(changes, error),
             }
@@ -257,6 +274,7 @@ struct Dispatcher {
     /// Panics seen per message body, so a message that always panics is set aside.
     panics: HashMap<u64, u32>,
     shutdown: Shutdown,
+    stats: Arc<PipelineStats>,
 }
 
 impl Dispatcher {
@@ -354,6 +372,7 @@ impl Dispatcher {
         consumer: &ConsumerBox,
         batch: Vec<Delivery>,
     ) -> Option<Stop> {
+        PipelineStats::add(&self.stats.received, batch.len());
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in &batch {
             match self.process(processor, delivery) {
@@ -396,11 +415,13 @@ impl Dispatcher {
                 Outcome::Pending(_) => unreachable!("every change was applied"),
             };
             if self.parts.dead_letter.is_some() {
-                tracing::warn!(
+                let message = format!(
                     "dead-lettering message {} of `{}`: {failure}",
                     describe(delivery),
                     self.parts.config.queue
                 );
+                tracing::warn!("{message}");
+                self.stats.error(&message);
                 dead.push(self.dead_letter_copy(delivery, &failure));
             } else {
                 done = position;
@@ -433,7 +454,28 @@ impl Dispatcher {
                 )));
             }
         }
+        self.count(&outcomes[..done], fan_out.len(), dead.len(), done);
+        if let Some(fatal) = &fatal {
+            self.stats.error(fatal);
+        }
         fatal.map(Stop::Fatal)
+    }
+
+    fn count(&self, outcomes: &[Outcome], fanned_out: usize, dead: usize, acknowledged: usize) {
+        let stats = &self.stats;
+        let (mut applied, mut duplicates) = (0, 0);
+        for outcome in outcomes {
+            if let Outcome::Applied(a) = outcome {
+                applied += 1;
+                duplicates += usize::from(a.duplicate);
+            }
+        }
+        PipelineStats::add(&stats.applied, applied);
+        PipelineStats::add(&stats.duplicates, duplicates);
+        PipelineStats::add(&stats.fanned_out, fanned_out * self.parts.fan_out.len());
+        PipelineStats::add(&stats.dead_lettered, dead);
+        PipelineStats::add(&stats.acknowledged, acknowledged);
+        PipelineStats::add(&stats.batches, 1);
     }
 
     /// Turns one delivery into a change, or into the reason it has none.
@@ -643,7 +685,12 @@ impl Dispatcher {
                 transport.name
             );
             match error.kind {
-                ErrorKind::Transient => tracing::warn!("{what}: {}; retrying", error.message),
+                ErrorKind::Transient => {
+                    let message = format!("{what}: {}; retrying", error.message);
+                    tracing::warn!("{message}");
+                    PipelineStats::add(&self.stats.retries, 1);
+                    self.stats.error(&message);
+                }
                 ErrorKind::Panic => return Err(Stop::Restart(format!("{what}: {error}"))),
                 _ => {
                     return Err(Stop::Fatal(format!(
