@@ -1,0 +1,234 @@
+//! PostgreSQL side of the benchmark: the bench's own database and tables, the checks that
+//! a run left every row right, ceiling B (the database alone, in 1,000-row UNNEST
+//! upserts) and the publish-to-commit latencies.
+//!
+//! Depends on tokio-postgres only. Key decision: the bench creates a database of its own
+//! (`golconde_bench_<pid>`) and drops it at the end, so it never touches anyone's data and
+//! runs beside the tests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+use crate::workload::{Expected, Row, Workload, EPOCH};
+
+pub const HOST: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+pub const SCHEMA: &str = "
+    create table users (
+        id bigint primary key, name text, email text, score int, updated_at timestamptz);
+    create table users_latency (
+        id bigint primary key, name text, email text, score int, updated_at timestamptz,
+        published_us bigint, applied_at timestamptz);
+    create function stamp_applied() returns trigger language plpgsql as $$
+        begin new.applied_at := clock_timestamp(); return new; end $$;
+    create trigger stamp_applied before insert or update on users_latency
+        for each row execute function stamp_applied();";
+
+pub async fn connect(dsn: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL with `{dsn}`"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The bench's own database, dropped by [`Database::drop_all`].
+pub struct Database {
+    pub name: String,
+    pub dsn: String,
+}
+
+impl Database {
+    pub async fn create(name: &str) -> Result<Database> {
+        let admin = connect(&format!("{HOST} dbname=postgres")).await?;
+        // Two statements: DROP/CREATE DATABASE refuse the implicit transaction of a batch.
+        for sql in [
+            format!("drop database if exists {name} with (force)"),
+            format!("create database {name}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .with_context(|| format!("creating database `{name}`"))?;
+        }
+        let db = Database {
+            name: name.to_string(),
+            dsn: format!("{HOST} dbname={name}"),
+        };
+        db.client()
+            .await?
+            .batch_execute(SCHEMA)
+            .await
+            .with_context(|| format!("creating the tables in database `{name}`"))?;
+        Ok(db)
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        connect(&self.dsn).await
+    }
+
+    pub async fn drop_all(&self) -> Result<()> {
+        let admin = connect(&format!("{HOST} dbname=postgres")).await?;
+        admin
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                self.name
+            ))
+            .await
+            .with_context(|| format!("dropping database `{}`", self.name))
+    }
+}
+
+pub async fn truncate(client: &Client) -> Result<()> {
+    client
+        .batch_execute("truncate users, users_latency")
+        .await
+        .context("emptying tables users and users_latency")
+}
+
+/// Whether `users` holds as many rows as expected and their scores add up: cheap enough
+/// to poll while a run drains.
+pub async fn reached(client: &Client, expected: &Expected) -> Result<bool> {
+    let row = client
+        .query_one(
+            "select count(*), coalesce(sum(score), 0)::bigint from users",
+            &[],
+        )
+        .await
+        .context("counting rows of table users")?;
+    let (count, sum): (i64, i64) = (row.get(0), row.get(1));
+    Ok(count == expected.last.len() as i64 && sum == expected.score_sum)
+}
+
+/// Fails unless every key of `users` holds exactly its last message's values.
+pub async fn verify(client: &Client, workload: &Workload, expected: &Expected) -> Result<()> {
+    let rows = client
+        .query(
+            "select id, name, email, score, extract(epoch from updated_at)::bigint from users",
+            &[],
+        )
+        .await
+        .context("reading table users back")?;
+    let mut wrong = Vec::new();
+    let mut seen = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let (name, email, score, epoch): (Option<String>, Option<String>, Option<i32>, i64) =
+            (row.get(1), row.get(2), row.get(3), row.get(4));
+        seen.insert(id, ());
+        let Some(&last) = expected.last.get(&id) else {
+            wrong.push(format!("id {id} should not exist"));
+            continue;
+        };
+        let want: Row = workload.row(last as u64);
+        let ok = score == Some(want.score)
+            && name.as_deref() == Some(want.name.as_str())
+            && email.as_deref() == Some(want.email.as_str())
+            && epoch == EPOCH + last;
+        if !ok {
+            wrong.push(format!(
+                "id {id} holds score {score:?} name {name:?}, expected the message {last}"
+            ));
+        }
+    }
+    for id in expected.last.keys() {
+        if !seen.contains_key(id) {
+            wrong.push(format!("id {id} is missing"));
+        }
+    }
+    if !wrong.is_empty() {
+        wrong.sort();
+        bail!(
+            "table users is wrong in {} of {} keys, e.g. {}",
+            wrong.len(),
+            expected.last.len(),
+            wrong[..wrong.len().min(5)].join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Ceiling B: the workload's rows in chunks of 1,000 messages, each chunk one autocommit
+/// UNNEST upsert (a chunk keeps only the last message of each key, as an upsert cannot
+/// touch a row twice). Returns the elapsed time.
+pub async fn ceiling(client: &Client, workload: &Workload) -> Result<Duration> {
+    let statement = client
+        .prepare(
+            "insert into users (id, name, email, score, updated_at)
+             select id, name, email, score, updated_at::timestamptz
+             from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[])
+               as u(id, name, email, score, updated_at)
+             on conflict (id) do update set name = excluded.name, email = excluded.email,
+               score = excluded.score, updated_at = excluded.updated_at",
+        )
+        .await
+        .context("preparing the UNNEST upsert")?;
+    // Built before the clock starts, as the broker hands Golconde ready-made messages.
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < workload.messages {
+        let end = (start + 1000).min(workload.messages);
+        let mut last: HashMap<i64, Row> = HashMap::new();
+        for i in start..end {
+            let row = workload.row(i);
+            last.insert(row.id, row);
+        }
+        let rows: Vec<Row> = last.into_values().collect();
+        chunks.push((
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.email.clone()).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.score).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.updated_at.clone())
+                .collect::<Vec<_>>(),
+        ));
+        start = end;
+    }
+    let clock = Instant::now();
+    for (ids, names, emails, scores, times) in &chunks {
+        client
+            .execute(&statement, &[ids, names, emails, scores, times])
+            .await
+            .context("running a 1,000-row UNNEST upsert into table users")?;
+    }
+    Ok(clock.elapsed())
+}
+
+/// Publish-to-commit latencies of `users_latency`, in ms, sorted; fails unless there are
+/// `count` rows.
+pub async fn latencies(client: &Client, count: u64) -> Result<Vec<f64>> {
+    let rows = client
+        .query(
+            "select (extract(epoch from applied_at) * 1000000)::bigint - published_us
+             from users_latency",
+            &[],
+        )
+        .await
+        .context("reading table users_latency")?;
+    if rows.len() as u64 != count {
+        bail!(
+            "table users_latency holds {} rows after the latency run, expected {count}",
+            rows.len()
+        );
+    }
+    let mut ms: Vec<f64> = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as f64 / 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+pub async fn latency_rows(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("select count(*) from users_latency", &[])
+        .await
+        .context("counting rows of table users_latency")?;
+    Ok(row.get::<_, i64>(0) as u64)
+}

@@ -1,0 +1,546 @@
+//! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP and
+//! STOMP -> autosql -> postgres) against the limits of the broker alone (ceiling A) and
+//! of the database alone (ceiling B), against the first Golconde's one-message-at-a-time
+//! model (the baseline), its publish-to-commit latency at half load and its peak memory.
+//! `scripts/bench` builds everything in release and runs it; see bench/README.md.
+//!
+//! Depends on lapin, tokio-postgres and the release `golconde` binary and plugin
+//! libraries found beside this executable. Key decisions: Golconde is measured as the
+//! real daemon process, on a queue pre-loaded before the clock starts; every run is
+//! checked for correctness (every key at its last version, nothing left on the queue),
+//! so a fast but wrong run fails the bench instead of producing a figure.
+
+mod broker;
+mod daemon;
+mod db;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use crate::daemon::{Daemon, Setup};
+use crate::report::{Figure, Report};
+use crate::workload::{Expected, Workload};
+
+/// The prefetch of ceiling A and the baseline: Golconde's default for one worker
+/// (2 x batch.max_messages x workers).
+const PREFETCH: u16 = 1000;
+
+const PARTS: [&str; 6] = ["amqp", "stomp", "ceilings", "baseline", "latency", "memory"];
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Golconde end to end against the broker's and the database's limits")]
+struct Args {
+    /// A few thousand messages, one run of each part; checks correctness, asserts no timing.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs per figure (the median is reported, with min and max).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Messages of the throughput workload (over a quarter as many keys).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages of the baseline (slow: about 1,300/s).
+    #[arg(long)]
+    baseline_messages: Option<u64>,
+    /// Seconds of fixed-rate publishing in the latency run.
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// Publish rate of the latency run; default half the best AMQP end-to-end rate.
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Queue sizes drained by the memory part, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    memory_messages: Option<Vec<u64>>,
+    /// Golconde worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<u32>,
+    /// Golconde's `batch.max_messages` (default: Golconde's own default, 500).
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Parts to run, comma-separated: amqp, stomp, ceilings, baseline, latency, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Folder of the release `golconde` binary and plugin libraries; default this
+    /// executable's folder.
+    #[arg(long)]
+    release_dir: Option<PathBuf>,
+    /// Where to write the JSON results (default bench/results/; --smoke writes none).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+/// The settings a run uses once defaults and --smoke are applied.
+struct Plan {
+    smoke: bool,
+    runs: usize,
+    workload: Workload,
+    baseline: Workload,
+    latency_seconds: f64,
+    latency_rate: Option<f64>,
+    memory: Vec<u64>,
+    workers: Vec<u32>,
+    batch: Option<u32>,
+    parts: Vec<String>,
+}
+
+impl Plan {
+    fn from(args: &Args) -> Result<Plan> {
+        let smoke = args.smoke;
+        let messages = args.messages.unwrap_or(if smoke { 4000 } else { 200_000 });
+        let baseline = args
+            .baseline_messages
+            .unwrap_or(if smoke { 1000 } else { 10_000 })
+            .min(messages);
+        let parts = match &args.only {
+            Some(only) => {
+                for part in only {
+                    if !PARTS.contains(&part.as_str()) {
+                        bail!("--only: unknown part `{part}` (expected some of {PARTS:?})");
+                    }
+                }
+                only.clone()
+            }
+            None => PARTS.iter().map(|s| s.to_string()).collect(),
+        };
+        if messages < 4 || args.workers.is_empty() || args.workers.contains(&0) {
+            bail!("--messages must be at least 4 and --workers positive");
+        }
+        let keys = |n: u64| (n / 4).max(1);
+        Ok(Plan {
+            smoke,
+            runs: args.runs.unwrap_or(if smoke { 1 } else { 3 }).max(1),
+            workload: Workload {
+                messages,
+                keys: keys(messages),
+            },
+            baseline: Workload {
+                messages: baseline,
+                keys: keys(messages),
+            },
+            latency_seconds: args
+                .latency_seconds
+                .unwrap_or(if smoke { 3.0 } else { 30.0 }),
+            latency_rate: args.latency_rate,
+            memory: args.memory_messages.clone().unwrap_or(if smoke {
+                vec![messages, messages * 5]
+            } else {
+                vec![200_000, 1_000_000]
+            }),
+            workers: args.workers.clone(),
+            batch: args.batch,
+            parts,
+        })
+    }
+
+    fn wants(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
+}
+
+struct Bench {
+    plan: Plan,
+    db: db::Database,
+    client: tokio_postgres::Client,
+    amqp: lapin::Connection,
+    channel: lapin::Channel,
+    golconde: PathBuf,
+    plugin_dir: PathBuf,
+    scratch: PathBuf,
+    queues: u32,
+    report: Report,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("golconde-bench failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let plan = Plan::from(&args)?;
+    let release = match &args.release_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this executable has no folder")?
+            .to_path_buf(),
+    };
+    let golconde = release.join("golconde");
+    for file in ["golconde", "libgolconde_amqp.so", "libgolconde_stomp.so"]
+        .into_iter()
+        .chain(["libgolconde_autosql.so", "libgolconde_postgres.so"])
+    {
+        if !release.join(file).exists() {
+            bail!(
+                "{} is missing: build the release binaries first (scripts/bench does)",
+                release.join(file).display()
+            );
+        }
+    }
+    let id = std::process::id();
+    let database = db::Database::create(&format!("golconde_bench_{id}")).await?;
+    let scratch = std::env::temp_dir().join(format!("golconde-bench-{id}"));
+    let outcome = async {
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        let client = database.client().await?;
+        let amqp = broker::connect().await?;
+        let channel = amqp.create_channel().await?;
+        let mut bench = Bench {
+            plan,
+            db: db::Database {
+                name: database.name.clone(),
+                dsn: database.dsn.clone(),
+            },
+            client,
+            amqp,
+            channel,
+            golconde,
+            plugin_dir: release,
+            scratch: scratch.clone(),
+            queues: 0,
+            report: Report::default(),
+        };
+        let measured = bench.measure().await;
+        bench.delete_queues().await;
+        bench.amqp.close(200, "done".into()).await.ok();
+        measured.map(|()| bench)
+    }
+    .await;
+    let dropped = database.drop_all().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let bench = outcome?;
+    dropped?;
+    bench.report.print(&bench.plan_summary());
+    if !bench.plan.smoke || args.results_dir.is_some() {
+        let dir = args
+            .results_dir
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
+        let path = bench.report.write(&dir, &bench.plan_summary())?;
+        println!("\nwritten to {}", path.display());
+    }
+    Ok(())
+}
+
+/// One line per run on stderr, so a long bench shows it is alive.
+fn progress(line: &str) {
+    eprintln!("  {line}");
+}
+
+impl Bench {
+    fn plan_summary(&self) -> serde_json::Value {
+        let p = &self.plan;
+        serde_json::json!({
+            "smoke": p.smoke,
+            "runs": p.runs,
+            "messages": p.workload.messages,
+            "keys": p.workload.keys,
+            "baseline_messages": p.baseline.messages,
+            "latency_seconds": p.latency_seconds,
+            "memory_messages": p.memory,
+            "workers": p.workers,
+            "batch_max_messages": p.batch,
+            "prefetch_ceiling_and_baseline": PREFETCH,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        })
+    }
+
+    async fn measure(&mut self) -> Result<()> {
+        let workload = self.plan.workload;
+        let expected = workload.expected();
+        let runs = self.plan.runs;
+        if self.plan.wants("ceilings") {
+            for (name, every) in [
+                ("ceiling A: broker, ack each", 1),
+                ("ceiling A: broker, ack every 100", 100),
+            ] {
+                let mut figure = Figure::new(name, workload.messages);
+                for _ in 0..runs {
+                    let queue = self.loaded_queue(workload).await?;
+                    let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
+                        .await?;
+                    self.expect_empty(&queue).await?;
+                    progress(&format!(
+                        "{name}: {:.0}/s",
+                        workload.messages as f64 / t.as_secs_f64()
+                    ));
+                    figure.rate(workload.messages, t);
+                }
+                self.report.add(figure);
+            }
+            let mut figure =
+                Figure::new("ceiling B: database, 1,000-row UNNEST", workload.messages);
+            for _ in 0..runs {
+                db::truncate(&self.client).await?;
+                let t = db::ceiling(&self.client, &workload).await?;
+                db::verify(&self.client, &workload, &expected)
+                    .await
+                    .context("after ceiling B")?;
+                progress(&format!(
+                    "ceiling B: {:.0}/s",
+                    workload.messages as f64 / t.as_secs_f64()
+                ));
+                figure.rate(workload.messages, t);
+            }
+            self.report.add(figure);
+        }
+        if self.plan.wants("baseline") {
+            let base = self.plan.baseline;
+            let base_expected = base.expected();
+            let mut figure = Figure::new("baseline: 1 upsert + ack per message", base.messages);
+            for _ in 0..runs {
+                db::truncate(&self.client).await?;
+                let queue = self.loaded_queue(base).await?;
+                let t = broker::baseline(&self.amqp, &self.client, &queue, base.messages, PREFETCH)
+                    .await?;
+                self.expect_empty(&queue).await?;
+                db::verify(&self.client, &base, &base_expected)
+                    .await
+                    .context("after the baseline")?;
+                progress(&format!(
+                    "baseline: {:.0}/s",
+                    base.messages as f64 / t.as_secs_f64()
+                ));
+                figure.rate(base.messages, t);
+            }
+            self.report.add(figure);
+        }
+        for transport in ["amqp", "stomp"] {
+            if !self.plan.wants(transport) {
+                continue;
+            }
+            for workers in self.plan.workers.clone() {
+                let name = format!("golconde {transport}, workers={workers}");
+                let mut figure = Figure::new(&name, workload.messages);
+                for _ in 0..runs {
+                    let (t, rss) = self
+                        .golconde(transport, workers, workload, &expected)
+                        .await
+                        .with_context(|| name.clone())?;
+                    figure.rate(workload.messages, t);
+                    figure.rss(rss);
+                }
+                figure.golconde = Some(transport.to_string());
+                figure.workers = workers;
+                self.report.add(figure);
+            }
+        }
+        if self.plan.wants("latency") {
+            self.latency().await?;
+        }
+        if self.plan.wants("memory") {
+            for messages in self.plan.memory.clone() {
+                let w = Workload {
+                    messages,
+                    keys: self.plan.workload.keys,
+                };
+                let e = w.expected();
+                let workers = 4;
+                let name = format!("memory: golconde amqp, workers={workers}");
+                let mut figure = Figure::new(&name, messages);
+                for _ in 0..runs {
+                    let (t, rss) = self
+                        .golconde("amqp", workers, w, &e)
+                        .await
+                        .with_context(|| format!("{name}, {messages} messages"))?;
+                    figure.rate(messages, t);
+                    figure.rss(rss);
+                }
+                figure.memory = true;
+                figure.workers = workers;
+                self.report.add(figure);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh durable queue of the bench holding `workload`, all confirmed.
+    async fn loaded_queue(&mut self, workload: Workload) -> Result<String> {
+        let queue = self.fresh_queue().await?;
+        broker::preload(&self.amqp, &queue, broker::bodies(workload)).await?;
+        Ok(queue)
+    }
+
+    /// Deletes every queue this run declared, including those a failed part left behind.
+    async fn delete_queues(&self) {
+        for n in 1..=self.queues {
+            let queue = format!("golconde-bench-{}-{n}", std::process::id());
+            // A channel of its own each time: an error closes the channel it happens on.
+            if let Ok(channel) = self.amqp.create_channel().await {
+                let _ = broker::delete(&channel, &queue).await;
+                channel.close(200, "cleaned".into()).await.ok();
+            }
+        }
+    }
+
+    async fn fresh_queue(&mut self) -> Result<String> {
+        self.queues += 1;
+        let queue = format!("golconde-bench-{}-{}", std::process::id(), self.queues);
+        broker::declare(&self.channel, &queue).await?;
+        Ok(queue)
+    }
+
+    /// Fails unless `queue` is empty (so every message was acknowledged), then deletes it.
+    async fn expect_empty(&self, queue: &str) -> Result<()> {
+        // Messages unacknowledged when a consumer leaves go back to ready asynchronously.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = broker::ready(&self.channel, queue).await?;
+        broker::delete(&self.channel, queue).await?;
+        if left != 0 {
+            bail!("{left} messages were left unacknowledged on queue `{queue}`");
+        }
+        Ok(())
+    }
+
+    fn start(&self, transport: &str, queue: &str, table: &str, workers: u32) -> Result<Daemon> {
+        let setup = Setup {
+            transport,
+            queue,
+            table,
+            workers,
+            dsn: &self.db.dsn,
+            batch: self.plan.batch,
+        };
+        let path = self.scratch.join(format!("{queue}.toml"));
+        Daemon::start(
+            &self.golconde,
+            &path,
+            &daemon::config(&setup, &self.plugin_dir),
+        )
+    }
+
+    /// One Golconde run over a pre-loaded queue: the time from the daemon starting to
+    /// consume until the queue is empty and the table holds the final state, and the
+    /// daemon's peak RSS. Fails unless every row is right and every message acknowledged.
+    async fn golconde(
+        &mut self,
+        transport: &str,
+        workers: u32,
+        workload: Workload,
+        expected: &Expected,
+    ) -> Result<(Duration, u64)> {
+        db::truncate(&self.client).await?;
+        let queue = self.loaded_queue(workload).await?;
+        let mut daemon = self.start(transport, &queue, "users", workers)?;
+        let limit = Duration::from_secs(60 + workload.messages / 500);
+        loop {
+            daemon.check_alive()?;
+            if daemon.spawned.elapsed() > limit {
+                bail!(
+                    "queue `{queue}` not drained into table users after {limit:?}; the daemon's log ends:\n{}",
+                    daemon.tail()
+                );
+            }
+            if broker::ready(&self.channel, &queue).await? == 0
+                && db::reached(&self.client, expected).await?
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let end = Instant::now();
+        let start = daemon.consuming_since().unwrap_or(daemon.spawned);
+        let rss = daemon.peak_rss()?;
+        progress(&format!(
+            "golconde {transport} workers={workers}: {} messages in {:.3} s ({:.0}/s; startup {} ms), peak RSS {:.1} MB",
+            workload.messages,
+            (end - start).as_secs_f64(),
+            workload.messages as f64 / (end - start).as_secs_f64(),
+            (start - daemon.spawned).as_millis(),
+            rss as f64 / 1048576.0
+        ));
+        daemon.stop()?;
+        db::verify(&self.client, &workload, expected).await?;
+        self.expect_empty(&queue).await?;
+        Ok((end - start, rss))
+    }
+
+    async fn latency(&mut self) -> Result<()> {
+        let best = self.report.best_golconde("amqp");
+        let rate = match (self.plan.latency_rate, best) {
+            (Some(rate), _) => rate,
+            // A smoke run's rate comes from a few thousand messages: too noisy to load
+            // the machine with.
+            (None, Some((rate, _))) if self.plan.smoke => (rate / 2.0).min(2000.0),
+            (None, Some((rate, _))) => rate / 2.0,
+            (None, None) => {
+                if self.plan.smoke {
+                    500.0
+                } else {
+                    bail!("the latency part needs the amqp part (for its rate) or --latency-rate")
+                }
+            }
+        };
+        let workers = best.map_or(*self.plan.workers.last().unwrap_or(&4), |(_, w)| w);
+        let duration = Duration::from_secs_f64(self.plan.latency_seconds);
+        let mut figure = Figure::new(
+            &format!("latency: golconde amqp, workers={workers}, {rate:.0} msgs/s"),
+            0,
+        );
+        let mut alone = Figure::new(
+            &format!("latency: broker alone (lapin), {rate:.0} msgs/s"),
+            0,
+        );
+        for _ in 0..self.plan.runs {
+            let queue = self.fresh_queue().await?;
+            let ms = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
+            self.expect_empty(&queue).await?;
+            progress(&format!(
+                "broker-only latency at {rate:.0}/s: p50 {:.1} ms, max {:.1} ms",
+                ms[ms.len() / 2],
+                ms[ms.len() - 1]
+            ));
+            alone.messages = ms.len() as u64;
+            alone.latency(&ms);
+        }
+        self.report.add(alone);
+        for _ in 0..self.plan.runs {
+            db::truncate(&self.client).await?;
+            let queue = self.fresh_queue().await?;
+            let mut daemon = self.start("amqp", &queue, "users_latency", workers)?;
+            while daemon.consuming_since().is_none() {
+                daemon.check_alive()?;
+                if daemon.spawned.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "golconde did not start consuming within 30 s:\n{}",
+                        daemon.tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let total = broker::publish_at_rate(&self.amqp, &queue, rate, duration).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while db::latency_rows(&self.client).await? < total {
+                daemon.check_alive()?;
+                if Instant::now() > deadline {
+                    bail!("the latency run's {total} messages were not all applied within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            daemon.check_alive()?;
+            daemon.stop()?;
+            self.expect_empty(&queue).await?;
+            let ms = db::latencies(&self.client, total).await?;
+            progress(&format!(
+                "latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, max {:.1} ms",
+                ms[ms.len() / 2],
+                ms[ms.len() - 1]
+            ));
+            figure.messages = total;
+            figure.latency(&ms);
+        }
+        self.report.add(figure);
+        Ok(())
+    }
+}

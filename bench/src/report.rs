@@ -1,0 +1,344 @@
+//! The figures of one bench run: medians with min and max over the runs, ratios to the
+//! ceilings and the baseline, the targets of issue 6, printed as one table and written
+//! as JSON.
+//!
+//! Depends on serde_json. Key decision: ratios are computed from medians measured in the
+//! same run on the same machine, never from figures remembered from elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+pub const CEILING_A: &str = "ceiling A: broker, ack each";
+pub const CEILING_A_CUMULATIVE: &str = "ceiling A: broker, ack every 100";
+pub const CEILING_B: &str = "ceiling B: database, 1,000-row UNNEST";
+pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
+
+#[derive(Default)]
+pub struct Figure {
+    pub name: String,
+    pub messages: u64,
+    pub rates: Vec<f64>,
+    pub rss: Vec<f64>,
+    pub p50: Vec<f64>,
+    pub p99: Vec<f64>,
+    pub max: Vec<f64>,
+    /// The transport, for Golconde's throughput figures.
+    pub golconde: Option<String>,
+    pub workers: u32,
+    pub memory: bool,
+}
+
+/// Median, min and max of some runs.
+#[derive(Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Figure {
+    pub fn new(name: &str, messages: u64) -> Figure {
+        Figure {
+            name: name.to_string(),
+            messages,
+            ..Figure::default()
+        }
+    }
+
+    pub fn rate(&mut self, messages: u64, elapsed: Duration) {
+        self.rates.push(messages as f64 / elapsed.as_secs_f64());
+    }
+
+    pub fn rss(&mut self, bytes: u64) {
+        self.rss.push(bytes as f64 / (1024.0 * 1024.0));
+    }
+
+    /// One latency run's sorted latencies, in ms.
+    pub fn latency(&mut self, sorted_ms: &[f64]) {
+        self.p50.push(percentile(sorted_ms, 50.0));
+        self.p99.push(percentile(sorted_ms, 99.0));
+        self.max.push(*sorted_ms.last().unwrap_or(&f64::NAN));
+    }
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub figures: Vec<Figure>,
+}
+
+fn fmt_spread(s: Option<Spread>, digits: usize) -> String {
+    match s {
+        Some(s) => format!("{:.d$} [{:.d$}-{:.d$}]", s.median, s.min, s.max, d = digits),
+        None => "-".into(),
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}"))
+}
+
+impl Report {
+    pub fn add(&mut self, figure: Figure) {
+        self.figures.push(figure);
+    }
+
+    fn median_rate(&self, name: &str) -> Option<f64> {
+        let f = self.figures.iter().find(|f| f.name == name)?;
+        spread(&f.rates).map(|s| s.median)
+    }
+
+    /// The best median end-to-end rate over `transport` and its worker count.
+    pub fn best_golconde(&self, transport: &str) -> Option<(f64, u32)> {
+        self.figures
+            .iter()
+            .filter(|f| f.golconde.as_deref() == Some(transport))
+            .filter_map(|f| spread(&f.rates).map(|s| (s.median, f.workers)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    fn ratios(&self, figure: &Figure) -> Value {
+        let Some(rate) = spread(&figure.rates).map(|s| s.median) else {
+            return json!({});
+        };
+        let a = self.median_rate(CEILING_A);
+        let ac = self.median_rate(CEILING_A_CUMULATIVE);
+        let b = self.median_rate(CEILING_B);
+        let min_ab = match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        let base = self.median_rate(BASELINE);
+        let r = |c: Option<f64>| c.map(|c| rate / c);
+        json!({
+            "to_ceiling_a_ack_each": r(a),
+            "to_ceiling_a_ack_every_100": r(ac),
+            "to_ceiling_b": r(b),
+            "to_min_ceiling": r(min_ab),
+            "to_baseline": r(base),
+        })
+    }
+
+    fn targets(&self) -> Vec<(String, Option<bool>)> {
+        let mut out = Vec::new();
+        let best = self.best_golconde("amqp").map(|(r, _)| r);
+        let a = self.median_rate(CEILING_A);
+        let b = self.median_rate(CEILING_B);
+        let base = self.median_rate(BASELINE);
+        let ceiling = match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        out.push((
+            format!(
+                "end-to-end AMQP >= 0.85 x min(ceiling A, ceiling B): {}",
+                fmt_ratio(best.zip(ceiling).map(|(r, c)| r / c))
+            ),
+            best.zip(ceiling).map(|(r, c)| r >= 0.85 * c),
+        ));
+        out.push((
+            format!(
+                "end-to-end AMQP >= 10 x baseline: {}",
+                fmt_ratio(best.zip(base).map(|(r, c)| r / c))
+            ),
+            best.zip(base).map(|(r, c)| r >= 10.0 * c),
+        ));
+        let p99 = self
+            .figures
+            .iter()
+            .filter(|f| f.name.starts_with("latency: golconde"))
+            .find_map(|f| spread(&f.p99).map(|s| s.median));
+        out.push((
+            format!(
+                "p99 latency at half load < 50 ms: {}",
+                p99.map_or("-".into(), |p| format!("{p:.1} ms"))
+            ),
+            p99.map(|p| p < 50.0),
+        ));
+        let peak = self
+            .figures
+            .iter()
+            .flat_map(|f| f.rss.iter().copied())
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        out.push((
+            format!(
+                "peak RSS < 150 MB: {}",
+                peak.map_or("-".into(), |p| format!("{p:.1} MB (highest of all runs)"))
+            ),
+            peak.map(|p| p < 150.0),
+        ));
+        let memory: Vec<(u64, f64)> = self
+            .figures
+            .iter()
+            .filter(|f| f.memory)
+            .filter_map(|f| spread(&f.rss).map(|s| (f.messages, s.median)))
+            .collect();
+        if memory.len() >= 2 {
+            let (small, large) = (memory[0], memory[memory.len() - 1]);
+            out.push((
+                format!(
+                    "{} messages within 10% of {} in peak RSS: {:.2}x",
+                    large.0,
+                    small.0,
+                    large.1 / small.1
+                ),
+                Some(large.1 <= small.1 * 1.10),
+            ));
+        }
+        out
+    }
+
+    pub fn print(&self, plan: &Value) {
+        println!();
+        println!("Golconde bench: {plan}");
+        println!();
+        println!(
+            "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20}",
+            "part",
+            "messages",
+            "msgs/s median [min-max]",
+            "/A",
+            "/Acum",
+            "/B",
+            "/minAB",
+            "x base",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "peak RSS MB"
+        );
+        for f in &self.figures {
+            let ratios = self.ratios(f);
+            let g = |k: &str| fmt_ratio(ratios.get(k).and_then(Value::as_f64));
+            let golconde = f.golconde.is_some() || f.memory;
+            println!(
+                "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20}",
+                f.name,
+                f.messages,
+                fmt_spread(spread(&f.rates), 0),
+                if golconde {
+                    g("to_ceiling_a_ack_each")
+                } else {
+                    "".into()
+                },
+                if golconde {
+                    g("to_ceiling_a_ack_every_100")
+                } else {
+                    "".into()
+                },
+                if golconde {
+                    g("to_ceiling_b")
+                } else {
+                    "".into()
+                },
+                if golconde {
+                    g("to_min_ceiling")
+                } else {
+                    "".into()
+                },
+                if golconde {
+                    g("to_baseline")
+                } else {
+                    "".into()
+                },
+                fmt_spread(spread(&f.p50), 1),
+                fmt_spread(spread(&f.p99), 1),
+                spread(&f.max).map_or("-".into(), |s| format!("{:.1}", s.median)),
+                fmt_spread(spread(&f.rss), 1),
+            );
+        }
+        println!();
+        println!("targets (issue 6):");
+        for (text, met) in self.targets() {
+            let mark = match met {
+                Some(true) => "met   ",
+                Some(false) => "MISSED",
+                None => "n/a   ",
+            };
+            println!("  {mark} {text}");
+        }
+    }
+
+    pub fn write(&self, dir: &Path, plan: &Value) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let stamp = crate::workload::timestamp(now).replace(':', "-");
+        let path = dir.join(format!("{stamp}.json"));
+        let s = |v: &[f64]| {
+            spread(v).map(|s| json!({"median": s.median, "min": s.min, "max": s.max, "runs": v}))
+        };
+        let figures: Vec<Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                json!({
+                    "part": f.name,
+                    "messages": f.messages,
+                    "msgs_per_s": s(&f.rates),
+                    "ratios": if f.golconde.is_some() || f.memory { self.ratios(f) } else { json!({}) },
+                    "p50_ms": s(&f.p50),
+                    "p99_ms": s(&f.p99),
+                    "max_ms": s(&f.max),
+                    "peak_rss_mb": s(&f.rss),
+                })
+            })
+            .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .into_iter()
+            .map(|(text, met)| json!({"target": text, "met": met}))
+            .collect();
+        let doc = json!({"at": crate::workload::timestamp(now), "plan": plan,
+                         "figures": figures, "targets": targets});
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_percentiles() {
+        let s = spread(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&[1.0, 2.0, 3.0, 10.0]).unwrap().median, 2.5);
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 50.0), 50.0);
+        assert_eq!(percentile(&sorted, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+}
