@@ -4,15 +4,17 @@
 //! One dispatcher worker owns the consumer and the processor; `workers` database workers
 //! each own a session. The dispatcher takes a batch off the queue, turns every message into
 //! a [`Change`], sends each change to the worker its row hashes to (so changes to one row
-//! keep queue order), waits for the commits, publishes the fan-out copies and the dead
-//! letters, and only then acknowledges the batch with one cumulative ack.
+//! keep queue order: each worker takes its jobs in order), and goes on with the next batch
+//! while that one commits ([`DEPTH`] batches in flight). For the oldest batch it then waits
+//! for the commits, publishes the fan-out copies and the dead letters, and only then
+//! acknowledges the batch with one cumulative ack.
 //!
 //! **Invariant:** nothing is acknowledged before it is committed (or dead-lettered) and its
 //! fan-out copies are confirmed, and acknowledgements go back in delivery order. A crash
 //! therefore replays a suffix of the queue, in order.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     sync::{mpsc, Arc},
     time::{Duration, Instant, SystemTime},
@@ -37,6 +39,23 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 /// permanently bad.
 const PANIC_LIMIT: u32 = 3;
 
+/// Batches a dispatcher keeps in flight: while one commits, the next is received and
+/// processed, which matters when commits are slow (a remote or fsync-bound database).
+/// Acknowledgements still go back batch by batch, in order.
+const DEPTH: usize = 2;
+
+/// A batch whose changes are with the appliers.
+struct InFlight {
+    batch: Vec<Delivery>,
+    outcomes: Vec<Outcome>,
+    results: mpsc::Receiver<JobResult>,
+    /// How many jobs the batch was split into.
+    jobs: usize,
+    /// Sent to one worker because some row could not be told: nothing may be in flight
+    /// beside it.
+    alone: bool,
+}
+
 /// A pipeline's threads.
 pub struct RunningPipeline {
     pub name: String,
@@ -52,10 +71,10 @@ impl RunningPipeline {
     ) -> std::io::Result<RunningPipeline> {
         let name = parts.config.name.clone();
         let retry = parts.config.retry;
-        // One slot per applier: the dispatcher waits for a worker's commit before handing
-        // it the next job, so nothing queues up unbounded.
+        // As many slots per applier as batches in flight, so handing out a batch never
+        // waits behind an earlier one, and nothing queues up unbounded.
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..parts.config.workers)
-            .map(|_| mpsc::sync_channel::<Job>(1))
+            .map(|_| mpsc::sync_channel::<Job>(DEPTH))
             .unzip();
         let mut receivers = receivers.into_iter();
         let appliers = WorkerPool::spawn(
@@ -313,24 +332,41 @@ impl Dispatcher {
             config.queue,
             self.parts.transport.name
         );
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let stop = loop {
-            if self.shutdown.is_triggered() {
+            let stopping = self.shutdown.is_triggered();
+            if stopping && in_flight.is_empty() {
                 break Stop::Done;
             }
-            let batch = match self.collect(&consumer) {
-                Ok(batch) => batch,
-                Err(e) => {
-                    break Stop::Restart(format!(
-                        "receiving from `{}`: {e}",
-                        self.parts.config.queue
-                    ))
+            if !stopping && in_flight.len() < DEPTH {
+                // With a batch in flight, take only what is already there: the batch's
+                // completion must not wait for new messages.
+                let wait = if in_flight.is_empty() {
+                    IDLE_POLL
+                } else {
+                    Duration::ZERO
+                };
+                match self.collect(&consumer, wait) {
+                    Err(e) => {
+                        break Stop::Restart(format!(
+                            "receiving from `{}`: {e}",
+                            self.parts.config.queue
+                        ))
+                    }
+                    Ok(batch) if !batch.is_empty() => {
+                        if let Err(stop) = self.start(&processor, &consumer, batch, &mut in_flight)
+                        {
+                            break stop;
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
                 }
-            };
-            if batch.is_empty() {
-                continue;
             }
-            if let Some(stop) = self.handle(&processor, &consumer, batch) {
-                break stop;
+            if let Some(oldest) = in_flight.pop_front() {
+                if let Some(stop) = self.finish(&processor, &consumer, oldest) {
+                    break stop;
+                }
             }
         };
         // Unacknowledged deliveries go back to the broker.
@@ -340,12 +376,16 @@ impl Dispatcher {
         stop
     }
 
-    /// Waits for a first delivery, then gathers more until the batch is full or
-    /// `max_wait_ms` has passed since the first.
-    fn collect(&self, consumer: &ConsumerBox) -> Result<Vec<Delivery>, PluginError> {
+    /// Waits up to `wait` for a first delivery, then gathers more until the batch is full
+    /// or `max_wait_ms` has passed since the first.
+    fn collect(
+        &self,
+        consumer: &ConsumerBox,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, PluginError> {
         let max = self.parts.config.batch.max_messages;
         let mut batch: Vec<Delivery> = consumer
-            .receive(max, IDLE_POLL.as_millis() as u64)
+            .receive(max, wait.as_millis() as u64)
             .into_result()?
             .into();
         if batch.is_empty() {
@@ -365,22 +405,73 @@ impl Dispatcher {
         Ok(batch)
     }
 
-    /// Processes, applies, fans out and acknowledges one batch. `Some` stops the worker.
-    fn handle(
+    /// Processes a batch and hands its changes to the appliers. A batch that must run alone
+    /// (see [`Dispatcher::route`]) first lets every batch in flight finish, and so does any
+    /// batch after it.
+    fn start(
         &mut self,
         processor: &ProcessorBox,
         consumer: &ConsumerBox,
         batch: Vec<Delivery>,
-    ) -> Option<Stop> {
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), Stop> {
         PipelineStats::add(&self.stats.received, batch.len());
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in &batch {
             match self.process(processor, delivery) {
                 Ok(outcome) => outcomes.push(outcome),
-                Err(stop) => return Some(stop),
+                Err(stop) => {
+                    // Finish what is in flight, so that only this batch is redelivered.
+                    self.finish_all(processor, consumer, in_flight)?;
+                    return Err(stop);
+                }
             }
         }
-        if let Err(stop) = self.apply(&mut outcomes) {
+        let (routes, alone) = self.route(&outcomes);
+        if alone || in_flight.back().is_some_and(|b| b.alone) {
+            self.finish_all(processor, consumer, in_flight)?;
+        }
+        let (results, jobs) = self.send(&mut outcomes, routes)?;
+        in_flight.push_back(InFlight {
+            batch,
+            outcomes,
+            results,
+            jobs,
+            alone,
+        });
+        Ok(())
+    }
+
+    fn finish_all(
+        &mut self,
+        processor: &ProcessorBox,
+        consumer: &ConsumerBox,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), Stop> {
+        while let Some(oldest) = in_flight.pop_front() {
+            if let Some(stop) = self.finish(processor, consumer, oldest) {
+                return Err(stop);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a batch's commits, fans it out, dead-letters what cannot apply, and
+    /// acknowledges it. `Some` stops the worker.
+    fn finish(
+        &mut self,
+        processor: &ProcessorBox,
+        consumer: &ConsumerBox,
+        in_flight: InFlight,
+    ) -> Option<Stop> {
+        let InFlight {
+            batch,
+            mut outcomes,
+            results,
+            jobs,
+            ..
+        } = in_flight;
+        if let Err(stop) = Self::receive_results(&mut outcomes, &results, jobs) {
             return Some(stop);
         }
 
@@ -534,13 +625,17 @@ impl Dispatcher {
         Outcome::Pending(change)
     }
 
-    /// Sends the pending changes to the appliers and waits for every result.
-    fn apply(&mut self, outcomes: &mut [Outcome]) -> Result<(), Stop> {
-        let workers = self.route(outcomes);
+    /// Hands the pending changes to the appliers, each to its worker in queue order; the
+    /// channel their results come back on, and how many jobs were sent.
+    fn send(
+        &mut self,
+        outcomes: &mut [Outcome],
+        routes: Vec<Option<usize>>,
+    ) -> Result<(mpsc::Receiver<JobResult>, usize), Stop> {
         let mut jobs: Vec<(Vec<usize>, Vec<Change>)> = (0..self.senders.len())
             .map(|_| Default::default())
             .collect();
-        for (position, worker) in workers.into_iter().enumerate() {
+        for (position, worker) in routes.into_iter().enumerate() {
             let Some(worker) = worker else { continue };
             let Outcome::Pending(change) =
                 std::mem::replace(&mut outcomes[position], Outcome::Failed(interrupted()))
@@ -566,8 +661,16 @@ impl Dispatcher {
             }
             sent += 1;
         }
-        drop(reply);
-        for _ in 0..sent {
+        Ok((results, sent))
+    }
+
+    /// Waits for the results of `jobs` jobs and puts them in place.
+    fn receive_results(
+        outcomes: &mut [Outcome],
+        results: &mpsc::Receiver<JobResult>,
+        jobs: usize,
+    ) -> Result<(), Stop> {
+        for _ in 0..jobs {
             // An applier that dies drops its job and with it the reply sender.
             let Ok(JobResult { positions, results }) = results.recv() else {
                 return Err(Stop::Restart(
@@ -590,8 +693,9 @@ impl Dispatcher {
 
     /// The worker for each pending change: by a hash of its table and key, so that one
     /// row's changes stay in order. When any change's row cannot be told (no key columns,
-    /// key missing from the message, several rows), the whole batch goes to one worker.
-    fn route(&mut self, outcomes: &[Outcome]) -> Vec<Option<usize>> {
+    /// key missing from the message, several rows), the whole batch goes to one worker and
+    /// must run alone (the second value): another worker may hold changes to the same rows.
+    fn route(&mut self, outcomes: &[Outcome]) -> (Vec<Option<usize>>, bool) {
         let workers = self.senders.len();
         let mut routes = Vec::with_capacity(outcomes.len());
         let mut serial = workers == 1;
@@ -617,7 +721,7 @@ impl Dispatcher {
                 *route = 0;
             }
         }
-        routes
+        (routes, serial && workers > 1)
     }
 
     fn row_hash(&mut self, change: &Change) -> Option<u64> {
