@@ -848,17 +848,23 @@ fn body_hash(message: &Message) -> u64 {
     hasher.finish()
 }
 
-/// Hashes a key value; numbers that are equal as keys (`7` and `7.0`) hash alike.
+/// Hashes a key value so that values equal as keys hash alike, whatever their
+/// representation: `7`, `7.0`, `"7"` and `Numeric("7")` all name the row whose key is 7.
 fn hash_value(value: &Value, hasher: &mut impl Hasher) {
+    let int = |i: i64, hasher: &mut _| {
+        1u8.hash(hasher);
+        i.hash(hasher);
+    };
     match value {
         Value::Null => 0u8.hash(hasher),
         Value::Bool(b) => b.hash(hasher),
-        Value::Int(i) => i.to_string().hash(hasher),
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-            (*f as i64).to_string().hash(hasher)
-        }
+        Value::Int(i) => int(*i, hasher),
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => int(*f as i64, hasher),
         Value::Float(f) => f.to_bits().hash(hasher),
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) => s.as_str().hash(hasher),
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) => match s.parse::<i64>() {
+            Ok(i) => int(i, hasher),
+            Err(_) => s.as_str().hash(hasher),
+        },
         Value::Bytes(b) => b.as_slice().hash(hasher),
         Value::Array(items) => items.iter().for_each(|v| hash_value(v, hasher)),
     }
@@ -878,6 +884,11 @@ mod tests {
     fn equal_keys_hash_alike_across_representations() {
         assert_eq!(hash(&Value::Int(7)), hash(&Value::Float(7.0)));
         assert_eq!(hash(&Value::Int(7)), hash(&Value::Numeric("7".into())));
+        assert_eq!(hash(&Value::Int(7)), hash(&Value::Text("7".into())));
         assert_ne!(hash(&Value::Int(7)), hash(&Value::Int(8)));
+        assert_ne!(
+            hash(&Value::Text("a".into())),
+            hash(&Value::Text("b".into()))
+        );
     }
 }
