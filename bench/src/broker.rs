@@ -109,6 +109,29 @@ async fn settle(pending: &mut Vec<lapin::PublisherConfirm>, queue: &str) -> Resu
     Ok(())
 }
 
+/// A channel with `prefetch` consuming `queue`, with manual acknowledgements.
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(lapin::Channel, lapin::Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming queue `{queue}`"))?;
+    Ok((channel, consumer))
+}
+
 /// Ceiling A: consumes `count` messages with `prefetch`, acknowledging each one
 /// (`ack_every` = 1) or every `ack_every`-th cumulatively. Returns the elapsed time.
 pub async fn ceiling(
@@ -118,20 +141,8 @@ pub async fn ceiling(
     prefetch: u16,
     ack_every: u64,
 ) -> Result<Duration> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
     let clock = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming queue `{queue}`"))?;
+    let (channel, mut consumer) = consume(connection, queue, prefetch, "ceiling").await?;
     let mut seen = 0;
     while seen < count {
         let delivery = consumer
@@ -179,20 +190,8 @@ pub async fn baseline(
         )
         .await
         .context("preparing the baseline's upsert")?;
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
     let clock = Instant::now();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming queue `{queue}`"))?;
+    let (channel, mut consumer) = consume(connection, queue, prefetch, "baseline").await?;
     for seen in 0..count {
         let delivery = consumer
             .next()
