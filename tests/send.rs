@@ -1,7 +1,18 @@
 //! `golconde send` publishes one message per JSON line, each with its own `message-id`, and
 //! reports the lines it could not send by number.
 
+use std::process::Command;
+
 use golconde_e2e::{fixture_config, golconde, Scratch};
+
+/// `golconde send` through `transport` of a fixture configuration, to `queue`, reading `input`.
+fn send(config: &std::path::Path, transport: &str, queue: &str, input: &str) -> Command {
+    let mut command = golconde();
+    command
+        .args(["send", "--config", config.to_str().unwrap()])
+        .args(["--transport", transport, "--queue", queue, input]);
+    command
+}
 
 #[test]
 fn every_json_line_is_published_once_with_a_unique_id() {
@@ -16,15 +27,7 @@ fn every_json_line_is_published_once_with_a_unique_id() {
     }
     text.push('\n');
     std::fs::write(&input, text).unwrap();
-    let output = golconde()
-        .args([
-            "send",
-            "--config",
-            config.to_str().unwrap(),
-            "--transport",
-            "files",
-        ])
-        .args(["--queue", "outbox", input.to_str().unwrap()])
+    let output = send(&config, "files", "outbox", input.to_str().unwrap())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -64,15 +67,7 @@ fn bad_lines_are_reported_by_number_and_not_sent() {
     use std::process::Stdio;
     let scratch = Scratch::new();
     let config = scratch.config(&fixture_config("unused", "rows.jsonl", "", ""));
-    let mut child = golconde()
-        .args([
-            "send",
-            "--config",
-            config.to_str().unwrap(),
-            "--transport",
-            "files",
-        ])
-        .args(["--queue", "outbox", "-"])
+    let mut child = send(&config, "files", "outbox", "-")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,17 +95,7 @@ fn bad_lines_are_reported_by_number_and_not_sent() {
 fn an_undeclared_transport_lists_the_declared_ones() {
     let scratch = Scratch::new();
     let config = scratch.config(&fixture_config("unused", "rows.jsonl", "", ""));
-    let output = golconde()
-        .args([
-            "send",
-            "--config",
-            config.to_str().unwrap(),
-            "--transport",
-            "rabbit",
-        ])
-        .args(["--queue", "q", "/dev/null"])
-        .output()
-        .unwrap();
+    let output = send(&config, "rabbit", "q", "/dev/null").output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
