@@ -13,7 +13,13 @@ fn sigterm_under_load_loses_nothing_across_a_restart() {
         .collect();
     let borrowed: Vec<(&str, &str)> = rows.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     scratch.enqueue("load", &borrowed);
-    let config = scratch.config(&fixture_config("load", "rows.jsonl", "", "workers = 4"));
+    // A slow table keeps batches in flight when the signal arrives: 60 batches of 50 at
+    // 25 ms each take over a second even split over four workers.
+    let text = fixture_config("load", "rows.jsonl", "", "workers = 4").replace(
+        "path = \"{dir}/rows.jsonl\"",
+        "path = \"{dir}/rows.jsonl\"\napply_delay_ms = 25",
+    );
+    let config = scratch.config(&text);
 
     let daemon = Daemon::start(&config);
     assert!(eventually(Duration::from_secs(20), || scratch
@@ -22,6 +28,11 @@ fn sigterm_under_load_loses_nothing_across_a_restart() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("finishing batches in flight"), "{log}");
+    let first_run = scratch.acked("load");
+    assert!(
+        first_run < 3000,
+        "the first run drained the queue before the signal; nothing was under test"
+    );
 
     let daemon = Daemon::start(&config);
     let done = eventually(Duration::from_secs(60), || scratch.acked("load") == 3000);

@@ -272,13 +272,15 @@ fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<E
 fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let file = ConfigFile::load(path)?;
     logging::init(&file.config.log).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Watched before plugins load, so a stop requested during a slow start is still a
+    // graceful one: the pipelines start, see the shutdown, and the process exits 0.
+    let shutdown = Shutdown::default();
+    let signals = watch_signals(shutdown.clone())?;
     let registry = Registry::discover(&search_path(cli_dirs, Some(&file)));
     let assembly = Assembly::build(&file, &registry);
     for problem in &assembly.problems {
         tracing::error!("{problem}");
     }
-    let shutdown = Shutdown::default();
-    let signals = watch_signals(shutdown.clone())?;
     let stats = stats::Stats::default();
     if let Some(listen) = &file.config.stats.listen {
         let address = stats::serve(listen, stats.clone(), shutdown.clone())

@@ -191,6 +191,13 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit; returns its status and the whole log.
     pub fn stop(mut self) -> (ExitStatus, String) {
+        // A signal that arrives before the runtime has installed its handlers kills the
+        // process outright; what is under test is the daemon's shutdown, so wait until it
+        // is up (or has already exited) first.
+        eventually(Duration::from_secs(30), || {
+            self.log().contains("pipeline(s) running")
+                || matches!(self.child.try_wait(), Ok(Some(_)))
+        });
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.wait(Duration::from_secs(30))
