@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use golconde_e2e::{
+    broker::PrivateBroker,
     eventually,
-    services::{real_config, unique, Database, Queues},
+    services::{real_config_at, unique, Database, Queues, AMQP_URL},
     Daemon, Scratch,
 };
 
@@ -23,6 +24,10 @@ struct Setup<'a> {
     processor: &'a str,
     database_extra: &'a str,
     dead_letter: bool,
+    /// A node of the test's own instead of the shared broker.
+    broker: Option<&'a PrivateBroker>,
+    /// The pipeline's `batch` table.
+    batch: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -34,6 +39,8 @@ impl Default for Setup<'_> {
             processor: "\"autosql\"",
             database_extra: "",
             dead_letter: false,
+            broker: None,
+            batch: "{ max_messages = 200, max_wait_ms = 10 }",
         }
     }
 }
@@ -52,7 +59,10 @@ struct Stream {
 impl Stream {
     fn new(setup: Setup<'_>) -> Stream {
         let what = setup.what;
-        let mut queues = Queues::new();
+        let (mut queues, url) = match setup.broker {
+            Some(broker) => (Queues::on(broker), broker.url()),
+            None => (Queues::new(), AMQP_URL.to_string()),
+        };
         let queue = queues.name(what);
         let dead = queues.name(&format!("{what}-dead"));
         let db = Database::create(what, setup.schema);
@@ -63,7 +73,8 @@ impl Stream {
         } else {
             String::new()
         };
-        let config = scratch.config(&real_config(
+        let config = scratch.config(&real_config_at(
+            &url,
             &connection_name,
             &[("db", &db, setup.database_extra)],
             &format!(
@@ -76,11 +87,11 @@ processor = {{ plugin = {} }}
 database = "db"
 table = "{}"
 workers = 2
-batch = {{ max_messages = 200, max_wait_ms = 10 }}
+batch = {}
 retry = {{ initial_backoff_ms = 50, max_backoff_ms = 500 }}
 {dead_letter}
 "#,
-                setup.processor, setup.table
+                setup.processor, setup.table, setup.batch
             ),
         ));
         Stream {
@@ -174,6 +185,40 @@ fn broker_connections_closed_mid_stream() {
     s.wait_drained(&daemon);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
+    s.assert_last_versions();
+}
+
+#[test]
+fn broker_restarted_mid_stream() {
+    let mut broker = PrivateBroker::start("restart");
+    let mut s = Stream::new(Setup {
+        what: "restart",
+        broker: Some(&broker),
+        // Small batches keep the stream going for seconds, so the node goes down while
+        // messages are ready and in flight.
+        batch: "{ max_messages = 5, max_wait_ms = 10 }",
+        ..Setup::default()
+    });
+    s.publish_versions();
+    let daemon = Daemon::start(&s.config);
+    s.wait_mid_stream(&daemon);
+    // Down for as long as a node takes to stop and boot: the consumer's reconnect attempts
+    // are refused meanwhile, and the batches in flight cannot be acknowledged.
+    let (ready, unacked) = s.queues.depth(&s.queue);
+    assert!(
+        ready + unacked > 0,
+        "drained before the restart; nothing was under test"
+    );
+    eprintln!("restarting the broker with {ready} ready and {unacked} unacknowledged");
+    broker.restart();
+    s.wait_drained(&daemon);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("consuming queue"), "{log}");
+    assert!(
+        log.contains("trying again in"),
+        "no reconnect attempt logged:\n{log}"
+    );
     s.assert_last_versions();
 }
 

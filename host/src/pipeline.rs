@@ -44,16 +44,71 @@ const PANIC_LIMIT: u32 = 3;
 /// Acknowledgements still go back batch by batch, in order.
 const DEPTH: usize = 2;
 
+/// How often a filling batch checks whether the batch before it has committed.
+const FILL_SLICE: Duration = Duration::from_millis(1);
+
 /// A batch whose changes are with the appliers.
 struct InFlight {
     batch: Vec<Delivery>,
     outcomes: Vec<Outcome>,
     results: mpsc::Receiver<JobResult>,
-    /// How many jobs the batch was split into.
-    jobs: usize,
+    /// How many of the jobs the batch was split into have not answered yet.
+    jobs_left: usize,
+    /// Why the batch cannot finish, once an answer said so.
+    failed: Option<Stop>,
     /// Sent to one worker because some row could not be told: nothing may be in flight
     /// beside it.
     alone: bool,
+}
+
+impl InFlight {
+    /// Takes the answers that have arrived, without waiting; true once every job has
+    /// answered (or the batch failed).
+    fn settled(&mut self) -> bool {
+        while self.failed.is_none() && self.jobs_left > 0 {
+            match self.results.try_recv() {
+                Ok(result) => self.take(result),
+                Err(mpsc::TryRecvError::Empty) => return false,
+                Err(mpsc::TryRecvError::Disconnected) => self.failed = Some(applier_died()),
+            }
+        }
+        true
+    }
+
+    /// Waits for every job's answer.
+    fn wait(&mut self) -> Result<(), Stop> {
+        while self.failed.is_none() && self.jobs_left > 0 {
+            match self.results.recv() {
+                Ok(result) => self.take(result),
+                Err(_) => self.failed = Some(applier_died()),
+            }
+        }
+        match self.failed.take() {
+            Some(stop) => Err(stop),
+            None => Ok(()),
+        }
+    }
+
+    fn take(&mut self, JobResult { positions, results }: JobResult) {
+        self.jobs_left -= 1;
+        let Ok(results) = results else {
+            self.failed = Some(Stop::Done);
+            return;
+        };
+        for (position, result) in positions.into_iter().zip(results) {
+            self.outcomes[position] = match result {
+                Ok(applied) => Outcome::Applied(applied),
+                Err(e) => Outcome::Failed(e),
+            };
+        }
+    }
+}
+
+/// An applier that dies drops its job and with it the reply sender.
+fn applier_died() -> Stop {
+    Stop::Restart(
+        "a database worker failed in the middle of a batch; it will be redelivered".into(),
+    )
 }
 
 /// A pipeline's threads.
@@ -346,7 +401,7 @@ impl Dispatcher {
                 } else {
                     Duration::ZERO
                 };
-                match self.collect(&consumer, wait) {
+                match self.collect(&consumer, wait, in_flight.front_mut()) {
                     Err(e) => {
                         break Stop::Restart(format!(
                             "receiving from `{}`: {e}",
@@ -376,12 +431,17 @@ impl Dispatcher {
         stop
     }
 
-    /// Waits up to `wait` for a first delivery, then gathers more until the batch is full
-    /// or `max_wait_ms` has passed since the first.
+    /// Waits up to `wait` for a first delivery, then gathers more while that costs no
+    /// latency: while `busy` (the oldest batch in flight) is still committing, until the
+    /// batch is full or `max_wait_ms` has passed since the first delivery. With nothing in
+    /// flight the appliers are idle, so the batch goes at once with what has arrived.
+    /// Batches thus grow with the load: one message each when it is light, full ones when
+    /// the database is the bottleneck.
     fn collect(
         &self,
         consumer: &ConsumerBox,
         wait: Duration,
+        mut busy: Option<&mut InFlight>,
     ) -> Result<Vec<Delivery>, PluginError> {
         let max = self.parts.config.batch.max_messages;
         let mut batch: Vec<Delivery> = consumer
@@ -394,13 +454,21 @@ impl Dispatcher {
         let deadline = Instant::now() + Duration::from_millis(self.parts.config.batch.max_wait_ms);
         while (batch.len() as u32) < max {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let idle = busy.as_mut().is_none_or(|oldest| oldest.settled());
+            // What has already arrived is taken even when idle: it costs no waiting.
+            let slice = if idle || left.is_zero() {
+                Duration::ZERO
+            } else {
+                left.min(FILL_SLICE)
+            };
+            let more = consumer
+                .receive(max - batch.len() as u32, slice.as_millis() as u64)
+                .into_result()?;
+            let drained = more.is_empty();
+            batch.extend(more);
+            if slice.is_zero() && drained {
                 break;
             }
-            let more = consumer
-                .receive(max - batch.len() as u32, left.as_millis().max(1) as u64)
-                .into_result()?;
-            batch.extend(more);
         }
         Ok(batch)
     }
@@ -436,7 +504,8 @@ impl Dispatcher {
             batch,
             outcomes,
             results,
-            jobs,
+            jobs_left: jobs,
+            failed: None,
             alone,
         });
         Ok(())
@@ -462,18 +531,14 @@ impl Dispatcher {
         &mut self,
         processor: &ProcessorBox,
         consumer: &ConsumerBox,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
     ) -> Option<Stop> {
-        let InFlight {
-            batch,
-            mut outcomes,
-            results,
-            jobs,
-            ..
-        } = in_flight;
-        if let Err(stop) = Self::receive_results(&mut outcomes, &results, jobs) {
+        if let Err(stop) = in_flight.wait() {
             return Some(stop);
         }
+        let InFlight {
+            batch, outcomes, ..
+        } = in_flight;
 
         // Everything up to the first message that can be neither applied nor set aside is
         // finished below; that message and the rest stay on the broker.
@@ -665,32 +730,6 @@ impl Dispatcher {
     }
 
     /// Waits for the results of `jobs` jobs and puts them in place.
-    fn receive_results(
-        outcomes: &mut [Outcome],
-        results: &mpsc::Receiver<JobResult>,
-        jobs: usize,
-    ) -> Result<(), Stop> {
-        for _ in 0..jobs {
-            // An applier that dies drops its job and with it the reply sender.
-            let Ok(JobResult { positions, results }) = results.recv() else {
-                return Err(Stop::Restart(
-                    "a database worker failed in the middle of a batch; it will be redelivered"
-                        .into(),
-                ));
-            };
-            let Ok(results) = results else {
-                return Err(Stop::Done);
-            };
-            for (position, result) in positions.into_iter().zip(results) {
-                outcomes[position] = match result {
-                    Ok(applied) => Outcome::Applied(applied),
-                    Err(e) => Outcome::Failed(e),
-                };
-            }
-        }
-        Ok(())
-    }
-
     /// The worker for each pending change: by a hash of its table and key, so that one
     /// row's changes stay in order. When any change's row cannot be told (no key columns,
     /// key missing from the message, several rows), the whole batch goes to one worker and

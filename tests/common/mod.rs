@@ -4,6 +4,7 @@
 //! The tests need `cargo build --workspace` first (`scripts/test` does it): the plugins
 //! are `cdylib`s, which no test build produces on its own.
 
+pub mod broker;
 pub mod services;
 
 use std::{

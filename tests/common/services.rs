@@ -122,31 +122,62 @@ impl FfiLogSink for StderrSink {
     }
 }
 
+/// How to run `rabbitmqctl` against one node: the shared broker's by default.
+#[derive(Clone)]
+pub struct Rabbitmqctl {
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Rabbitmqctl {
+    /// The local broker every other test shares, through the system's `rabbitmqctl`.
+    pub fn shared() -> Rabbitmqctl {
+        Rabbitmqctl {
+            program: "rabbitmqctl".into(),
+            args: vec!["-q".into()],
+            env: Vec::new(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).envs(self.env.iter().cloned());
+        command
+    }
+}
+
 /// Queues of the test's own on the local RabbitMQ, deleted at the end.
 pub struct Queues {
     transport: TransportBox,
     names: Vec<String>,
+    ctl: Rabbitmqctl,
 }
 
 impl Queues {
     /// Queues the client declares durable before publishing, as Golconde does by default.
     pub fn new() -> Queues {
-        Self::declaring("durable")
+        Self::declaring(AMQP_URL, Rabbitmqctl::shared(), "durable")
     }
 
     /// Queues someone else declared, with arguments of their own: only checked for.
     pub fn passive() -> Queues {
-        Self::declaring("passive")
+        Self::declaring(AMQP_URL, Rabbitmqctl::shared(), "passive")
     }
 
-    fn declaring(declare: &str) -> Queues {
+    /// Durable queues on the test's own node.
+    pub fn on(broker: &crate::broker::PrivateBroker) -> Queues {
+        Self::declaring(&broker.url(), broker.rabbitmqctl(), "durable")
+    }
+
+    fn declaring(url: &str, ctl: Rabbitmqctl, declare: &str) -> Queues {
         let Constructor::Transport(construct) =
             transport_entry::<golconde_amqp::AmqpTransport>().constructor
         else {
             unreachable!("amqp is a transport");
         };
         let config = serde_json::json!({
-            "url": AMQP_URL,
+            "url": url,
             "connection_name": unique("client"),
             "declare": declare,
         });
@@ -162,6 +193,7 @@ impl Queues {
         Queues {
             transport,
             names: Vec::new(),
+            ctl,
         }
     }
 
@@ -248,9 +280,10 @@ impl Queues {
 
     /// How many messages `queue` holds, ready and unacknowledged, per the broker.
     pub fn depth(&self, queue: &str) -> (u64, u64) {
-        let output = Command::new("rabbitmqctl")
+        let output = self
+            .ctl
+            .command()
             .args([
-                "-q",
                 "list_queues",
                 "name",
                 "messages_ready",
@@ -308,9 +341,7 @@ impl Default for Queues {
 impl Drop for Queues {
     fn drop(&mut self) {
         for name in &self.names {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_queue", name])
-                .output();
+            let _ = self.ctl.command().args(["delete_queue", name]).output();
         }
     }
 }
@@ -324,6 +355,16 @@ pub fn real_config(
     databases: &[(&str, &Database, &str)],
     pipelines: &str,
 ) -> String {
+    real_config_at(AMQP_URL, connection_name, databases, pipelines)
+}
+
+/// [`real_config`] with the `rabbit` transport pointed at `amqp_url`.
+pub fn real_config_at(
+    amqp_url: &str,
+    connection_name: &str,
+    databases: &[(&str, &Database, &str)],
+    pipelines: &str,
+) -> String {
     let mut text = format!(
         r#"
 plugin_dirs = ["{{plugins}}"]
@@ -333,7 +374,7 @@ level = "info"
 
 [transports.rabbit]
 plugin = "amqp"
-url = "{AMQP_URL}"
+url = "{amqp_url}"
 connection_name = "{connection_name}"
 
 [transports.rabbit-stomp]

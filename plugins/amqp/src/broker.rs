@@ -17,7 +17,7 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::{
     config::{Declare, Settings},
-    error::{classify, describe, Error},
+    error::{classify, connect_hint, describe, Error},
 };
 
 /// Worker threads of the runtime. Two drained a queue measurably faster than one in
@@ -96,14 +96,23 @@ impl Connector {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{} {role}", settings.connection_name).into());
         let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
-        let connecting =
-            Connection::connect_uri_with_runtime(settings.uri.clone(), properties, runtime);
+        let connecting = Connection::connect_uri_with_config(
+            settings.uri.clone(),
+            properties,
+            settings.tls.lapin(),
+            runtime,
+        );
         match tokio::time::timeout(settings.connect_timeout, connecting).await {
             Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => Err(Error::Connect {
-                endpoint: settings.endpoint.clone(),
-                reason: describe(&e),
-            }),
+            Ok(Err(e)) => {
+                let reason = describe(&e);
+                let tls = settings.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+                Err(Error::Connect {
+                    endpoint: settings.endpoint.clone(),
+                    hint: connect_hint(&reason, tls, settings.tls.has_identity()),
+                    reason,
+                })
+            }
             Err(_) => Err(self.timeout("connecting", settings.connect_timeout)),
         }
     }

@@ -5,12 +5,14 @@
 //! derive: serde reports a wrong type as "invalid type: string, expected u64" without
 //! saying which key, and the operator needs the key.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use golconde_plugin_api::PluginError;
 use lapin::uri::AMQPUri;
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
+
+use crate::tls::TlsFiles;
 
 /// The section as written in the configuration file. Unknown keys are refused by name.
 #[derive(Debug, Deserialize)]
@@ -24,6 +26,9 @@ pub struct Config {
     publish_timeout_ms: Option<Value>,
     reconnect_initial_ms: Option<Value>,
     reconnect_max_ms: Option<Value>,
+    tls_ca_file: Option<Value>,
+    tls_cert_file: Option<Value>,
+    tls_key_file: Option<Value>,
 }
 
 /// How queues are made sure of before consuming from or publishing to them.
@@ -48,6 +53,8 @@ pub struct Settings {
     pub publish_timeout: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// What `amqps://` connections trust and present beyond the system's roots.
+    pub tls: TlsFiles,
 }
 
 const DEFAULT_HEARTBEAT_S: u16 = 30;
@@ -114,6 +121,20 @@ impl Settings {
             )));
         }
 
+        let tls = TlsFiles::read(
+            optional::<PathBuf>(config.tls_ca_file, "tls_ca_file")?.as_deref(),
+            optional::<PathBuf>(config.tls_cert_file, "tls_cert_file")?.as_deref(),
+            optional::<PathBuf>(config.tls_key_file, "tls_key_file")?.as_deref(),
+        )
+        .map_err(PluginError::config)?;
+        if !tls.is_empty() && uri.scheme != lapin::uri::AMQPScheme::AMQPS {
+            return Err(PluginError::config(format!(
+                "`tls_*` files are given but `url` ({}) is not amqps://; the connection \
+                 would not use them",
+                endpoint(&uri)
+            )));
+        }
+
         Ok(Settings {
             endpoint: endpoint(&uri),
             uri,
@@ -123,6 +144,7 @@ impl Settings {
             publish_timeout,
             reconnect_initial,
             reconnect_max,
+            tls,
         })
     }
 }
@@ -332,6 +354,15 @@ mod tests {
                 "`reconnect_max_ms`",
             ),
             (r#"{"url": "http://h"}"#, "`url`"),
+            (
+                r#"{"url": "amqp://h", "tls_ca_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem"}"#,
+                "is not amqps://",
+            ),
+            (
+                r#"{"url": "amqps://h", "tls_ca_file": "/nonexistent/ca.pem"}"#,
+                "`tls_ca_file` /nonexistent/ca.pem",
+            ),
+            (r#"{"url": "amqps://h", "tls_ca_file": 3}"#, "`tls_ca_file`"),
             (r#"{"url": "amqp:///vhost"}"#, "`url`"),
         ];
         for (json, key) in cases {

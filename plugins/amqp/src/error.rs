@@ -12,11 +12,12 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "cannot connect to {endpoint}: {reason}; check that the broker is running and \
-         reachable, and the user, password and vhost in `url`"
-    )]
-    Connect { endpoint: String, reason: String },
+    #[error("cannot connect to {endpoint}: {reason}; {hint}")]
+    Connect {
+        endpoint: String,
+        reason: String,
+        hint: &'static str,
+    },
 
     #[error(
         "{action} on {endpoint} timed out after {ms} ms; check that the broker is reachable \
@@ -187,6 +188,34 @@ pub fn classify(action: &str, queue: &str, endpoint: &str, error: &lapin::Error)
     }
 }
 
+/// What to do about a failed connection, read from rustls' and lapin's reasons. `tls` tells
+/// whether the connection was TLS and `identity` whether it offered a client certificate.
+pub fn connect_hint(reason: &str, tls: bool, identity: bool) -> &'static str {
+    let reset = reason.contains("reset by peer")
+        || reason.contains("CertificateRequired")
+        || reason.contains("HandshakeFailure")
+        || reason.contains("UnexpectedEof");
+    if reason.contains("NotValidForName") {
+        "the broker's certificate is not for the host in `url`: connect by a name the \
+         certificate lists"
+    } else if reason.contains("certificate") && !reason.contains("CertificateRequired") {
+        "the broker's certificate is not trusted: give the CA that signed it in \
+         `tls_ca_file` (a PEM file)"
+    } else if tls && !identity && reset {
+        // A broker that requires a client certificate closes a TLS 1.3 connection right
+        // after the handshake, which the client often sees as a plain reset.
+        "if the broker requires client certificates (`ssl_options.fail_if_no_peer_cert`), \
+         give one in `tls_cert_file` and `tls_key_file`; otherwise check that `url` names a \
+         TLS port"
+    } else if tls && reset {
+        "check that the broker trusts the CA of `tls_cert_file`, and that `url` names a TLS \
+         port"
+    } else {
+        "check that the broker is running and reachable, and the user, password and vhost \
+         in `url`"
+    }
+}
+
 /// lapin's message, with the broker's reply text where there is one.
 pub fn describe(error: &lapin::Error) -> String {
     match error.kind() {
@@ -194,5 +223,62 @@ pub fn describe(error: &lapin::Error) -> String {
             format!("{} {}", amqp.get_id(), amqp.get_message())
         }
         _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_hint;
+
+    #[test]
+    fn connection_failures_say_what_to_change() {
+        let cases = [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                true,
+                true,
+                "`tls_ca_file`",
+            ),
+            (
+                "invalid peer certificate: NotValidForName",
+                true,
+                true,
+                "a name the certificate lists",
+            ),
+            (
+                "Connection reset by peer (os error 104)",
+                true,
+                false,
+                "`tls_cert_file`",
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                true,
+                false,
+                "`tls_cert_file`",
+            ),
+            (
+                "Connection reset by peer (os error 104)",
+                true,
+                true,
+                "trusts the CA of `tls_cert_file`",
+            ),
+            (
+                "Connection refused (os error 111)",
+                false,
+                false,
+                "running and reachable",
+            ),
+            (
+                "Connection reset by peer (os error 104)",
+                false,
+                false,
+                "running and reachable",
+            ),
+        ];
+        for (reason, tls, identity, expected) in cases {
+            let hint = connect_hint(reason, tls, identity);
+            assert!(hint.contains(expected), "{reason}: {hint}");
+        }
     }
 }

@@ -30,7 +30,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls with the system's root certificates). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. |
+//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls; the system's root certificates plus `tls_ca_file`). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. |
 //! | `connection_name` | `golconde <instance>` | Shown by the broker (`rabbitmqctl list_connections client_properties`); each connection appends its role: `publisher`, `consumer <queue>`, `ping`. |
 //! | `heartbeat_s` | `30` | AMQP heartbeat in seconds, 0 to take the broker's. A silent connection is declared dead after about twice this. Overrides a `heartbeat` in `url`. |
 //! | `declare` | `"durable"` | `"durable"`: declare each queue durable before consuming from or publishing to it (created if missing). `"passive"`: only check that it exists, for queues someone else owns with arguments of their choosing. |
@@ -38,6 +38,8 @@
 //! | `publish_timeout_ms` | `30000` | Bound on publishing one batch, confirmations included. |
 //! | `reconnect_initial_ms` | `100` | First delay before a consumer reconnects; it doubles on each failed attempt... |
 //! | `reconnect_max_ms` | `30000` | ...up to this. |
+//! | `tls_ca_file` | (none) | With `amqps://`: a PEM file of certificate authorities to trust besides the system's, for a broker whose certificate a private CA signed. |
+//! | `tls_cert_file`, `tls_key_file` | (none) | With `amqps://`: a client certificate (PEM, chain allowed) and its unencrypted private key (PEM), for a broker that asks for one (`ssl_options.verify = verify_peer`). Both or neither. |
 //!
 //! An unknown key, or a value of the wrong type or range, is a configuration error naming
 //! the key. Building the plugin never connects.
@@ -67,6 +69,7 @@ mod consumer;
 mod error;
 mod properties;
 mod publisher;
+mod tls;
 
 use std::sync::Arc;
 
