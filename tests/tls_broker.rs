@@ -1,9 +1,10 @@
-//! `amqps://` against a real TLS listener: a RabbitMQ node of the test's own whose
-//! certificate a private CA signed and which refuses clients without a certificate of
-//! that CA. A wrong or missing trust anchor or client certificate is refused with a
-//! reason; with the right files, messages go over TLS into PostgreSQL.
+//! TLS to the broker over both protocols, against real TLS listeners: a RabbitMQ node of
+//! the test's own whose certificate a private CA signed and which refuses clients without
+//! a certificate of that CA. A wrong or missing trust anchor or client certificate is
+//! refused with a reason that names the key to set; with the right files, changes travel
+//! over `amqps://` and STOMP over TLS into PostgreSQL.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use golconde_e2e::{
     broker::{Certificates, PrivateBroker},
@@ -12,25 +13,8 @@ use golconde_e2e::{
     Daemon, Scratch,
 };
 
-/// A configuration whose `tls` transport reaches `url` with the given `tls_*` lines.
-fn config(url: &str, tls_lines: &str, rest: &str) -> String {
-    format!(
-        r#"
-plugin_dirs = ["{{plugins}}"]
-[log]
-level = "info"
-
-[transports.tls]
-plugin = "amqp"
-url = "{url}"
-connect_timeout_ms = 5000
-{tls_lines}
-{rest}
-"#
-    )
-}
-
-fn files(ca: &std::path::Path, client: Option<&Certificates>) -> String {
+/// The `tls_*` lines: trust `ca`, and present the client certificate if `client`.
+fn files(ca: &Path, client: Option<&Certificates>) -> String {
     let mut lines = format!("tls_ca_file = \"{}\"\n", ca.display());
     if let Some(certs) = client {
         lines.push_str(&format!(
@@ -42,119 +26,156 @@ fn files(ca: &std::path::Path, client: Option<&Certificates>) -> String {
     lines
 }
 
-/// `golconde check --connect` on a configuration with only the `tls` transport.
-fn check(scratch: &Scratch, url: &str, tls_lines: &str) -> (bool, String) {
-    let path = scratch.config(&config(url, tls_lines, ""));
+/// `[transports.amqps]` to `url` with `tls_lines`.
+fn amqp(url: &str, tls_lines: &str) -> String {
+    format!(
+        "[transports.amqps]\nplugin = \"amqp\"\nurl = \"{url}\"\nconnect_timeout_ms = 5000\n\
+         {tls_lines}\n"
+    )
+}
+
+/// `[transports.stomps]` to `address` with `tls = true` and `tls_lines`.
+fn stomp(address: &str, tls_lines: &str) -> String {
+    format!(
+        "[transports.stomps]\nplugin = \"stomp\"\naddress = \"{address}\"\nlogin = \"guest\"\n\
+         passcode = \"guest\"\nconnect_timeout_ms = 5000\ntls = true\n{tls_lines}\n"
+    )
+}
+
+fn config(sections: &str) -> String {
+    format!("plugin_dirs = [\"{{plugins}}\"]\n[log]\nlevel = \"info\"\n{sections}")
+}
+
+/// A transport's section, given its `tls_*` lines.
+type TransportSection<'a> = dyn Fn(&str) -> String + 'a;
+
+/// `golconde check --connect` on a configuration of `transport` alone.
+fn check(scratch: &Scratch, transport: &str) -> (bool, String) {
+    let path = scratch.config(&config(transport));
     let (output, text) = run(&["check", "--connect", "--config", path.to_str().unwrap()]);
     (output.status.success(), text)
 }
 
 #[test]
-fn tls_connections_are_verified_both_ways() {
+fn tls_connections_are_verified_both_ways_over_both_protocols() {
     let certs = Certificates::generate();
     let broker = PrivateBroker::start_with("tls", Some(&certs));
     let scratch = Scratch::new();
     let url = broker.tls_url();
+    let address = broker.stomp_tls_address();
+    let transports: [(&str, &TransportSection); 2] = [
+        ("amqp", &|lines: &str| amqp(&url, lines)),
+        ("stomp", &|lines: &str| stomp(&address, lines)),
+    ];
 
-    let (ok, text) = check(&scratch, &url, &files(&certs.ca, Some(&certs)));
-    assert!(ok, "{text}");
-    assert!(text.contains("connected"), "{text}");
+    for (protocol, transport) in transports {
+        let (ok, text) = check(&scratch, &transport(&files(&certs.ca, Some(&certs))));
+        assert!(ok, "{protocol}: {text}");
+        assert!(text.contains("connected"), "{protocol}: {text}");
 
-    // The server's certificate is signed by a CA the client was not told to trust.
-    for (what, lines) in [
-        ("no tls_ca_file", String::new()),
-        ("an unrelated CA", files(&certs.other_ca, Some(&certs))),
-    ] {
-        let (ok, text) = check(&scratch, &url, &lines);
-        eprintln!("{what}: {text}");
-        assert!(!ok, "{what}: {text}");
-        assert!(text.contains("cannot connect"), "{what}: {text}");
-        assert!(
-            text.contains("certificate is not trusted") && text.contains("tls_ca_file"),
-            "{what}: the reason should say what to do: {text}"
-        );
-        assert!(
-            !text.contains("guest:guest"),
-            "{what}: password shown: {text}"
-        );
+        // The server's certificate is signed by a CA the client was not told to trust.
+        for (what, lines) in [
+            ("no tls_ca_file", String::new()),
+            ("an unrelated CA", files(&certs.other_ca, Some(&certs))),
+        ] {
+            let (ok, text) = check(&scratch, &transport(&lines));
+            assert!(!ok, "{protocol}, {what}: {text}");
+            assert!(
+                text.contains("certificate is not trusted") && text.contains("tls_ca_file"),
+                "{protocol}, {what}: the reason should say what to do: {text}"
+            );
+            assert!(
+                !text.contains("guest:guest"),
+                "{protocol}, {what}: password shown: {text}"
+            );
+        }
+
+        // The broker asks for a client certificate and none is given.
+        let (ok, text) = check(&scratch, &transport(&files(&certs.ca, None)));
+        assert!(!ok, "{protocol}: {text}");
+        assert!(text.contains("tls_cert_file"), "{protocol}: {text}");
     }
 
-    // The broker asks for a client certificate and none is given.
-    let (ok, text) = check(&scratch, &url, &files(&certs.ca, None));
-    eprintln!("no client certificate: {text}");
+    // The certificate is for localhost, not for the name the STOMP client checks.
+    let named = format!(
+        "{}tls_server_name = \"broker.example\"\n",
+        files(&certs.ca, Some(&certs))
+    );
+    let (ok, text) = check(&scratch, &stomp(&address, &named));
     assert!(!ok, "{text}");
-    assert!(text.contains("cannot connect"), "{text}");
-    assert!(text.contains("tls_cert_file"), "{text}");
+    assert!(text.contains("tls_server_name"), "{text}");
 
-    // A plain client on the TLS port, and TLS files with a plain URL.
-    let plain_on_tls = url.replace("amqps://", "amqp://");
-    let (ok, text) = check(&scratch, &plain_on_tls, "");
-    assert!(!ok, "{text}");
-    let (ok, text) = check(&scratch, &broker.url(), &files(&certs.ca, Some(&certs)));
+    // TLS files with a plain URL are refused before any connection.
+    let (ok, text) = check(
+        &scratch,
+        &amqp(&broker.url(), &files(&certs.ca, Some(&certs))),
+    );
     assert!(!ok, "{text}");
     assert!(text.contains("is not amqps://"), "{text}");
 }
 
 #[test]
-fn messages_travel_over_tls_into_the_database() {
+fn changes_travel_over_tls_into_the_database_over_both_protocols() {
     let certs = Certificates::generate();
     let broker = PrivateBroker::start_with("tlsflow", Some(&certs));
-    let db = Database::create(
+    let mut db = Database::create(
         "tlsflow",
         "create table items (id bigint primary key, name text not null)",
     );
     let scratch = Scratch::new();
-    let queue = unique("tlsflow").replace('_', ".");
-    let pipeline = format!(
-        r#"
-[databases.db]
-plugin = "postgres"
-dsn = "{}"
-
-[[pipelines]]
-name = "tls"
-transport = "tls"
-queue = "{queue}"
-processor = {{ plugin = "autosql" }}
-database = "db"
-table = "items"
-"#,
-        db.dsn()
+    let lines = files(&certs.ca, Some(&certs));
+    // Each queue is published to over one protocol and consumed over the other.
+    let (to_stomp, to_amqp) = (
+        unique("tls_a").replace('_', "."),
+        unique("tls_s").replace('_', "."),
     );
-    let path = scratch.config(&config(
-        &broker.tls_url(),
-        &files(&certs.ca, Some(&certs)),
-        &pipeline,
-    ));
+    let pipeline = |name: &str, transport: &str, queue: &str| {
+        format!(
+            "[[pipelines]]\nname = \"{name}\"\ntransport = \"{transport}\"\nqueue = \"{queue}\"\n\
+             processor = {{ plugin = \"autosql\" }}\ndatabase = \"db\"\ntable = \"items\"\n"
+        )
+    };
+    let path = scratch.config(&config(&format!(
+        "{}{}[databases.db]\nplugin = \"postgres\"\ndsn = \"{}\"\n{}{}",
+        amqp(&broker.tls_url(), &lines),
+        stomp(&broker.stomp_tls_address(), &lines),
+        db.dsn(),
+        pipeline("from-amqp", "stomps", &to_stomp),
+        pipeline("from-stomp", "amqps", &to_amqp),
+    )));
 
-    let input = scratch.path("changes.jsonl");
-    let lines: String = (0..500)
-        .map(|i| {
-            format!("{{\"action\": \"set\", \"data\": {{\"id\": {i}, \"name\": \"n{i}\"}}}}\n")
-        })
-        .collect();
-    std::fs::write(&input, lines).unwrap();
-    let (output, text) = run(&[
-        "send",
-        "--config",
-        path.to_str().unwrap(),
-        "--transport",
-        "tls",
-        "--queue",
-        &queue,
-        input.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{text}");
-    assert!(text.contains("500 message(s) confirmed"), "{text}");
+    for (transport, queue, ids) in [("amqps", &to_stomp, 0..250), ("stomps", &to_amqp, 250..500)] {
+        let input = scratch.path(&format!("{transport}.jsonl"));
+        let text: String = ids
+            .map(|i| {
+                format!("{{\"action\": \"set\", \"data\": {{\"id\": {i}, \"name\": \"n{i}\"}}}}\n")
+            })
+            .collect();
+        std::fs::write(&input, text).unwrap();
+        let (output, text) = run(&[
+            "send",
+            "--config",
+            path.to_str().unwrap(),
+            "--transport",
+            transport,
+            "--queue",
+            queue,
+            input.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{transport}: {text}");
+        assert!(
+            text.contains("250 message(s) confirmed"),
+            "{transport}: {text}"
+        );
+    }
 
     let daemon = Daemon::start(&path);
-    let mut db = db;
     let done = eventually(Duration::from_secs(60), || db.count("items") == 500);
     let (status, log) = daemon.stop();
     assert!(done, "{} rows; log:\n{log}", db.count("items"));
     assert!(status.success(), "{log}");
     assert_eq!(
-        db.rows("select name from items where id = 499"),
-        vec!["n499".to_string()]
+        db.rows("select count(*) from items where name = 'n' || id"),
+        vec!["500".to_string()]
     );
 }

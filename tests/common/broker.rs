@@ -34,6 +34,8 @@ pub struct PrivateBroker {
     pub port: u16,
     /// The TLS listener, when started with certificates.
     pub tls_port: Option<u16>,
+    /// STOMP over TLS (RabbitMQ's STOMP plugin), when started with certificates.
+    pub stomp_tls_port: Option<u16>,
     /// Erlang distribution, for `rabbitmqctl`.
     dist_port: u16,
     server: Option<Child>,
@@ -45,8 +47,9 @@ impl PrivateBroker {
         Self::start_with(what, None)
     }
 
-    /// A node with a plain listener and a TLS one that presents `certificates`' server
-    /// certificate and refuses clients without a certificate their CA signed.
+    /// A node with a plain listener and, for AMQP and for STOMP, TLS ones that present
+    /// `certificates`' server certificate and refuse clients without a certificate their CA
+    /// signed.
     pub fn start_with(what: &str, certificates: Option<&Certificates>) -> PrivateBroker {
         assert!(
             Path::new(RABBITMQ_BIN).join("rabbitmq-server").exists(),
@@ -66,24 +69,32 @@ impl PrivateBroker {
              disk_free_limit.absolute = 1MB\n\
              vm_memory_high_watermark.relative = 0.9\n"
         );
-        let tls_port = certificates.map(|certs| {
-            let tls_port = free_port();
+        let tls_ports = certificates.map(|certs| {
+            let (tls_port, stomp_tls_port) = (free_port(), free_port());
             conf.push_str(&format!(
-                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                "stomp.listeners.tcp.1 = 127.0.0.1:{}\n\
+                 stomp.listeners.ssl.1 = 127.0.0.1:{stomp_tls_port}\n\
+                 listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
                  ssl_options.cacertfile = {}\n\
                  ssl_options.certfile = {}\n\
                  ssl_options.keyfile = {}\n\
                  ssl_options.verify = verify_peer\n\
                  ssl_options.fail_if_no_peer_cert = true\n",
+                free_port(),
                 certs.ca.display(),
                 certs.server_cert.display(),
                 certs.server_key.display(),
             ));
-            tls_port
+            (tls_port, stomp_tls_port)
         });
         let path = |name: &str| dir.path().join(name);
         fs::write(path("rabbitmq.conf"), conf).expect("rabbitmq.conf written");
-        fs::write(path("enabled_plugins"), "[].\n").expect("enabled_plugins written");
+        let plugins = if tls_ports.is_some() {
+            "[rabbitmq_stomp].\n"
+        } else {
+            "[].\n"
+        };
+        fs::write(path("enabled_plugins"), plugins).expect("enabled_plugins written");
         fs::write(path("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf written");
         // Its own Erlang cookie, under its own HOME: nodes started at the same moment would
         // otherwise race to create the user's one.
@@ -95,7 +106,8 @@ impl PrivateBroker {
             dir,
             port,
             dist_port,
-            tls_port,
+            tls_port: tls_ports.map(|(amqp, _)| amqp),
+            stomp_tls_port: tls_ports.map(|(_, stomp)| stomp),
             server: None,
         };
         broker.boot();
@@ -113,6 +125,14 @@ impl PrivateBroker {
             .tls_port
             .expect("the node was started with certificates");
         format!("amqps://guest:guest@localhost:{port}/%2f")
+    }
+
+    /// `localhost:PORT` of the STOMP TLS listener.
+    pub fn stomp_tls_address(&self) -> String {
+        let port = self
+            .stomp_tls_port
+            .expect("the node was started with certificates");
+        format!("localhost:{port}")
     }
 
     /// `rabbitmqctl` aimed at this node.
@@ -174,7 +194,10 @@ impl PrivateBroker {
                 .is_ok()
         };
         loop {
-            if listening(self.port) && self.tls_port.is_none_or(listening) {
+            if listening(self.port)
+                && self.tls_port.is_none_or(listening)
+                && self.stomp_tls_port.is_none_or(listening)
+            {
                 return;
             }
             let exited = self

@@ -195,7 +195,7 @@ pub fn connect_hint(reason: &str, tls: bool, identity: bool) -> &'static str {
         || reason.contains("CertificateRequired")
         || reason.contains("HandshakeFailure")
         || reason.contains("UnexpectedEof");
-    if reason.contains("NotValidForName") {
+    if reason.contains("NotValidForName") || reason.contains("not valid for name") {
         "the broker's certificate is not for the host in `url`: connect by a name the \
          certificate lists"
     } else if reason.contains("certificate") && !reason.contains("CertificateRequired") {
@@ -241,6 +241,12 @@ mod tests {
             ),
             (
                 "invalid peer certificate: NotValidForName",
+                true,
+                true,
+                "a name the certificate lists",
+            ),
+            (
+                "certificate not valid for name \"x\"",
                 true,
                 true,
                 "a name the certificate lists",

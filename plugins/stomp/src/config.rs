@@ -5,10 +5,12 @@
 //! every other check in [`Settings::from_config`] names its key too. Nothing here touches
 //! the network: `golconde check` builds plugins offline.
 
-use std::{fmt, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use golconde_plugin_api::PluginError;
 use serde::{Deserialize, Deserializer};
+
+use crate::tls::{Files, Tls};
 
 /// The configuration section as written; see the crate documentation for each key.
 #[derive(Deserialize)]
@@ -36,6 +38,16 @@ struct RawConfig {
     reconnect_max_ms: u64,
     #[serde(default = "default_prefetch_header")]
     prefetch_header: String,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_server_name: Option<String>,
 }
 
 fn default_address() -> String {
@@ -103,6 +115,8 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// The SUBSCRIBE header carrying the prefetch; `None` sends none.
     pub prefetch_header: Option<String>,
+    /// With `tls = true`, how to wrap the connection.
+    pub tls: Option<Tls>,
 }
 
 /// Passwords stay out of logs, including debug output.
@@ -120,6 +134,7 @@ impl fmt::Debug for Settings {
             .field("reconnect_initial", &self.reconnect_initial)
             .field("reconnect_max", &self.reconnect_max)
             .field("prefetch_header", &self.prefetch_header)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -220,6 +235,32 @@ impl Settings {
             }
             name => Some(name.to_string()),
         };
+        let tls = if raw.tls {
+            let host = raw.address.rsplit_once(':').map_or("", |(host, _)| host);
+            Some(
+                Tls::new(Files {
+                    ca_file: raw.tls_ca_file.as_deref(),
+                    cert_file: raw.tls_cert_file.as_deref(),
+                    key_file: raw.tls_key_file.as_deref(),
+                    server_name: raw.tls_server_name.as_deref().unwrap_or(host),
+                })
+                .map_err(PluginError::config)?,
+            )
+        } else {
+            let given = [
+                ("tls_ca_file", raw.tls_ca_file.is_some()),
+                ("tls_cert_file", raw.tls_cert_file.is_some()),
+                ("tls_key_file", raw.tls_key_file.is_some()),
+                ("tls_server_name", raw.tls_server_name.is_some()),
+            ];
+            if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    key,
+                    "is set but `tls` is not; set `tls = true` to connect with TLS",
+                ));
+            }
+            None
+        };
         Ok(Settings {
             address: raw.address,
             login: raw.login,
@@ -232,6 +273,7 @@ impl Settings {
             reconnect_initial,
             reconnect_max,
             prefetch_header,
+            tls,
         })
     }
 }
@@ -254,6 +296,18 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Config, "{err}");
         assert!(err.message.contains(key), "`{key}` not named in: {err}");
         err.message.to_string()
+    }
+
+    #[test]
+    fn tls_checks_the_broker_by_the_host_of_the_address() {
+        let s = settings(r#"{"address": "broker.example:61614", "tls": true}"#).unwrap();
+        assert!(format!("{s:?}").contains("broker.example"), "{s:?}");
+        let s = settings(
+            r#"{"address": "10.0.0.1:61614", "tls": true, "tls_server_name": "mq.internal"}"#,
+        )
+        .unwrap();
+        assert!(format!("{s:?}").contains("mq.internal"), "{s:?}");
+        assert!(settings("{}").unwrap().tls.is_none());
     }
 
     #[test]
@@ -299,6 +353,15 @@ mod tests {
     fn bad_values_are_refused_by_key() {
         refused(r#"{"adress": "x:1"}"#, "adress");
         refused(r#"{"address": "nohost"}"#, "address");
+        refused(
+            r#"{"tls_ca_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem"}"#,
+            "set `tls = true`",
+        );
+        refused(
+            r#"{"tls": true, "tls_ca_file": "/nonexistent.pem"}"#,
+            "tls_ca_file",
+        );
+        refused(r#"{"tls": "yes"}"#, "`tls`");
         refused(r#"{"address": "host:0"}"#, "address");
         refused(r#"{"address": ":61613"}"#, "address");
         refused(r#"{"address": 61613}"#, "address");

@@ -25,10 +25,8 @@ use std::{
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::{
-    net::{
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-        TcpStream,
-    },
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
     sync::{mpsc, oneshot},
     time::timeout,
 };
@@ -41,7 +39,7 @@ use tracing::instrument::WithSubscriber;
 use crate::{
     codec::{Item, StompCodec},
     config::Settings,
-    error::{describe_error_frame, StompError},
+    error::{describe_error_frame, tls_hint, StompError},
     frame::{Command, Frame},
     message::Incoming,
 };
@@ -153,7 +151,59 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| StompError::Io(Arc::new(e)))?;
-        let (read, write) = stream.into_split();
+        match &settings.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                Self::handshake(read, write, settings, sink).await
+            }
+            Some(tls) => {
+                let stream = timeout(settings.connect_timeout, tls.handshake(stream))
+                    .await
+                    .map_err(|_| StompError::Timeout {
+                        what: "the TLS handshake",
+                        ms: connect_ms,
+                        key: "connect_timeout_ms",
+                    })?
+                    .map_err(|e| {
+                        let reason = e.to_string();
+                        StompError::Tls {
+                            address: settings.address.clone(),
+                            hint: tls_hint(&reason, tls.has_identity()),
+                            reason,
+                        }
+                    })?;
+                let (read, write) = tokio::io::split(stream);
+                // A broker that wants a client certificate may accept the handshake and
+                // then close the connection (TLS 1.3 checks it afterwards): say so.
+                Self::handshake(read, write, settings, sink)
+                    .await
+                    .map_err(|e| match e {
+                        StompError::Closed | StompError::Io(_) => StompError::Tls {
+                            address: settings.address.clone(),
+                            hint: tls_hint(&e.to_string(), tls.has_identity()),
+                            reason: format!(
+                                "the broker closed the connection before CONNECTED ({e})"
+                            ),
+                        },
+                        other => other,
+                    })
+            }
+        }
+    }
+
+    /// Says CONNECT over an open stream and waits for CONNECTED, then starts the
+    /// connection's tasks on it.
+    async fn handshake<R, W>(
+        read: R,
+        write: W,
+        settings: &Settings,
+        sink: Option<Sink>,
+    ) -> Result<Connection, StompError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let connect_ms = settings.connect_timeout.as_millis() as u64;
         let mut frames = FramedRead::new(read, StompCodec::new(settings.max_frame_bytes));
         let mut sink_out = FramedWrite::new(write, StompCodec::new(settings.max_frame_bytes));
 
@@ -349,8 +399,8 @@ async fn next_outgoing(
 /// How many queued items go into one write before it is flushed.
 const BURST: usize = 4096;
 
-async fn write_loop(
-    mut out: FramedWrite<OwnedWriteHalf, StompCodec>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut out: FramedWrite<W, StompCodec>,
     mut queue: mpsc::UnboundedReceiver<Item>,
     state: Arc<State>,
     beat: Option<Duration>,
@@ -432,8 +482,8 @@ fn handle(frame: Frame, state: &State, sink: Option<&Sink>) -> Step {
 /// Reads frames until the connection ends. Deliveries go to the consumer in batches of
 /// whatever one read brought (frames already buffered are taken without waiting), so the
 /// host's thread is woken once per batch rather than once per message.
-async fn read_loop(
-    mut frames: FramedRead<OwnedReadHalf, StompCodec>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, StompCodec>,
     state: Arc<State>,
     sink: Option<Sink>,
     silence: Option<Duration>,

@@ -17,6 +17,12 @@ pub enum StompError {
         address: String,
         source: Arc<std::io::Error>,
     },
+    #[error("TLS with {address} failed: {reason}; {hint}")]
+    Tls {
+        address: String,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("no answer within {ms} ms while {what} (`{key}`)")]
     Timeout {
         what: &'static str,
@@ -76,6 +82,24 @@ impl StompError {
     }
 }
 
+/// What to do about a failed TLS connection, read from rustls' reason; `identity` tells
+/// whether a client certificate was offered.
+pub fn tls_hint(reason: &str, identity: bool) -> &'static str {
+    if reason.contains("NotValidForName") || reason.contains("not valid for name") {
+        "the broker's certificate is not for that name: set `tls_server_name` to a name the \
+         certificate lists"
+    } else if reason.contains("certificate") && !reason.contains("CertificateRequired") {
+        "the broker's certificate is not trusted: give the CA that signed it in `tls_ca_file` \
+         (a PEM file)"
+    } else if !identity {
+        "if the broker requires client certificates, give one in `tls_cert_file` and \
+         `tls_key_file`; otherwise check that `address` is the broker's TLS port"
+    } else {
+        "check that the broker trusts the CA of `tls_cert_file`, and that `address` is the \
+         broker's TLS port"
+    }
+}
+
 /// The text of an ERROR frame: its `message` header and, if any, its body.
 pub fn describe_error_frame(frame: &crate::frame::Frame) -> String {
     let summary = frame.header("message").unwrap_or("(no message header)");
@@ -85,5 +109,45 @@ pub fn describe_error_frame(frame: &crate::frame::Frame) -> String {
         summary.to_string()
     } else {
         format!("{summary} ({details})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_hint;
+
+    #[test]
+    fn tls_failures_say_what_to_change() {
+        let cases = [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                true,
+                "`tls_ca_file`",
+            ),
+            (
+                "certificate not valid for name \"x\"",
+                true,
+                "`tls_server_name`",
+            ),
+            (
+                "the broker closed the connection before CONNECTED",
+                false,
+                "`tls_cert_file`",
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                false,
+                "`tls_cert_file`",
+            ),
+            (
+                "Connection reset by peer (os error 104)",
+                true,
+                "trusts the CA of `tls_cert_file`",
+            ),
+        ];
+        for (reason, identity, expected) in cases {
+            let hint = tls_hint(reason, identity);
+            assert!(hint.contains(expected), "{reason}: {hint}");
+        }
     }
 }

@@ -40,6 +40,10 @@
 //! | `max_frame_bytes` | `16777216` | the largest frame accepted from the broker (4096 to 1 GiB); a larger one drops the connection rather than memory |
 //! | `reconnect_initial_ms`, `reconnect_max_ms` | `100`, `30000` | a lost consumer connection is re-established after `initial`, doubling up to `max` between failed attempts |
 //! | `prefetch_header` | `"prefetch-count"` | the SUBSCRIBE header carrying the pipeline's prefetch: `prefetch-count` for RabbitMQ, `activemq.prefetchSize` for ActiveMQ, `""` for none. A prefetch of 0 (unlimited) sends no header |
+//! | `tls` | `false` | connect with TLS (rustls): RabbitMQ's `stomp.listeners.ssl`, ActiveMQ's `stomp+ssl` |
+//! | `tls_ca_file` | none | with `tls`: PEM file of certificate authorities trusted besides the system's roots |
+//! | `tls_cert_file`, `tls_key_file` | none | with `tls`: client certificate (PEM, chain allowed) and its unencrypted key (PEM), for a broker that requires one; both or neither |
+//! | `tls_server_name` | the host of `address` | with `tls`: the name the broker's certificate must be for |
 //!
 //! # Destinations
 //!
@@ -95,6 +99,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod publisher;
+pub mod tls;
 
 use std::{
     ops::Deref,

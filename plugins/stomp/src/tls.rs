@@ -1,0 +1,192 @@
+//! TLS for the broker connection (`tls = true`): rustls with ring, trusting the system's
+//! roots plus `tls_ca_file`, presenting `tls_cert_file`/`tls_key_file` when the broker asks
+//! for a client certificate, and checking the broker's certificate against
+//! `tls_server_name` (by default the host of `address`).
+//!
+//! Everything is read and checked when the configuration is, so a wrong path or a file of
+//! the wrong kind is a configuration error naming its key, not a failed handshake later.
+//!
+//! May depend on: rustls, tokio-rustls, rustls-native-certs.
+
+use std::{fmt, fs, path::Path, sync::Arc};
+
+use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+/// What a TLS connection needs, built once per transport instance.
+#[derive(Clone)]
+pub struct Tls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    identity: bool,
+}
+
+/// Never shows key material.
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// The `tls_*` keys as written.
+pub struct Files<'a> {
+    pub ca_file: Option<&'a Path>,
+    pub cert_file: Option<&'a Path>,
+    pub key_file: Option<&'a Path>,
+    /// `tls_server_name`, or the host of `address`.
+    pub server_name: &'a str,
+}
+
+impl Tls {
+    /// Builds the client configuration; the error names the key at fault.
+    pub fn new(files: Files<'_>) -> Result<Tls, String> {
+        let mut roots = RootCertStore::empty();
+        // Unreadable system certificates are skipped, as every TLS client does; a private
+        // CA in `tls_ca_file` still works without any.
+        for certificate in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(certificate);
+        }
+        if let Some(path) = files.ca_file {
+            for certificate in certificates("tls_ca_file", path)? {
+                roots.add(certificate).map_err(|e| {
+                    format!(
+                        "`tls_ca_file` {}: unusable certificate: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots);
+        let identity = files.cert_file.is_some();
+        let config = match (files.cert_file, files.key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain = certificates("tls_cert_file", cert)?;
+                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!(
+                        "`tls_key_file` {}: no usable private key ({e}); give an unencrypted \
+                         PEM key (PKCS#8, PKCS#1 or SEC1)",
+                        key.display()
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    format!(
+                        "`tls_key_file` {} does not go with `tls_cert_file` {}: {e}",
+                        key.display(),
+                        cert.display()
+                    )
+                })?
+            }
+            (Some(_), None) => {
+                return Err("`tls_cert_file` is set without `tls_key_file`; a client \
+                            certificate needs its private key"
+                    .into())
+            }
+            (None, Some(_)) => {
+                return Err("`tls_key_file` is set without `tls_cert_file`; give the \
+                            certificate that goes with the key"
+                    .into())
+            }
+        };
+        let name = files
+            .server_name
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = ServerName::try_from(name.to_string()).map_err(|_| {
+            format!("`tls_server_name`: `{name}` is neither a DNS name nor an IP address")
+        })?;
+        Ok(Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            identity,
+        })
+    }
+
+    /// Whether a client certificate is offered.
+    pub fn has_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// The TLS handshake over an open TCP connection.
+    pub async fn handshake(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.connector.connect(self.server_name.clone(), tcp).await
+    }
+}
+
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let text =
+        fs::read(path).map_err(|e| format!("`{key}` {}: cannot be read: {e}", path.display()))?;
+    let certificates = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`{key}` {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "`{key}` {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
+
+    fn files<'a>(
+        ca: Option<&'a str>,
+        cert: Option<&'a str>,
+        key: Option<&'a str>,
+        name: &'a str,
+    ) -> Files<'a> {
+        Files {
+            ca_file: ca.map(Path::new),
+            cert_file: cert.map(Path::new),
+            key_file: key.map(Path::new),
+            server_name: name,
+        }
+    }
+
+    #[test]
+    fn a_ca_and_a_client_identity_are_taken() {
+        let tls = Tls::new(files(Some(CERT), Some(CERT), Some(KEY), "broker.example")).unwrap();
+        assert!(!format!("{tls:?}").contains("PRIVATE"));
+        Tls::new(files(None, None, None, "[::1]")).unwrap();
+        Tls::new(files(None, None, None, "127.0.0.1")).unwrap();
+    }
+
+    #[test]
+    fn every_mistake_names_its_key() {
+        let cases = [
+            (
+                files(Some("/nonexistent.pem"), None, None, "h"),
+                "`tls_ca_file` /nonexistent.pem: cannot be read",
+            ),
+            (
+                files(Some(KEY), None, None, "h"),
+                "`tls_ca_file` /etc/ssl/private/ssl-cert-snakeoil.key: holds no PEM certificate",
+            ),
+            (files(None, Some(CERT), None, "h"), "without `tls_key_file`"),
+            (files(None, None, Some(KEY), "h"), "without `tls_cert_file`"),
+            (
+                files(None, Some(CERT), Some(CERT), "h"),
+                "`tls_key_file` /etc/ssl/certs/ssl-cert-snakeoil.pem: no usable private key",
+            ),
+            (files(None, None, None, "not a name!"), "`tls_server_name`"),
+        ];
+        for (files, expected) in cases {
+            let error = Tls::new(files).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}
