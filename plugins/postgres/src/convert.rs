@@ -12,7 +12,10 @@ use std::borrow::Cow;
 use base64::Engine;
 use golconde_plugin_api::Value;
 
-use crate::schema::Kind;
+use crate::{
+    schema::Kind,
+    timestamp::{self, Micros},
+};
 
 /// A value ready to be sent; text borrows from the change where it can.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +25,8 @@ pub enum Cell<'a> {
     Float(f64),
     Bool(bool),
     Text(Cow<'a, str>),
+    /// A `timestamp` or `timestamptz` read here (see `timestamp`).
+    Micros(Micros),
 }
 
 /// The parameter type a column's values travel as.
@@ -31,14 +36,18 @@ pub enum Wire {
     Float,
     Bool,
     Text,
+    Timestamp { tz: bool },
 }
 
 impl Wire {
-    pub fn of(kind: &Kind) -> Wire {
+    /// How `cell` of a column of `kind` travels. Timestamps go binary unless this one had
+    /// to be left to the server as text; NULL goes either way and is counted as binary.
+    pub fn of(kind: &Kind, cell: &Cell<'_>) -> Wire {
         match kind {
             Kind::Int { .. } => Wire::Int,
             Kind::Float { .. } => Wire::Float,
             Kind::Bool => Wire::Bool,
+            Kind::Timestamp { tz } if !matches!(cell, Cell::Text(_)) => Wire::Timestamp { tz: *tz },
             _ => Wire::Text,
         }
     }
@@ -50,6 +59,8 @@ impl Wire {
             Wire::Float => "pg_catalog.float8[]",
             Wire::Bool => "pg_catalog.bool[]",
             Wire::Text => "pg_catalog.text[]",
+            Wire::Timestamp { tz: true } => "pg_catalog.timestamptz[]",
+            Wire::Timestamp { tz: false } => "pg_catalog.timestamp[]",
         }
     }
 }
@@ -135,6 +146,14 @@ pub fn convert<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
             }
             no_nul(text).map(Cell::Text)
         }
+        Kind::Timestamp { tz } => {
+            if let Value::Text(t) = value {
+                if let Some(micros) = timestamp::parse(t, *tz) {
+                    return Ok(Cell::Micros(micros));
+                }
+            }
+            convert(&Kind::Other, value)
+        }
         Kind::Json => {
             if let Value::Json(t) = value {
                 return Ok(Cell::Text(t.as_str().into()));
@@ -182,6 +201,12 @@ fn array_literal(element: &Kind, value: &Value, out: &mut String) -> Result<(), 
             Cell::Int(i) => out.push_str(&i.to_string()),
             Cell::Float(f) => out.push_str(&float_text(f)),
             Cell::Bool(b) => out.push_str(if b { "t" } else { "f" }),
+            Cell::Micros(m) => {
+                let tz = matches!(element, Kind::Timestamp { tz: true });
+                out.push('"');
+                out.push_str(&timestamp::format(m, tz));
+                out.push('"');
+            }
             Cell::Text(t) => {
                 out.push('"');
                 for c in t.chars() {

@@ -14,8 +14,9 @@
 //!   host's thread is inside a call: nothing async crosses the ABI, no thread of the
 //!   plugin's own wakes up to hand over results, and dropping a session ends its runtime.
 //! - **Set-based statements over `unnest` of one array parameter per column**, each value a
-//!   bind parameter and each identifier quoted; integers, floats and booleans go binary,
-//!   the rest as text the server casts to the column's type. One statement per run keeps
+//!   bind parameter and each identifier quoted; integers, floats, booleans and RFC 3339
+//!   timestamps go binary (`timestamp.rs`), the rest as text the server casts to the
+//!   column's type. One statement per run keeps
 //!   a batch of 500 upserts to a handful of round trips.
 //! - **Bisection under savepoints** finds the changes that cannot apply without giving up
 //!   the set-based fast path for the others.
@@ -32,6 +33,7 @@ mod dedupe;
 mod plan;
 mod schema;
 mod session;
+mod timestamp;
 mod tls;
 
 use std::{

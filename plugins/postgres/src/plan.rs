@@ -44,12 +44,25 @@ impl<'a> Prepared<'a> {
             && self.conflict == other.conflict
             && self.data.len() == other.data.len()
             && self.restriction.len() == other.restriction.len()
-            && self.data.iter().zip(&other.data).all(|(a, b)| a.0 == b.0)
+            && self
+                .data
+                .iter()
+                .zip(&other.data)
+                .all(|(a, b)| a.0 == b.0 && self.wire(a) == self.wire(b))
             && self
                 .restriction
                 .iter()
                 .zip(&other.restriction)
-                .all(|(a, b)| a.0 == b.0 && (a.1 == Cell::Null) == (b.1 == Cell::Null))
+                .all(|(a, b)| {
+                    a.0 == b.0
+                        && (a.1 == Cell::Null) == (b.1 == Cell::Null)
+                        && self.wire(a) == self.wire(b)
+                })
+    }
+
+    /// How the value at a column position travels.
+    fn wire(&self, (position, cell): &(usize, Cell<'_>)) -> Wire {
+        Wire::of(&self.table.columns[*position].kind, cell)
     }
 
     /// The values that name the row an upsert or update touches, for collapsing.
@@ -97,6 +110,7 @@ impl std::hash::Hash for RowKey<'_, '_> {
                 Cell::Float(f) => f.to_bits().hash(state),
                 Cell::Bool(b) => b.hash(state),
                 Cell::Text(t) => t.hash(state),
+                Cell::Micros(m) => m.hash(state),
             }
         }
     }
@@ -326,25 +340,25 @@ impl<'p, 'a> Run<'p, 'a> {
     pub fn params(&self) -> Vec<Box<dyn ToSql + Sync + Send + 'p>> {
         let first = self.rows[0].1;
         let mut params: Vec<Box<dyn ToSql + Sync + Send + 'p>> = Vec::new();
-        for (slot, (position, _)) in first.data.iter().enumerate() {
-            params.push(self.column(*position, |op| &op.data[slot].1));
+        for (slot, entry) in first.data.iter().enumerate() {
+            params.push(self.column(first.wire(entry), |op| &op.data[slot].1));
         }
-        for (slot, (position, cell)) in first.restriction.iter().enumerate() {
-            if *cell != Cell::Null {
-                params.push(self.column(*position, |op| &op.restriction[slot].1));
+        for (slot, entry) in first.restriction.iter().enumerate() {
+            if entry.1 != Cell::Null {
+                params.push(self.column(first.wire(entry), |op| &op.restriction[slot].1));
             }
         }
         params
     }
 
+    /// One column's values as an array parameter; every row of a run has the same wire.
     fn column(
         &self,
-        position: usize,
+        wire: Wire,
         cell: impl Fn(&'p Prepared<'a>) -> &'p Cell<'a>,
     ) -> Box<dyn ToSql + Sync + Send + 'p> {
-        let table = &self.rows[0].1.table;
         let cells = self.rows.iter().map(|(_, op)| cell(op));
-        match Wire::of(&table.columns[position].kind) {
+        match wire {
             Wire::Int => Box::new(
                 cells
                     .map(|c| match c {
@@ -377,6 +391,14 @@ impl<'p, 'a> Run<'p, 'a> {
                     })
                     .collect::<Vec<_>>(),
             ),
+            Wire::Timestamp { .. } => Box::new(
+                cells
+                    .map(|c| match c {
+                        Cell::Micros(m) => Some(*m),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 }
@@ -390,21 +412,15 @@ pub fn sql(op: &Prepared<'_>) -> String {
     let mut arrays = Vec::new();
     let mut aliases = Vec::new();
     let mut n = 0;
-    for (slot, (position, _)) in op.data.iter().enumerate() {
+    for (slot, entry) in op.data.iter().enumerate() {
         n += 1;
-        arrays.push(format!(
-            "${n}::{}",
-            Wire::of(&col(*position).kind).array_type()
-        ));
+        arrays.push(format!("${n}::{}", op.wire(entry).array_type()));
         aliases.push(format!("d{slot}"));
     }
-    for (slot, (position, cell)) in op.restriction.iter().enumerate() {
-        if *cell != Cell::Null {
+    for (slot, entry) in op.restriction.iter().enumerate() {
+        if entry.1 != Cell::Null {
             n += 1;
-            arrays.push(format!(
-                "${n}::{}",
-                Wire::of(&col(*position).kind).array_type()
-            ));
+            arrays.push(format!("${n}::{}", op.wire(entry).array_type()));
             aliases.push(format!("r{slot}"));
         }
     }
@@ -541,7 +557,7 @@ mod tests {
                 },
             ),
             column("na\"me", "text", Kind::Text { max: None }),
-            column("at", "timestamptz", Kind::Other),
+            column("at", "timestamptz", Kind::Timestamp { tz: true }),
         ];
         Arc::new(Table {
             quoted: r#""s"."t""#.into(),
@@ -651,6 +667,41 @@ mod tests {
         assert_eq!(changes(&runs[1]), [3]);
         assert_eq!(changes(&runs[2]), [4]);
         assert_eq!(changes(&runs[3]), [5]);
+    }
+
+    #[test]
+    fn rfc_3339_timestamps_go_binary_and_runs_split_where_the_wire_changes() {
+        let t = table();
+        let set = |id: i64, at: Value| {
+            operation(Action::Upsert, &[("id", Value::Int(id)), ("at", at)], &[])
+        };
+        let ops = [
+            set(1, Value::Text("2024-02-29T13:14:15Z".into())),
+            set(2, Value::Null),
+            set(3, Value::Text("2024-02-29 13:14:15+01".into())),
+            set(4, Value::Text("yesterday".into())),
+            set(5, Value::Text("2024-02-29T13:14:15Z".into())),
+        ];
+        let prepared: Vec<Prepared> = ops
+            .iter()
+            .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
+            .collect();
+        assert!(sql(&prepared[0]).contains("$2::pg_catalog.timestamptz[]"));
+        assert!(sql(&prepared[3]).contains("$2::pg_catalog.text[]"));
+        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
+            (
+                Origin {
+                    change: i,
+                    operation: 0,
+                },
+                op,
+            )
+        }));
+        let changes: Vec<Vec<usize>> = runs
+            .iter()
+            .map(|run| run.rows.iter().map(|(o, _)| o.change).collect())
+            .collect();
+        assert_eq!(changes, [vec![0, 1, 2], vec![3], vec![4]]);
     }
 
     #[test]

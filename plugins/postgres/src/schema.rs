@@ -93,6 +93,11 @@ pub enum Kind {
     },
     Json,
     Bytea,
+    /// `timestamp` (`tz: false`) or `timestamptz`: sent binary when the value is plain
+    /// RFC 3339, as text for the server to parse otherwise.
+    Timestamp {
+        tz: bool,
+    },
     /// Sent as text and parsed by the server: uuid, dates and times, enums, intervals...
     Other,
     Array(Box<Kind>),
@@ -123,6 +128,8 @@ impl Kind {
             25 | 19 => Kind::Text { max: None },
             114 | 3802 => Kind::Json,
             17 => Kind::Bytea,
+            1114 => Kind::Timestamp { tz: false },
+            1184 => Kind::Timestamp { tz: true },
             _ => Kind::Other,
         }
     }

@@ -357,3 +357,66 @@ fn values_that_do_not_fit_name_column_type_and_value() {
         0
     );
 }
+
+/// Timestamps in RFC 3339 travel binary, every other spelling as text for the server: in
+/// one batch, each must store exactly what the server makes of the same text, whichever
+/// way it went (and runs of both kinds must keep queue order).
+#[test]
+fn timestamps_store_what_the_server_would_parse_however_they_travel() {
+    let db = Db::new("types_timestamps");
+    db.exec(
+        "CREATE TABLE {s}.times (id int PRIMARY KEY, tstz timestamptz, ts timestamp, \
+         ts0 timestamptz(0), at timestamptz[]);",
+    );
+    let pg = db.plugin("");
+    let spellings = [
+        "2024-02-29T13:14:15Z",
+        "2024-02-29T13:14:15.123456+05:30",
+        "2024-02-29 13:14:15-0800",
+        "2024-02-29t13:14:15.5z",
+        "1999-12-31T23:59:59.999999+14",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999Z",
+        // Left to the server: its TimeZone, rounding, its own words and forms.
+        "2024-02-29T13:14:15",
+        "2024-02-29T13:14:15.1234567Z",
+        "infinity",
+        "-infinity",
+        "2024-02-29 13:14:15 Europe/Paris",
+        "2024-02-29T24:00:00Z",
+        "Feb 29 2024 13:14:15 UTC",
+    ];
+    let messages: Vec<String> = spellings
+        .iter()
+        .enumerate()
+        .map(|(id, text)| {
+            format!(
+                r#"{{"action": "set", "data": {{"id": {id}, "tstz": "{text}", "ts": "{text}", "ts0": "{text}", "at": ["{text}", null]}}}}"#
+            )
+        })
+        .chain(std::iter::once(
+            r#"{"action": "set", "data": {"id": 99, "tstz": null, "ts": null, "ts0": null, "at": null}}"#.to_string(),
+        ))
+        .collect();
+    let results = apply(&pg, &changes(&db.processor("times"), &messages));
+    for (result, text) in results.iter().zip(&spellings) {
+        assert!(result.is_ok(), "{text}: {result:?}");
+    }
+    for (id, text) in spellings.iter().enumerate() {
+        let same = db.text(&format!(
+            "SELECT (tstz IS NOT DISTINCT FROM $${text}$$::timestamptz \
+                 AND ts IS NOT DISTINCT FROM $${text}$$::timestamp \
+                 AND ts0 IS NOT DISTINCT FROM $${text}$$::timestamptz(0) \
+                 AND at IS NOT DISTINCT FROM ARRAY[$${text}$$::timestamptz, NULL])::text \
+             FROM {{s}}.times WHERE id = {id}"
+        ));
+        assert_eq!(
+            same, "true",
+            "{text} was stored differently from the server's reading"
+        );
+    }
+    assert_eq!(
+        db.text("SELECT (tstz IS NULL AND ts IS NULL AND at IS NULL)::text FROM {s}.times WHERE id = 99"),
+        "true"
+    );
+}

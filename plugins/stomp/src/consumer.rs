@@ -299,11 +299,10 @@ async fn supervise(
                 _ = sleep(backoff.next_delay()) => {}
             }
             generation += 1;
-            let attempt = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                attempt = subscription.open(generation) => attempt,
-            };
+            // Not abandoned when the consumer is closed meanwhile: the broker may already
+            // have delivered on the new connection and the host acknowledged it. The loop
+            // above then says DISCONNECT, so those acknowledgements take effect.
+            let attempt = subscription.open(generation).await;
             match attempt {
                 Ok(connection) => {
                     backoff.reset();
