@@ -22,7 +22,8 @@
 //!   the set-based fast path for the others.
 //! - **TLS through rustls and ring**, with libpq's `sslmode` meanings (`prefer` and
 //!   `require` encrypt without verifying, `verify-ca`/`verify-full` verify against
-//!   `sslrootcert` or the system's roots): no OpenSSL to link, no aws-lc to build (`tls`).
+//!   `sslrootcert` or the system's roots; `sslcert`/`sslkey` for a client certificate): no
+//!   OpenSSL to link, no aws-lc to build (`tls`).
 //!
 //! May depend on: `golconde-plugin-api`, tokio (inside only), tokio-postgres, rustls (ring),
 //! serde, base64. Knows nothing of the message format: that is the processor's.

@@ -26,7 +26,7 @@ use crate::{
     dedupe,
     plan::{self, Origin, Prepared},
     schema::{self, Introspection, Kind, Table},
-    Shared,
+    tls, Shared,
 };
 
 /// A statement failed; what that means for the batch.
@@ -104,7 +104,11 @@ pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginErr
             settings.connect_timeout.as_millis()
         ))
     })?
-    .map_err(|e| PluginError::transient(format!("cannot connect to {target}: {}", chain(&e))))?;
+    .map_err(|e| {
+        let reason = chain(&e);
+        let hint = tls::connect_hint(&reason, &settings.tls.options);
+        PluginError::transient(format!("cannot connect to {target}: {reason}{hint}"))
+    })?;
     let target = target.clone();
     let connection = tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -13,6 +13,11 @@
 //!
 //! That is libpq's behaviour: `prefer` and `require` encrypt without proving who the
 //! server is, unless a root certificate is named.
+//!
+//! `sslcert` and `sslkey` name a client certificate (PEM, chain allowed) and its
+//! unencrypted key (PEM), for servers that authenticate clients by certificate
+//! (`hostssl ... cert` in `pg_hba.conf`). Unlike libpq, nothing is read from
+//! `~/.postgresql/` unless named: a daemon's identity should be in its configuration.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -22,7 +27,7 @@ use rustls::{
         WebPkiServerVerifier,
     },
     crypto::CryptoProvider,
-    pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres::config::SslMode;
@@ -71,13 +76,21 @@ impl Mode {
 pub struct Options {
     pub mode: Mode,
     pub root_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
-/// Splits `sslmode` and `sslrootcert` off a DSN (`key=value ...` or a `postgres://` URL);
-/// returns the rest of the DSN for tokio-postgres.
+/// The DSN keys handled here rather than by tokio-postgres.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Values of [`TLS_KEYS`], in that order.
+type TlsValues = [Option<String>; 4];
+
+/// Splits `sslmode`, `sslrootcert`, `sslcert` and `sslkey` off a DSN (`key=value ...` or a
+/// `postgres://` URL); returns the rest of the DSN for tokio-postgres.
 pub fn split_dsn(dsn: &str) -> Result<(String, Options), String> {
     let trimmed = dsn.trim_start();
-    let (rest, mode, root_cert) =
+    let (rest, [mode, root_cert, client_cert, client_key]) =
         if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
             split_url(trimmed)?
         } else {
@@ -87,29 +100,45 @@ pub fn split_dsn(dsn: &str) -> Result<(String, Options), String> {
         Some(mode) => Mode::parse(&mode)?,
         None => Mode::Prefer,
     };
+    if mode == Mode::Disable && (client_cert.is_some() || client_key.is_some()) {
+        return Err(
+            "`sslcert`/`sslkey` are given with sslmode=disable, which never uses \
+                    them; remove them or choose another sslmode"
+                .into(),
+        );
+    }
     Ok((
         rest,
         Options {
             mode,
             root_cert: root_cert.map(PathBuf::from),
+            client_cert: client_cert.map(PathBuf::from),
+            client_key: client_key.map(PathBuf::from),
         },
     ))
 }
 
-type Split = (String, Option<String>, Option<String>);
+/// Stores `value` for `key` if it is one of [`TLS_KEYS`]; false otherwise.
+fn take(values: &mut TlsValues, key: &str, value: String) -> bool {
+    match TLS_KEYS.iter().position(|k| *k == key) {
+        Some(i) => {
+            values[i] = Some(value);
+            true
+        }
+        None => false,
+    }
+}
 
-fn split_url(url: &str) -> Result<Split, String> {
+fn split_url(url: &str) -> Result<(String, TlsValues), String> {
+    let mut values = TlsValues::default();
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None, None));
+        return Ok((url.to_string(), values));
     };
-    let (mut mode, mut root_cert) = (None, None);
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match percent_decode(key)?.as_str() {
-            "sslmode" => mode = Some(percent_decode(value)?),
-            "sslrootcert" => root_cert = Some(percent_decode(value)?),
-            _ => kept.push(pair),
+        if !take(&mut values, &percent_decode(key)?, percent_decode(value)?) {
+            kept.push(pair);
         }
     }
     let rest = if kept.is_empty() {
@@ -117,7 +146,7 @@ fn split_url(url: &str) -> Result<Split, String> {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    Ok((rest, mode, root_cert))
+    Ok((rest, values))
 }
 
 fn percent_decode(text: &str) -> Result<String, String> {
@@ -141,9 +170,9 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// libpq's `key = value` list: values may be single-quoted, `\` escapes the next character.
-fn split_pairs(dsn: &str) -> Result<Split, String> {
+fn split_pairs(dsn: &str) -> Result<(String, TlsValues), String> {
     let mut chars = dsn.chars().peekable();
-    let (mut mode, mut root_cert) = (None, None);
+    let mut values = TlsValues::default();
     let mut kept = Vec::new();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -178,16 +207,12 @@ fn split_pairs(dsn: &str) -> Result<Split, String> {
                 }
             }
         }
-        match key.as_str() {
-            "sslmode" => mode = Some(value),
-            "sslrootcert" => root_cert = Some(value),
-            _ => {
-                let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-                kept.push(format!("{key}='{quoted}'"));
-            }
+        let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+        if !take(&mut values, &key, value) {
+            kept.push(format!("{key}='{quoted}'"));
         }
     }
-    Ok((kept.join(" "), mode, root_cert))
+    Ok((kept.join(" "), values))
 }
 
 /// The connector for `options`. Reads the root certificates now, so that a missing file
@@ -202,14 +227,11 @@ pub fn connector(options: &Options) -> Result<MakeRustlsConnect, String> {
         (None, Mode::VerifyCa | Mode::VerifyFull) => Some(system_roots()?),
         (None, _) => None,
     };
-    let config = match (roots, options.mode) {
+    let builder = match (roots, options.mode) {
         (None, _) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
-        (Some(roots), Mode::VerifyFull) => {
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+        (Some(roots), Mode::VerifyFull) => builder.with_root_certificates(roots),
         (Some(roots), _) => {
             let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
@@ -217,29 +239,87 @@ pub fn connector(options: &Options) -> Result<MakeRustlsConnect, String> {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyHostName(chain)))
-                .with_no_client_auth()
+        }
+    };
+    let config = match (&options.client_cert, &options.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = read_certificates("sslcert", cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!(
+                    "sslkey `{}` holds no usable private key ({e}); give an unencrypted PEM \
+                     key (PKCS#8, PKCS#1 or SEC1)",
+                    key.display()
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                format!(
+                    "sslkey `{}` does not go with sslcert `{}`: {e}",
+                    key.display(),
+                    cert.display()
+                )
+            })?
+        }
+        (Some(_), None) => {
+            return Err(
+                "`sslcert` is given without `sslkey`; a client certificate needs its \
+                        private key"
+                    .into(),
+            )
+        }
+        (None, Some(_)) => {
+            return Err(
+                "`sslkey` is given without `sslcert`; give the certificate that goes \
+                        with the key"
+                    .into(),
+            )
         }
     };
     Ok(MakeRustlsConnect::new(config))
 }
 
+/// What to do about a failed connection whose reason is about certificates; empty
+/// otherwise.
+pub fn connect_hint(reason: &str, options: &Options) -> &'static str {
+    let client = options.client_cert.is_some();
+    if reason.contains("requires a valid client certificate") && !client {
+        "; the server authenticates clients by certificate: give one with `sslcert` and \
+         `sslkey` in `dsn`"
+    } else if (reason.contains("UnknownCA") || reason.contains("certificate verify failed"))
+        && client
+    {
+        "; the server does not trust the client certificate (`sslcert`): its CA must be in the \
+         server's `ssl_ca_file`"
+    } else if reason.contains("certificate authentication failed") {
+        "; the client certificate's common name (CN) must be the user name in `dsn`, or be \
+         mapped to it in the server's `pg_ident.conf`"
+    } else if reason.contains("UnknownIssuer") {
+        "; the server's certificate is not signed by a CA in `sslrootcert`"
+    } else {
+        ""
+    }
+}
+
 fn read_roots(path: &PathBuf) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("sslrootcert `{}` cannot be read: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("sslrootcert `{}` is not PEM: {e}", path.display()))?;
+    for cert in read_certificates("sslrootcert", path)? {
         roots
             .add(cert)
             .map_err(|e| format!("sslrootcert `{}`: {e}", path.display()))?;
     }
-    if roots.is_empty() {
-        return Err(format!(
-            "sslrootcert `{}` holds no certificate",
-            path.display()
-        ));
-    }
     Ok(roots)
+}
+
+/// The PEM certificates in the file `key` names; at least one.
+fn read_certificates(key: &str, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{key} `{}` cannot be read: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{key} `{}` is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{key} `{}` holds no certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 fn system_roots() -> Result<RootCertStore, String> {
@@ -411,17 +491,51 @@ mod tests {
         assert!(split_dsn("postgres://db/x?sslrootcert=%zz").is_err());
     }
 
+    fn options(dsn: &str) -> Options {
+        split_dsn(dsn).unwrap().1
+    }
+
     #[test]
-    fn a_missing_root_certificate_file_is_named() {
-        let error = connector(&Options {
-            mode: Mode::VerifyFull,
-            root_cert: Some("/nonexistent/ca.pem".into()),
-        })
-        .err()
-        .unwrap();
-        assert!(
-            error.contains("sslrootcert `/nonexistent/ca.pem`"),
-            "{error}"
-        );
+    fn client_certificate_keys_are_taken_from_both_forms() {
+        let (rest, o) =
+            split_dsn("host=db sslcert=/c.pem sslkey='/k ey.pem' sslmode=require").unwrap();
+        assert_eq!(rest, "host='db'");
+        assert_eq!(o.client_cert, Some("/c.pem".into()));
+        assert_eq!(o.client_key, Some("/k ey.pem".into()));
+        let (rest, o) = split_dsn("postgres://db/x?sslcert=%2Fc.pem&sslkey=%2Fk.pem").unwrap();
+        assert_eq!(rest, "postgres://db/x");
+        assert_eq!(o.client_cert, Some("/c.pem".into()));
+        assert_eq!(o.client_key, Some("/k.pem".into()));
+        assert!(split_dsn("sslmode=disable sslcert=/c.pem")
+            .unwrap_err()
+            .contains("sslmode=disable"));
+    }
+
+    #[test]
+    fn every_file_mistake_names_its_key_and_file() {
+        const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+        const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
+        let cases = [
+            (
+                "sslmode=verify-full sslrootcert=/nonexistent/ca.pem".to_string(),
+                "sslrootcert `/nonexistent/ca.pem` cannot be read",
+            ),
+            (format!("sslrootcert={KEY}"), "holds no certificate"),
+            (format!("sslcert={CERT}"), "without `sslkey`"),
+            (format!("sslkey={KEY}"), "without `sslcert`"),
+            (
+                format!("sslcert=/nonexistent/c.pem sslkey={KEY}"),
+                "sslcert `/nonexistent/c.pem` cannot be read",
+            ),
+            (
+                format!("sslcert={CERT} sslkey={CERT}"),
+                "holds no usable private key",
+            ),
+        ];
+        for (dsn, expected) in cases {
+            let error = connector(&options(&dsn)).err().unwrap();
+            assert!(error.contains(expected), "{dsn}: {error}");
+        }
+        assert!(connector(&options(&format!("sslcert={CERT} sslkey={KEY}"))).is_ok());
     }
 }
