@@ -112,12 +112,51 @@ pub struct Connection {
     pub settings: toml::Table,
 }
 
-/// A pipeline's `processor = { plugin = "...", ... }`.
-#[derive(Debug, Deserialize, Clone)]
+/// A pipeline's `processor = { plugin = "...", ... }`, or `processor = "..."` for a
+/// processor with no settings of its own.
+#[derive(Debug, Clone)]
 pub struct ProcessorConfig {
     pub plugin: String,
-    #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for ProcessorConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        struct Form;
+        impl<'de> Visitor<'de> for Form {
+            type Value = ProcessorConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a processor's name (\"autosql\") or a table with its name and settings \
+                     ({ plugin = \"autosql\", ... })",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ProcessorConfig, E> {
+                Ok(ProcessorConfig {
+                    plugin: name.to_string(),
+                    settings: toml::Table::new(),
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ProcessorConfig, A::Error> {
+                let mut settings =
+                    toml::Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match settings.remove("plugin") {
+                    Some(toml::Value::String(plugin)) => Ok(ProcessorConfig { plugin, settings }),
+                    Some(other) => Err(de::Error::custom(format!(
+                        "`plugin` must be the processor's name as a string (found {})",
+                        other.type_str()
+                    ))),
+                    None => Err(de::Error::missing_field("plugin")),
+                }
+            }
+        }
+        deserializer.deserialize_any(Form)
+    }
 }
 
 /// One `[[pipelines]]` entry.
@@ -592,6 +631,45 @@ table = "public.users"
             r#"{"url":"amqp://127.0.0.1"}"#
         );
         assert_eq!(file.locate(&c.pipelines[0]).line, 10);
+    }
+
+    #[test]
+    fn a_processor_is_a_name_or_a_table_with_its_settings() {
+        let file = parse(&MINIMAL.replace(
+            r#"processor = { plugin = "autosql" }"#,
+            r#"processor = "autosql""#,
+        ))
+        .unwrap();
+        let p = file.config.pipelines[0].get_ref();
+        assert_eq!(p.processor.plugin, "autosql");
+        assert!(p.processor.settings.is_empty());
+
+        let file = parse(&MINIMAL.replace(
+            r#"processor = { plugin = "autosql" }"#,
+            r#"processor = { plugin = "autosql", mode = "strict" }"#,
+        ))
+        .unwrap();
+        let p = file.config.pipelines[0].get_ref();
+        assert_eq!(p.processor.plugin, "autosql");
+        assert_eq!(settings_json(&p.processor.settings), r#"{"mode":"strict"}"#);
+
+        for (processor, expected) in [
+            ("{ mode = \"strict\" }", "missing field `plugin`"),
+            (
+                "{ plugin = 3 }",
+                "`plugin` must be the processor's name as a string",
+            ),
+            ("3", "a processor's name"),
+        ] {
+            let error = parse(&MINIMAL.replace(
+                r#"processor = { plugin = "autosql" }"#,
+                &format!("processor = {processor}"),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains(expected), "{processor}: {error}");
+            assert!(error.contains("/etc/golconde.toml"), "{error}");
+        }
     }
 
     #[test]
