@@ -73,26 +73,32 @@ ensure_rabbitmq() {
 }
 
 # ActiveMQ, the broker the first Golconde ran on, for the STOMP plugin's tests: Debian's
-# package, started from a private folder with STOMP on 61614 (beside RabbitMQ's 61613), and
-# stopped again by stop_activemq. Exports GOLCONDE_ACTIVEMQ_STOMP for the tests.
+# package, started from a private folder with STOMP on 61614 (beside RabbitMQ's 61613) and
+# STOMP over TLS on 61615, and stopped again by stop_activemq. Exports
+# GOLCONDE_ACTIVEMQ_STOMP and GOLCONDE_ACTIVEMQ_STOMP_TLS for the tests.
 activemq_dir=
 start_activemq() {
     command -v java >/dev/null 2>&1 || apt_install default-jre-headless
     apt_install activemq
     if port_open 61614; then
         export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+        if port_open 61615; then
+            export GOLCONDE_ACTIVEMQ_STOMP_TLS=127.0.0.1:61615
+        fi
         return 0
     fi
     activemq_dir=$(mktemp -d)
     mkdir -p "$activemq_dir/data" "$activemq_dir/tmp"
-    log "starting ActiveMQ (STOMP on 61614)"
+    log "starting ActiveMQ (STOMP on 61614, over TLS on 61615)"
     ACTIVEMQ_CONF="$PWD/plugins/stomp/tests/activemq" ACTIVEMQ_BASE="$activemq_dir" \
         ACTIVEMQ_DATA="$activemq_dir/data" ACTIVEMQ_TMP="$activemq_dir/tmp" \
         ACTIVEMQ_USER="$(id -un)" ACTIVEMQ_PIDFILE="$activemq_dir/activemq.pid" \
         activemq start "xbean:file:$PWD/plugins/stomp/tests/activemq/activemq.xml" >"$activemq_dir/start.log" 2>&1 \
         || { cat "$activemq_dir/start.log" >&2; die "ActiveMQ did not start"; }
     wait_port 61614 "ActiveMQ STOMP"
+    wait_port 61615 "ActiveMQ STOMP over TLS"
     export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+    export GOLCONDE_ACTIVEMQ_STOMP_TLS=127.0.0.1:61615
 }
 
 stop_activemq() {

@@ -10,6 +10,7 @@
 //!   ACTIVEMQ_PIDFILE=$dir/activemq.pid \
 //!   activemq start xbean:file:$PWD/plugins/stomp/tests/activemq/activemq.xml
 //! export GOLCONDE_ACTIVEMQ_STOMP=127.0.0.1:61614
+//! export GOLCONDE_ACTIVEMQ_STOMP_TLS=127.0.0.1:61615   # stomp+ssl, client certificate required
 //! # afterwards: kill $(cat $dir/activemq.pid); rm -rf $dir
 //! ```
 
@@ -36,6 +37,59 @@ fn activemq(test: &str) -> Option<Stomp> {
         &address,
         r#""login": null, "passcode": null, "prefetch_header": "activemq.prefetchSize""#,
     ))
+}
+
+/// The transport for ActiveMQ's `stomp+ssl` listener named by the environment
+/// (`GOLCONDE_ACTIVEMQ_STOMP_TLS`), which requires a client certificate of the test CA in
+/// `tests/activemq/tls/`; with `client_certificate` false it offers none.
+fn activemq_tls(test: &str, client_certificate: bool) -> Option<Stomp> {
+    let Ok(address) = std::env::var("GOLCONDE_ACTIVEMQ_STOMP_TLS") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no ActiveMQ TLS listener; set GOLCONDE_ACTIVEMQ_STOMP_TLS=host:port \
+             to run it"
+        );
+        return None;
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/activemq/tls");
+    let mut extra = format!(
+        r#""login": null, "passcode": null, "prefetch_header": "activemq.prefetchSize",
+           "tls": true, "tls_ca_file": "{dir}/ca.pem", "tls_server_name": "localhost""#
+    );
+    if client_certificate {
+        extra.push_str(&format!(
+            r#", "tls_cert_file": "{dir}/client.pem", "tls_key_file": "{dir}/client.key""#
+        ));
+    }
+    Some(transport_at(&address, &extra))
+}
+
+#[test]
+fn activemq_over_tls_with_a_client_certificate() {
+    let test = "activemq_over_tls_with_a_client_certificate";
+    let Some(transport) = activemq_tls(test, true) else {
+        return;
+    };
+    let queue = unique("activemq-tls");
+    transport
+        .publish(&queue, &[message("t-0", b"over TLS")])
+        .expect("published over TLS");
+    let consumer = transport
+        .consume(&queue, options(10, AckMode::Cumulative))
+        .expect("consumer over TLS");
+    let got = receive_n(&consumer, 1, Duration::from_secs(10));
+    assert_eq!(id(&got[0]), "t-0");
+    assert_eq!(&got[0].message.body[..], b"over TLS");
+    consumer.ack(got[0].tag, true).expect("ack");
+    consumer.close().expect("close");
+
+    // The broker wants a client certificate: without one, nothing gets through, and the
+    // error says which keys to set.
+    let without = activemq_tls(test, false).expect("same environment");
+    let error = without
+        .publish(&queue, &[message("t-1", b"refused")])
+        .expect_err("published without a client certificate");
+    assert!(error.message.contains("tls_cert_file"), "{error}");
 }
 
 #[test]
