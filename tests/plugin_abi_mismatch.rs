@@ -85,6 +85,7 @@ transport = "future"
 queue = "q"
 processor = { plugin = "fixture-rows" }
 database = "table"
+table = "rows"
 "#,
     );
     let config = scratch.config(&text);

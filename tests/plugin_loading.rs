@@ -56,12 +56,14 @@ transport = "files"
 queue = "from-files"
 processor = { plugin = "fixture-rows" }
 database = "table"
+table = "rows"
 [[pipelines]]
 name = "counter"
 transport = "counter"
 queue = "generated"
 processor = { plugin = "fixture-rows" }
 database = "table"
+table = "rows"
 "#,
     );
     let daemon = Daemon::start(&config);

@@ -25,13 +25,18 @@ fn counters_are_served_over_http() {
     let scratch = Scratch::new();
     scratch.enqueue("counted", &[("a", "1"), ("b", "2"), ("c", "3")]);
     scratch.enqueue_raw("counted", "not JSON");
+    scratch.enqueue("counted", &[("d", "s3cret-value")]);
     let text = fixture_config(
         "counted",
         "rows.jsonl",
         "",
         r#"dead_letter = { transport = "files", queue = "counted-dead" }"#,
     )
-    .replacen("[log]", "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]", 1);
+    .replacen("[log]", "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]", 1)
+    .replace(
+        "path = \"{dir}/rows.jsonl\"",
+        "path = \"{dir}/rows.jsonl\"\nreject_value = \"s3cret-value\"",
+    );
     let config = scratch.config(&text);
     let mut daemon = Daemon::start(&config);
     let log = daemon.wait_for_log("serving counters on http://", Duration::from_secs(20));
@@ -43,7 +48,7 @@ fn counters_are_served_over_http() {
         .to_string();
     assert!(eventually(Duration::from_secs(20), || scratch
         .acked("counted")
-        == 4));
+        == 5));
 
     let response = get(&address, "/stats");
     assert!(
@@ -53,17 +58,21 @@ fn counters_are_served_over_http() {
     let stats: serde_json::Value = serde_json::from_str(body(&response)).expect("JSON");
     let pipeline = &stats["pipelines"][0];
     assert_eq!(pipeline["name"], "counted");
-    assert_eq!(pipeline["received"], 4, "{stats}");
+    assert_eq!(pipeline["received"], 5, "{stats}");
     assert_eq!(pipeline["applied"], 3, "{stats}");
-    assert_eq!(pipeline["dead_lettered"], 1, "{stats}");
-    assert_eq!(pipeline["acknowledged"], 4, "{stats}");
+    assert_eq!(pipeline["dead_lettered"], 2, "{stats}");
+    assert_eq!(pipeline["acknowledged"], 5, "{stats}");
+    let last_error = pipeline["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        pipeline["last_error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("not a fixture row"),
+        last_error.contains("dead-lettered message") && last_error.contains("permanent"),
         "{stats}"
     );
+    // The reason quotes the row; it is in the dead letter and the log, never over HTTP.
+    assert!(!response.contains("s3cret-value"), "{response}");
+    assert!(!get(&address, "/metrics").contains("s3cret-value"));
+    assert!(daemon.log().contains("Key (value)=(s3cret-value)"));
 
     let metrics = get(&address, "/metrics");
     assert!(

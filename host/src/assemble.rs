@@ -4,7 +4,11 @@
 //! Building never connects (constructors only validate), so `golconde check` runs exactly
 //! this. A piece that cannot be built takes down only the pipelines that use it.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 use abi_stable::std_types::{RStr, RString};
 use golconde_plugin_api::{
@@ -16,14 +20,80 @@ use crate::{
     config::{settings_json, ConfigFile, Connection, PipelineConfig},
     loader::{PluginInfo, Registry},
     logging,
+    tables::AllowedTables,
 };
 
-/// A plugin instance and what it was built from.
+/// A plugin instance and what it was built from, so that it can be built again.
+///
+/// A plugin that panicked may have left its instance in any state, so the instance is
+/// replaced before it serves another call ([`Instance::rebuild`]). Callers hold a
+/// [`Current`] for the length of a call; one that saw a panic asks for a rebuild of that
+/// very generation, so that several threads seeing the same panic rebuild it once.
 pub struct Instance<T> {
     /// The section's name (`rabbit` for `[transports.rabbit]`).
     pub name: String,
     pub plugin: PluginInfo,
-    pub value: T,
+    settings: String,
+    construct: Construct<T>,
+    current: Mutex<Current<T>>,
+}
+
+/// One build of an instance.
+pub struct Current<T> {
+    generation: u64,
+    value: Arc<T>,
+}
+
+impl<T> Clone for Current<T> {
+    fn clone(&self) -> Self {
+        Current {
+            generation: self.generation,
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Current<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Instance<T> {
+    /// The instance as it is now.
+    pub fn get(&self) -> Current<T> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces `broken` (which panicked) with a new build, unless another caller already
+    /// did. If the plugin cannot be built again the old instance stays, and the error is
+    /// returned: the caller backs off and tries again.
+    pub fn rebuild(&self, broken: &Current<T>) -> Result<(), PluginError> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.generation != broken.generation {
+            return Ok(());
+        }
+        let value = (self.construct)(
+            self.plugin.constructor,
+            RStr::from_str(&self.settings),
+            context(&self.plugin, &self.name),
+        )
+        .expect("the registry returned a plugin of the kind asked for")?;
+        tracing::warn!(
+            "plugin `{}` of `{}` panicked; its instance was built anew",
+            self.plugin.name,
+            self.name
+        );
+        *current = Current {
+            generation: current.generation + 1,
+            value: Arc::new(value),
+        };
+        Ok(())
+    }
 }
 
 /// How to build a pipeline's processor, again after it panicked.
@@ -278,7 +348,12 @@ fn build_connection<T>(
     Ok(Instance {
         name: name.to_string(),
         plugin: plugin.clone(),
-        value,
+        settings: json,
+        construct,
+        current: Mutex::new(Current {
+            generation: 0,
+            value: Arc::new(value),
+        }),
     })
 }
 
@@ -295,11 +370,11 @@ fn build_processor(
     if let Some(table) = &p.table {
         settings.insert("table".into(), toml::Value::String(table.clone()));
     }
-    let allowed = allowed_tables(p);
-    if !allowed.is_empty() {
+    // With wildcards only the host can tell; the processor then checks nothing early.
+    if let Some(exact) = allowed_tables(p).exact_only() {
         settings.insert(
             "tables".into(),
-            toml::Value::Array(allowed.into_iter().map(toml::Value::String).collect()),
+            toml::Value::Array(exact.into_iter().map(toml::Value::String).collect()),
         );
     }
     let recipe = ProcessorRecipe {
@@ -311,13 +386,9 @@ fn build_processor(
     Ok((recipe, instance))
 }
 
-/// The tables a pipeline may write: `tables`, or else `table` alone; empty means any.
-pub fn allowed_tables(p: &PipelineConfig) -> Vec<String> {
-    if !p.tables.is_empty() {
-        p.tables.clone()
-    } else {
-        p.table.iter().cloned().collect()
-    }
+/// The tables a pipeline may write: `tables`, or else `table` alone.
+pub fn allowed_tables(p: &PipelineConfig) -> AllowedTables {
+    AllowedTables::new(p.table.as_deref(), &p.tables)
 }
 
 fn describe_build_error(e: &PluginError) -> String {

@@ -18,6 +18,8 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::tables::TablePattern;
+
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -170,9 +172,13 @@ pub struct PipelineConfig {
     pub database: String,
     /// The table a message goes to when it names none.
     pub table: Option<String>,
-    /// The only tables this pipeline may write; defaults to `table` alone.
+    /// The only tables this pipeline may write; defaults to `table` alone. `"*"` allows
+    /// any table and `"schema.*"` any table of one schema, but never a system catalog.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// A message body larger than this is set aside (dead letter) without being processed.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
     #[serde(default = "defaults::workers")]
     pub workers: usize,
     #[serde(default)]
@@ -253,6 +259,9 @@ mod defaults {
     }
     pub fn max_backoff_ms() -> u64 {
         30_000
+    }
+    pub fn max_message_bytes() -> usize {
+        16 * 1024 * 1024
     }
 }
 
@@ -400,8 +409,40 @@ impl ConfigFile {
                         .into(),
                 ));
             }
+            if p.prefetch == Some(0) {
+                return Err(fail(
+                    section,
+                    "`prefetch` must be at least 1: 0 would let the broker send the whole \
+                     queue at once; leave it out for the default of twice a batch per worker"
+                        .into(),
+                ));
+            }
+            if p.max_message_bytes == 0 {
+                return Err(fail(
+                    section,
+                    "`max_message_bytes` must be at least 1".into(),
+                ));
+            }
+            if p.table.is_none() && p.tables.is_empty() {
+                return Err(fail(
+                    section,
+                    "says no table it may write: set `table = \"schema.name\"` (the default \
+                     table), `tables = [...]` (the only ones allowed), or `tables = [\"*\"]` to \
+                     allow any table"
+                        .into(),
+                ));
+            }
+            for pattern in &p.tables {
+                if let Err(problem) = TablePattern::parse(pattern) {
+                    return Err(fail(section, format!("`tables`: {problem}")));
+                }
+            }
             if let (Some(table), false) = (&p.table, p.tables.is_empty()) {
-                if !p.tables.contains(table) {
+                if !p
+                    .tables
+                    .iter()
+                    .any(|t| TablePattern::matches_text(t, table))
+                {
                     return Err(fail(
                         section,
                         format!("`table` = `{table}` is not among `tables`"),
@@ -735,6 +776,54 @@ table = "public.users"
         assert!(err.contains("line 10: pipeline `users`"), "{err}");
         assert!(err.contains("transport `rabit`"), "{err}");
         assert!(err.contains("[rabbit]"), "{err}");
+    }
+
+    #[test]
+    fn a_pipeline_must_say_which_tables_it_may_write() {
+        let err = parse(&MINIMAL.replace("table = \"public.users\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 10: pipeline `users`"), "{err}");
+        assert!(err.contains("tables = [\"*\"]"), "{err}");
+        let any = MINIMAL.replace("table = \"public.users\"", "tables = [\"*\"]");
+        assert!(parse(&any).is_ok());
+        let schema = MINIMAL.replace(
+            "table = \"public.users\"",
+            "table = \"public.users\"\ntables = [\"public.*\"]",
+        );
+        assert!(parse(&schema).is_ok());
+        for (tables, expected) in [
+            ("[\"pg_catalog.*\"]", "system schema `pg_catalog`"),
+            ("[\"information_schema.tables\"]", "system schema"),
+            ("[\"pub*\"]", "a wildcard is"),
+            ("[\"other.*\"]", "is not among `tables`"),
+        ] {
+            let text = MINIMAL.replace(
+                "table = \"public.users\"",
+                &format!("table = \"public.users\"\ntables = {tables}"),
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{tables}: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let file = parse(MINIMAL).unwrap();
+        let p = file.config.pipelines[0].get_ref();
+        assert_eq!(p.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(p.prefetch, None);
+        for (key, expected) in [
+            ("prefetch = 0", "`prefetch` must be at least 1"),
+            (
+                "max_message_bytes = 0",
+                "`max_message_bytes` must be at least 1",
+            ),
+        ] {
+            let text = MINIMAL.replace("table = ", &format!("{key}\ntable = "));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{key}: {err}");
+        }
     }
 
     #[test]

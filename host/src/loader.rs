@@ -210,6 +210,16 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
             ))
         }
     };
+    if unwinds(file) == Some(false) {
+        return Err(refuse(
+            "it was built with `panic = \"abort\"`, so its first panic would end this whole \
+             process with every pipeline; rebuild it with `panic = \"unwind\"` (the default: \
+             remove `panic = \"abort\"` from its Cargo.toml profile and `-C panic=abort` from \
+             RUSTFLAGS)"
+                .into(),
+            None,
+        ));
+    }
     let raw_version = header.version_strings().version.as_str().to_string();
     let plugin_abi = AbiVersion::parse(&raw_version);
     let abi_text = plugin_abi.map_or_else(|| format!("`{raw_version}`"), |v| v.to_string());
@@ -265,6 +275,24 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
             })
             .collect(),
     ))
+}
+
+/// Whether a library can unwind a panic, as far as its file tells: a Rust library built with
+/// `panic = "unwind"` links the unwinder's `_Unwind_RaiseException`, one built with
+/// `panic = "abort"` does not. `None` when the file is not an ELF object this can read (the
+/// check is then skipped; `export_plugins!` refuses to build an aborting plugin anyway).
+fn unwinds(file: &Path) -> Option<bool> {
+    use object::{Object, ObjectSymbol};
+    let bytes = std::fs::read(file).ok()?;
+    let object = object::File::parse(&*bytes).ok()?;
+    if object.format() != object::BinaryFormat::Elf {
+        return None;
+    }
+    let found = object
+        .dynamic_symbols()
+        .chain(object.symbols())
+        .any(|symbol| symbol.name() == Ok("_Unwind_RaiseException"));
+    Some(found)
 }
 
 fn first_line(text: &str) -> &str {

@@ -12,8 +12,10 @@ mod loader;
 mod logging;
 mod pipeline;
 mod pool;
+mod route;
 mod send;
 mod stats;
+mod tables;
 
 use std::{
     path::{Path, PathBuf},
@@ -217,12 +219,12 @@ fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<E
         println!("{line}");
     };
     for t in assembly.transports.values() {
-        let tried = connect.then(|| t.value.ping().into_result().map_err(|e| e.message.into()));
+        let tried = connect.then(|| t.get().ping().into_result().map_err(|e| e.message.into()));
         report("transport", "transports", &t.plugin, &t.name, tried);
     }
     for d in assembly.databases.values() {
         let tried = connect.then(|| {
-            d.value
+            d.get()
                 .connect()
                 .into_result()
                 .map(drop)
@@ -357,13 +359,13 @@ fn send_lines(
         .map_err(|problem| anyhow::anyhow!("{problem}"))?;
     let sent = match input {
         None => send::send(
-            &instance.value,
+            &instance.get(),
             queue,
             std::io::stdin().lock(),
             "standard input",
         )?,
         Some(p) if p == Path::new("-") => send::send(
-            &instance.value,
+            &instance.get(),
             queue,
             std::io::stdin().lock(),
             "standard input",
@@ -372,7 +374,7 @@ fn send_lines(
             let reader =
                 std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
             send::send(
-                &instance.value,
+                &instance.get(),
                 queue,
                 std::io::BufReader::new(reader),
                 &p.display().to_string(),

@@ -3,19 +3,31 @@
 //!
 //! One dispatcher worker owns the consumer and the processor; `workers` database workers
 //! each own a session. The dispatcher takes a batch off the queue, turns every message into
-//! a [`Change`], sends each change to the worker its row hashes to (so changes to one row
-//! keep queue order: each worker takes its jobs in order), and goes on with the next batch
-//! while that one commits ([`DEPTH`] batches in flight). For the oldest batch it then waits
-//! for the commits, publishes the fan-out copies and the dead letters, and only then
-//! acknowledges the batch with one cumulative ack.
+//! a [`Change`], sends each change to the worker its row hashes to ([`crate::route`]), and
+//! goes on with the next batch while that one commits ([`DEPTH`] batches in flight). For
+//! the oldest batch it then waits for the commits, publishes the fan-out copies and the
+//! dead letters, and only then acknowledges the batch with one cumulative ack.
 //!
 //! **Invariant:** nothing is acknowledged before it is committed (or dead-lettered) and its
 //! fan-out copies are confirmed, and acknowledgements go back in delivery order. A crash
 //! therefore replays a suffix of the queue, in order.
+//!
+//! **Invariant:** an error caused by one message costs that message only. It is
+//! dead-lettered with the reason, or, when the pipeline has no dead-letter queue, the
+//! pipeline stops naming it. Only infrastructure (a broker or database that cannot be
+//! reached, a plugin that cannot be built) pauses a pipeline, and a pause retries until it
+//! passes. Concretely:
+//! - a processor or database session that panics is built anew and the same input tried
+//!   again; at [`PANIC_LIMIT`] panics the input is the message's fault;
+//! - a panic in a database's `connect` or `key_columns`, or in a transport's own methods,
+//!   is the plugin's fault, never a message's: the instance is rebuilt and the work waits;
+//! - a publish the broker refuses for good is retried message by message, so only the
+//!   messages refused alone are set aside;
+//! - nothing that happens after a batch committed sends the batch back to the broker
+//!   (which would apply it again): enriching and publishing are retried in place.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    hash::{Hash, Hasher},
+    collections::VecDeque,
     sync::{mpsc, Arc},
     time::{Duration, Instant, SystemTime},
 };
@@ -23,13 +35,16 @@ use std::{
 use abi_stable::std_types::{RSlice, RStr};
 use golconde_plugin_api::{
     abi::{ConsumerBox, DatabaseBox, ProcessorBox, SessionBox, TransportBox},
-    AckMode, Applied, Change, ConsumeOptions, Delivery, ErrorKind, Message, PluginError, Value,
+    AckMode, Applied, Change, ConsumeOptions, Delivery, ErrorKind, Message, PluginError,
+    TRANSPORT_ERROR_HEADER,
 };
 
 use crate::{
-    assemble::{allowed_tables, Instance, PipelineParts},
+    assemble::{allowed_tables, Current, Instance, PipelineParts},
     pool::{Backoff, Shutdown, Stop, WorkerPool},
+    route::Router,
     stats::PipelineStats,
+    tables::AllowedTables,
 };
 
 /// How often an idle dispatcher wakes up to look at the shutdown flag.
@@ -46,6 +61,27 @@ const DEPTH: usize = 2;
 
 /// How often a filling batch checks whether the batch before it has committed.
 const FILL_SLICE: Duration = Duration::from_millis(1);
+
+/// Why a message cannot be applied or passed on, and how often it was tried.
+#[derive(Clone, Debug)]
+struct Failure {
+    error: PluginError,
+    attempts: u32,
+}
+
+impl Failure {
+    fn once(error: PluginError) -> Failure {
+        Failure { error, attempts: 1 }
+    }
+
+    /// The same failure, its message prefixed with what had already happened.
+    fn after(self, what: &str) -> Failure {
+        Failure {
+            error: PluginError::new(self.error.kind, format!("{what}: {}", self.error.message)),
+            attempts: self.attempts,
+        }
+    }
+}
 
 /// A batch whose changes are with the appliers.
 struct InFlight {
@@ -98,7 +134,7 @@ impl InFlight {
         for (position, result) in positions.into_iter().zip(results) {
             self.outcomes[position] = match result {
                 Ok(applied) => Outcome::Applied(applied),
-                Err(e) => Outcome::Failed(e),
+                Err(failure) => Outcome::Failed(failure),
             };
         }
     }
@@ -151,11 +187,11 @@ impl RunningPipeline {
             },
         )?;
         let mut dispatcher = Some(Dispatcher {
-            allowed: allowed_tables(&parts.config).into_iter().collect(),
+            allowed: allowed_tables(&parts.config),
+            router: Router::new(parts.config.workers),
             parts,
             senders,
-            key_columns: HashMap::new(),
-            panics: HashMap::new(),
+            processor: None,
             shutdown: shutdown.clone(),
             stats,
         });
@@ -197,14 +233,24 @@ struct Job {
     reply: mpsc::Sender<JobResult>,
 }
 
+type ChangeResults = Vec<Result<Applied, Failure>>;
+
 struct JobResult {
     positions: Vec<usize>,
-    results: Result<Vec<Result<Applied, PluginError>>, Interrupted>,
+    results: Result<ChangeResults, Interrupted>,
 }
 
 /// Shutdown came while a batch was still being retried: it is not acknowledged.
 #[derive(Debug)]
 struct Interrupted;
+
+/// Why an attempt at a batch failed.
+enum ApplyError {
+    /// No session could be opened: the database's problem, never the changes'.
+    Connect(PluginError),
+    /// The session failed the batch.
+    Apply(PluginError),
+}
 
 /// A database worker: applies the jobs it is sent, retrying transient failures itself so
 /// that a job is never lost between restarts.
@@ -231,25 +277,44 @@ impl Applier {
     }
 
     /// Applies `changes` until it works, isolating the ones that can never apply.
-    fn apply(
-        &mut self,
-        changes: &[Change],
-    ) -> Result<Vec<Result<Applied, PluginError>>, Interrupted> {
+    fn apply(&mut self, changes: &[Change]) -> Result<ChangeResults, Interrupted> {
         let mut panics = 0;
         loop {
             let error = match self.try_apply(changes) {
                 Ok(results) => {
                     self.retry.reset();
-                    return Ok(results);
+                    return Ok(results
+                        .into_iter()
+                        .map(|r| r.map_err(Failure::once))
+                        .collect());
                 }
-                Err(error) => error,
+                Err(ApplyError::Connect(error)) => {
+                    let message = format!(
+                        "database `{}`: cannot open a session: {}; retrying",
+                        self.database.name, error.message
+                    );
+                    tracing::warn!("{message}");
+                    PipelineStats::add(&self.stats.retries, 1);
+                    self.stats.error(&message);
+                    if self.shutdown.sleep(self.retry.next_delay()) {
+                        return Err(Interrupted);
+                    }
+                    continue;
+                }
+                Err(ApplyError::Apply(error)) => error,
             };
             match error.kind {
                 ErrorKind::Panic => {
                     panics += 1;
                     self.session = None;
                     if panics >= PANIC_LIMIT {
-                        return self.isolate(changes, error);
+                        return self.isolate(
+                            changes,
+                            Failure {
+                                error,
+                                attempts: panics,
+                            },
+                        );
                     }
                     tracing::error!(
                         "database `{}` {error}; opening a new session and retrying",
@@ -268,7 +333,9 @@ impl Applier {
                     PipelineStats::add(&self.stats.retries, 1);
                     self.stats.error(&message);
                 }
-                ErrorKind::Permanent | ErrorKind::Config => return self.isolate(changes, error),
+                ErrorKind::Permanent | ErrorKind::Config => {
+                    return self.isolate(changes, Failure::once(error))
+                }
             }
             if self.shutdown.sleep(self.retry.next_delay()) {
                 return Err(Interrupted);
@@ -281,15 +348,16 @@ impl Applier {
     fn isolate(
         &mut self,
         changes: &[Change],
-        error: PluginError,
-    ) -> Result<Vec<Result<Applied, PluginError>>, Interrupted> {
+        failure: Failure,
+    ) -> Result<ChangeResults, Interrupted> {
         if changes.len() == 1 {
-            return Ok(vec![Err(error)]);
+            return Ok(vec![Err(failure)]);
         }
         tracing::warn!(
-            "database `{}`: a batch of {} changes failed ({error}); applying them one by one",
+            "database `{}`: a batch of {} changes failed ({}); applying them one by one",
             self.database.name,
-            changes.len()
+            changes.len(),
+            failure.error
         );
         let mut results = Vec::with_capacity(changes.len());
         for change in changes {
@@ -301,32 +369,38 @@ impl Applier {
     fn try_apply(
         &mut self,
         changes: &[Change],
-    ) -> Result<Vec<Result<Applied, PluginError>>, PluginError> {
+    ) -> Result<Vec<Result<Applied, PluginError>>, ApplyError> {
         if self.session.is_none() {
-            let session =
-                self.database
-                    .value
-                    .connect()
-                    .into_result()
-                    .map_err(|e| match e.kind {
-                        ErrorKind::Panic => e,
-                        // Not being able to connect says nothing about the changes: wait for the
-                        // database rather than dead-letter anything.
-                        _ => PluginError::transient(format!("cannot connect: {}", e.message)),
-                    })?;
-            self.session = Some(session);
+            let database = self.database.get();
+            match database.connect().into_result() {
+                Ok(session) => self.session = Some(session),
+                Err(e) => {
+                    if e.kind == ErrorKind::Panic {
+                        if let Err(rebuild) = self.database.rebuild(&database) {
+                            tracing::error!(
+                                "database `{}` cannot be built again: {rebuild}",
+                                self.database.name
+                            );
+                        }
+                    }
+                    return Err(ApplyError::Connect(e));
+                }
+            }
         }
         let session = self.session.as_mut().expect("connected above");
-        let results = session.apply(RSlice::from_slice(changes)).into_result()?;
+        let results = session
+            .apply(RSlice::from_slice(changes))
+            .into_result()
+            .map_err(ApplyError::Apply)?;
         if results.len() != changes.len() {
-            return Err(PluginError::new(
+            return Err(ApplyError::Apply(PluginError::new(
                 ErrorKind::Panic,
                 format!(
                     "the database plugin returned {} results for {} changes",
                     results.len(),
                     changes.len()
                 ),
-            ));
+            )));
         }
         Ok(results.into_iter().map(|r| r.into_result()).collect())
     }
@@ -336,27 +410,26 @@ impl Applier {
 enum Outcome {
     Pending(Change),
     Applied(Applied),
-    Failed(PluginError),
+    Failed(Failure),
 }
 
 /// The consumer's side: owns everything that must survive a restart of its worker.
 struct Dispatcher {
     parts: PipelineParts,
-    allowed: HashSet<String>,
+    allowed: AllowedTables,
+    router: Router,
     senders: Vec<mpsc::SyncSender<Job>>,
-    key_columns: HashMap<String, Vec<String>>,
-    /// Panics seen per message body, so a message that always panics is set aside.
-    panics: HashMap<u64, u32>,
+    /// Built on first use, and again after it panicked.
+    processor: Option<ProcessorBox>,
     shutdown: Shutdown,
     stats: Arc<PipelineStats>,
 }
 
 impl Dispatcher {
     fn run(&mut self) -> Stop {
-        let processor = match self.parts.processor.build() {
-            Ok(processor) => processor,
-            Err(e) => return Stop::Restart(format!("cannot build the processor: {e}")),
-        };
+        if let Err(e) = self.processor() {
+            return Stop::Restart(format!("cannot build the processor: {e}"));
+        }
         let config = &self.parts.config;
         let options = ConsumeOptions {
             prefetch: config.prefetch.unwrap_or(
@@ -367,19 +440,22 @@ impl Dispatcher {
             ),
             ack_mode: AckMode::Cumulative,
         };
-        let consumer = match self
-            .parts
-            .transport
-            .value
+        let transport = self.parts.transport.get();
+        let consumer = match transport
             .consume(RStr::from_str(&config.queue), options)
             .into_result()
         {
             Ok(consumer) => consumer,
             Err(e) => {
-                return Stop::Restart(format!(
-                    "cannot consume queue `{}` on transport `{}`: {e}",
-                    config.queue, self.parts.transport.name
-                ))
+                return self.transport_failed(
+                    &self.parts.transport,
+                    &transport,
+                    format!(
+                        "cannot consume queue `{}` on transport `{}`",
+                        config.queue, self.parts.transport.name
+                    ),
+                    e,
+                )
             }
         };
         tracing::info!(
@@ -403,14 +479,11 @@ impl Dispatcher {
                 };
                 match self.collect(&consumer, wait, in_flight.front_mut()) {
                     Err(e) => {
-                        break Stop::Restart(format!(
-                            "receiving from `{}`: {e}",
-                            self.parts.config.queue
-                        ))
+                        let what = format!("receiving from `{}`", self.parts.config.queue);
+                        break self.transport_failed(&self.parts.transport, &transport, what, e);
                     }
                     Ok(batch) if !batch.is_empty() => {
-                        if let Err(stop) = self.start(&processor, &consumer, batch, &mut in_flight)
-                        {
+                        if let Err(stop) = self.start(&consumer, batch, &mut in_flight) {
                             break stop;
                         }
                         continue;
@@ -419,7 +492,7 @@ impl Dispatcher {
                 }
             }
             if let Some(oldest) = in_flight.pop_front() {
-                if let Some(stop) = self.finish(&processor, &consumer, oldest) {
+                if let Err(stop) = self.finish(&consumer, oldest) {
                     break stop;
                 }
             }
@@ -429,6 +502,31 @@ impl Dispatcher {
             tracing::warn!("closing the consumer of `{}`: {e}", self.parts.config.queue);
         }
         stop
+    }
+
+    /// A transport call failed: restart the worker, and first rebuild the transport if it
+    /// panicked.
+    fn transport_failed(
+        &self,
+        instance: &Instance<TransportBox>,
+        used: &Current<TransportBox>,
+        what: String,
+        error: PluginError,
+    ) -> Stop {
+        if error.kind == ErrorKind::Panic {
+            if let Err(e) = instance.rebuild(used) {
+                tracing::error!("transport `{}` cannot be built again: {e}", instance.name);
+            }
+        }
+        Stop::Restart(format!("{what}: {error}"))
+    }
+
+    /// The processor, built if it is not.
+    fn processor(&mut self) -> Result<&ProcessorBox, PluginError> {
+        if self.processor.is_none() {
+            self.processor = Some(self.parts.processor.build()?);
+        }
+        Ok(self.processor.as_ref().expect("built above"))
     }
 
     /// Waits up to `wait` for a first delivery, then gathers more while that costs no
@@ -474,11 +572,10 @@ impl Dispatcher {
     }
 
     /// Processes a batch and hands its changes to the appliers. A batch that must run alone
-    /// (see [`Dispatcher::route`]) first lets every batch in flight finish, and so does any
+    /// (see [`crate::route`]) first lets every batch in flight finish, and so does any
     /// batch after it.
     fn start(
         &mut self,
-        processor: &ProcessorBox,
         consumer: &ConsumerBox,
         batch: Vec<Delivery>,
         in_flight: &mut VecDeque<InFlight>,
@@ -486,135 +583,193 @@ impl Dispatcher {
         PipelineStats::add(&self.stats.received, batch.len());
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in &batch {
-            match self.process(processor, delivery) {
+            match self.process(delivery) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(stop) => {
                     // Finish what is in flight, so that only this batch is redelivered.
-                    self.finish_all(processor, consumer, in_flight)?;
+                    self.finish_all(consumer, in_flight)?;
                     return Err(stop);
                 }
             }
         }
-        let (routes, alone) = self.route(&outcomes);
-        if alone || in_flight.back().is_some_and(|b| b.alone) {
-            self.finish_all(processor, consumer, in_flight)?;
+        let database = &self.parts.database;
+        let mut lookup = |table: &str| key_columns(database, table);
+        let routes = self.router.route(
+            outcomes.iter().map(|o| match o {
+                Outcome::Pending(change) => Some(change),
+                _ => None,
+            }),
+            &mut lookup,
+        );
+        if routes.alone || in_flight.back().is_some_and(|b| b.alone) {
+            self.finish_all(consumer, in_flight)?;
         }
-        let (results, jobs) = self.send(&mut outcomes, routes)?;
+        let (results, jobs) = self.send(&mut outcomes, routes.workers)?;
         in_flight.push_back(InFlight {
             batch,
             outcomes,
             results,
             jobs_left: jobs,
             failed: None,
-            alone,
+            alone: routes.alone,
         });
         Ok(())
     }
 
     fn finish_all(
         &mut self,
-        processor: &ProcessorBox,
         consumer: &ConsumerBox,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), Stop> {
         while let Some(oldest) = in_flight.pop_front() {
-            if let Some(stop) = self.finish(processor, consumer, oldest) {
-                return Err(stop);
-            }
+            self.finish(consumer, oldest)?;
         }
         Ok(())
     }
 
     /// Waits for a batch's commits, fans it out, dead-letters what cannot apply, and
-    /// acknowledges it. `Some` stops the worker.
-    fn finish(
-        &mut self,
-        processor: &ProcessorBox,
-        consumer: &ConsumerBox,
-        mut in_flight: InFlight,
-    ) -> Option<Stop> {
-        if let Err(stop) = in_flight.wait() {
-            return Some(stop);
-        }
+    /// acknowledges it. `Err` stops the worker.
+    fn finish(&mut self, consumer: &ConsumerBox, mut in_flight: InFlight) -> Result<(), Stop> {
+        in_flight.wait()?;
         let InFlight {
             batch, outcomes, ..
         } = in_flight;
 
-        // Everything up to the first message that can be neither applied nor set aside is
-        // finished below; that message and the rest stay on the broker.
-        let mut done = batch.len();
-        let mut fatal = None;
-        let mut fan_out: Vec<Message> = Vec::new();
-        let mut dead: Vec<Message> = Vec::new();
+        // What cannot go on, by position; and the fan-out copy of everything else applied.
+        let mut failures: Vec<(usize, Failure)> = Vec::new();
+        let mut copies: Vec<(usize, Message)> = Vec::new();
         for (position, (delivery, outcome)) in batch.iter().zip(&outcomes).enumerate() {
-            let failure = match outcome {
+            match outcome {
                 Outcome::Applied(applied) if !self.parts.fan_out.is_empty() => {
-                    match processor.enrich(&delivery.message, applied).into_result() {
-                        Ok(copy) => {
-                            fan_out.push(copy);
-                            continue;
-                        }
-                        Err(e) if e.kind == ErrorKind::Panic => {
-                            return Some(Stop::Restart(format!("processor {e}")))
-                        }
-                        Err(e) => PluginError::new(
-                            e.kind,
-                            format!(
-                                "applied, but its fan-out copy could not be made: {}",
-                                e.message
-                            ),
-                        ),
+                    match self.enrich(delivery, applied)? {
+                        Ok(copy) => copies.push((position, copy)),
+                        Err(failure) => failures.push((
+                            position,
+                            failure.after("applied, but its fan-out copy could not be made"),
+                        )),
                     }
                 }
-                Outcome::Applied(_) => continue,
-                Outcome::Failed(e) => e.clone(),
+                Outcome::Applied(_) => {}
+                Outcome::Failed(failure) => failures.push((position, failure.clone())),
                 Outcome::Pending(_) => unreachable!("every change was applied"),
-            };
-            if self.parts.dead_letter.is_some() {
-                let message = format!(
-                    "dead-lettering message {} of `{}`: {failure}",
-                    describe(delivery),
-                    self.parts.config.queue
-                );
-                tracing::warn!("{message}");
-                self.stats.error(&message);
-                dead.push(self.dead_letter_copy(delivery, &failure));
-            } else {
-                done = position;
-                fatal = Some(format!(
-                    "message {} of queue `{}` cannot be applied, and the pipeline has no \
-                     `dead_letter` queue to set it aside: {failure}. It stays on the broker, \
-                     unacknowledged; fix its cause or configure `dead_letter`, then restart",
-                    describe(delivery),
-                    self.parts.config.queue
-                ));
-                break;
+            }
+        }
+        // Without a dead-letter queue nothing after the first failure is passed on: it
+        // stays on the broker with the failure.
+        let mut done = batch.len();
+        if self.parts.dead_letter.is_none() {
+            if let Some((first, _)) = failures.first() {
+                done = *first;
+                copies.retain(|(position, _)| *position < done);
             }
         }
 
         for (transport, queue) in self.parts.fan_out.clone() {
-            if let Err(stop) = self.publish(&transport, &queue, &fan_out) {
-                return Some(stop);
+            let messages: Vec<Message> = copies.iter().map(|(_, m)| m.clone()).collect();
+            for (index, error) in self.publish(&transport, &queue, &messages)? {
+                let position = copies[index].0;
+                failures.push((
+                    position,
+                    Failure::once(error).after(&format!(
+                        "applied, but its fan-out copy was refused by queue `{queue}` on \
+                         transport `{}`",
+                        transport.name
+                    )),
+                ));
             }
         }
-        if let Some((transport, queue)) = self.parts.dead_letter.clone() {
-            if let Err(stop) = self.publish(&transport, &queue, &dead) {
-                return Some(stop);
+        failures.sort_by_key(|(position, _)| *position);
+        failures.dedup_by_key(|(position, _)| *position);
+
+        let mut dead_lettered = 0;
+        let mut fatal = None;
+        match self.parts.dead_letter.clone() {
+            Some((transport, queue)) => {
+                let letters: Vec<Message> = failures
+                    .iter()
+                    .map(|(position, failure)| self.dead_letter_copy(&batch[*position], failure))
+                    .collect();
+                for (position, failure) in &failures {
+                    let delivery = &batch[*position];
+                    tracing::warn!(
+                        "dead-lettering message {} of `{}`: {}",
+                        describe(delivery),
+                        self.parts.config.queue,
+                        failure.error
+                    );
+                    self.stats.error(&format!(
+                        "dead-lettered message {} of `{}` ({} error; the reason is in its \
+                         `x-golconde-error` header and in the log)",
+                        describe(delivery),
+                        self.parts.config.queue,
+                        failure.error.kind
+                    ));
+                }
+                for (index, error) in self.publish(&transport, &queue, &letters)? {
+                    // Refused as it is: the bare body with the reason is all that must
+                    // reach the dead-letter queue.
+                    let (position, failure) = &failures[index];
+                    let bare = bare_copy(&letters[index]);
+                    let refused = self.publish(&transport, &queue, std::slice::from_ref(&bare))?;
+                    if refused.is_empty() {
+                        tracing::warn!(
+                            "the dead-letter copy of message {} was refused by `{queue}` \
+                             ({error}); it went without its original headers",
+                            describe(&batch[*position])
+                        );
+                        continue;
+                    }
+                    done = done.min(*position);
+                    fatal = Some(format!(
+                        "message {} of queue `{}` cannot be applied ({}), and dead-letter queue \
+                         `{queue}` refuses it too ({error}). It stays on the broker, \
+                         unacknowledged; see to the dead-letter queue, then restart",
+                        describe(&batch[*position]),
+                        self.parts.config.queue,
+                        failure.error
+                    ));
+                    break;
+                }
+                dead_lettered = failures.iter().filter(|(p, _)| *p < done).count();
+            }
+            None => {
+                if let Some((position, failure)) = failures.first() {
+                    done = done.min(*position);
+                    fatal = Some(format!(
+                        "message {} of queue `{}` cannot be applied, and the pipeline has no \
+                         `dead_letter` queue to set it aside: {}. It stays on the broker, \
+                         unacknowledged; fix its cause or configure `dead_letter`, then restart",
+                        describe(&batch[*position]),
+                        self.parts.config.queue,
+                        failure.error
+                    ));
+                }
             }
         }
+
         if done > 0 {
             if let Err(e) = consumer.ack(batch[done - 1].tag, true).into_result() {
-                return Some(Stop::Restart(format!(
+                return Err(Stop::Restart(format!(
                     "acknowledging on `{}` failed, so the batch will be redelivered: {e}",
                     self.parts.config.queue
                 )));
             }
         }
-        self.count(&outcomes[..done], fan_out.len(), dead.len(), done);
-        if let Some(fatal) = &fatal {
-            self.stats.error(fatal);
+        let fanned_out = copies.iter().filter(|(p, _)| *p < done).count();
+        self.count(&outcomes[..done], fanned_out, dead_lettered, done);
+        match fatal {
+            Some(fatal) => {
+                let position = done;
+                self.stats.error(&format!(
+                    "stopped at message {} of `{}`, which cannot be applied or set aside (the \
+                     reason is in the log)",
+                    describe(&batch[position]),
+                    self.parts.config.queue
+                ));
+                Err(Stop::Fatal(fatal))
+            }
+            None => Ok(()),
         }
-        fatal.map(Stop::Fatal)
     }
 
     fn count(&self, outcomes: &[Outcome], fanned_out: usize, dead: usize, acknowledged: usize) {
@@ -634,58 +789,125 @@ impl Dispatcher {
         PipelineStats::add(&stats.batches, 1);
     }
 
-    /// Turns one delivery into a change, or into the reason it has none.
-    fn process(&mut self, processor: &ProcessorBox, delivery: &Delivery) -> Result<Outcome, Stop> {
+    /// Turns one delivery into a change, or into the reason it has none. A processor that
+    /// panics is built anew and tried again, up to [`PANIC_LIMIT`] times for one message.
+    fn process(&mut self, delivery: &Delivery) -> Result<Outcome, Stop> {
+        if let Some(why) = delivery.message.header(TRANSPORT_ERROR_HEADER) {
+            return Ok(Outcome::Failed(Failure::once(PluginError::permanent(
+                format!("the transport could not deliver this message whole: {why}"),
+            ))));
+        }
+        let limit = self.parts.config.max_message_bytes;
+        let size = delivery.message.body.len();
+        if size > limit {
+            return Ok(Outcome::Failed(Failure::once(PluginError::permanent(
+                format!(
+                    "the message is {size} bytes, more than pipeline `{}` reads \
+                     (`max_message_bytes` = {limit}); it was not processed. Raise \
+                     `max_message_bytes` if such messages are expected, then replay it",
+                    self.parts.config.name
+                ),
+            ))));
+        }
         let mut backoff = Backoff::new(&self.parts.config.retry);
+        let mut panics = 0;
         loop {
-            match processor.process(&delivery.message).into_result() {
-                Ok(change) => {
-                    if !self.panics.is_empty() {
-                        self.panics.remove(&body_hash(&delivery.message));
-                    }
-                    return Ok(self.check_tables(change));
-                }
-                Err(e) if e.kind == ErrorKind::Transient => {
+            let processor = self
+                .processor()
+                .map_err(|e| Stop::Restart(format!("cannot build the processor again: {e}")))?;
+            let error = match processor.process(&delivery.message).into_result() {
+                Ok(change) => return Ok(self.check_tables(change)),
+                Err(e) => e,
+            };
+            match error.kind {
+                ErrorKind::Transient => {
                     tracing::warn!(
                         "processor: {}; retrying message {}",
-                        e.message,
+                        error.message,
                         describe(delivery)
                     );
                     if self.shutdown.sleep(backoff.next_delay()) {
                         return Err(Stop::Done);
                     }
                 }
-                Err(e) if e.kind == ErrorKind::Panic => {
-                    let seen = self.panics.entry(body_hash(&delivery.message)).or_insert(0);
-                    *seen += 1;
-                    if *seen >= PANIC_LIMIT {
-                        return Ok(Outcome::Failed(e));
+                ErrorKind::Panic => {
+                    panics += 1;
+                    self.processor = None;
+                    if panics >= PANIC_LIMIT {
+                        return Ok(Outcome::Failed(Failure {
+                            error,
+                            attempts: panics,
+                        }));
                     }
-                    return Err(Stop::Restart(format!("processor {e}")));
+                    tracing::error!(
+                        "processor {error}; building it anew and trying message {} again",
+                        describe(delivery)
+                    );
                 }
-                Err(e) => return Ok(Outcome::Failed(e)),
+                ErrorKind::Permanent | ErrorKind::Config => {
+                    return Ok(Outcome::Failed(Failure::once(error)))
+                }
+            }
+        }
+    }
+
+    /// The fan-out copy of a message whose change committed. The batch is committed, so a
+    /// failure here never sends it back to the broker: a processor that panics is built
+    /// anew and tried again, and at [`PANIC_LIMIT`] the copy is given up (the message is
+    /// dead-lettered, applied but not passed on).
+    fn enrich(
+        &mut self,
+        delivery: &Delivery,
+        applied: &Applied,
+    ) -> Result<Result<Message, Failure>, Stop> {
+        let mut backoff = Backoff::new(&self.parts.config.retry);
+        let mut panics = 0;
+        loop {
+            let error = match self.processor() {
+                Ok(processor) => match processor.enrich(&delivery.message, applied).into_result() {
+                    Ok(copy) => return Ok(Ok(copy)),
+                    Err(e) => e,
+                },
+                Err(e) => PluginError::transient(format!("cannot build the processor: {e}")),
+            };
+            match error.kind {
+                ErrorKind::Panic => {
+                    panics += 1;
+                    self.processor = None;
+                    if panics >= PANIC_LIMIT {
+                        return Ok(Err(Failure {
+                            error,
+                            attempts: panics,
+                        }));
+                    }
+                    tracing::error!(
+                        "processor {error}; building it anew and enriching message {} again",
+                        describe(delivery)
+                    );
+                    continue;
+                }
+                ErrorKind::Transient => tracing::warn!(
+                    "processor: {}; enriching message {} again",
+                    error.message,
+                    describe(delivery)
+                ),
+                ErrorKind::Permanent | ErrorKind::Config => return Ok(Err(Failure::once(error))),
+            }
+            if self.shutdown.sleep(backoff.next_delay()) {
+                return Err(Stop::Done);
             }
         }
     }
 
     /// A pipeline writes only the tables it is configured for, whatever its processor says.
     fn check_tables(&self, change: Change) -> Outcome {
-        if self.allowed.is_empty() {
-            return Outcome::Pending(change);
-        }
-        if let Some(op) = change
-            .operations
-            .iter()
-            .find(|op| !self.allowed.contains(op.table.as_str()))
-        {
-            let mut allowed: Vec<&str> = self.allowed.iter().map(String::as_str).collect();
-            allowed.sort_unstable();
-            return Outcome::Failed(PluginError::permanent(format!(
-                "table `{}` is not among the tables pipeline `{}` may write ({})",
-                op.table,
-                self.parts.config.name,
-                allowed.join(", ")
-            )));
+        for op in change.operations.iter() {
+            if let Err(why) = self.allowed.check(op.table.as_str()) {
+                return Outcome::Failed(Failure::once(PluginError::permanent(format!(
+                    "pipeline `{}`: {why}",
+                    self.parts.config.name
+                ))));
+            }
         }
         Outcome::Pending(change)
     }
@@ -702,9 +924,10 @@ impl Dispatcher {
             .collect();
         for (position, worker) in routes.into_iter().enumerate() {
             let Some(worker) = worker else { continue };
-            let Outcome::Pending(change) =
-                std::mem::replace(&mut outcomes[position], Outcome::Failed(interrupted()))
-            else {
+            let Outcome::Pending(change) = std::mem::replace(
+                &mut outcomes[position],
+                Outcome::Failed(Failure::once(interrupted())),
+            ) else {
                 unreachable!("only pending changes are routed");
             };
             jobs[worker].0.push(position);
@@ -729,97 +952,28 @@ impl Dispatcher {
         Ok((results, sent))
     }
 
-    /// Waits for the results of `jobs` jobs and puts them in place.
-    /// The worker for each pending change: by a hash of its table and key, so that one
-    /// row's changes stay in order. When any change's row cannot be told (no key columns,
-    /// key missing from the message, several rows), the whole batch goes to one worker and
-    /// must run alone (the second value): another worker may hold changes to the same rows.
-    fn route(&mut self, outcomes: &[Outcome]) -> (Vec<Option<usize>>, bool) {
-        let workers = self.senders.len();
-        let mut routes = Vec::with_capacity(outcomes.len());
-        let mut serial = workers == 1;
-        for outcome in outcomes {
-            let Outcome::Pending(change) = outcome else {
-                routes.push(None);
-                continue;
-            };
-            if serial {
-                routes.push(Some(0));
-                continue;
-            }
-            match self.row_hash(change) {
-                Some(hash) => routes.push(Some((hash % workers as u64) as usize)),
-                None => {
-                    serial = true;
-                    routes.push(Some(0));
-                }
-            }
-        }
-        if serial {
-            for route in routes.iter_mut().flatten() {
-                *route = 0;
-            }
-        }
-        (routes, serial && workers > 1)
-    }
-
-    fn row_hash(&mut self, change: &Change) -> Option<u64> {
-        let mut row = None;
-        for op in change.operations.iter() {
-            let table = op.table.as_str();
-            if !self.key_columns.contains_key(table) {
-                let columns = self
-                    .parts
-                    .database
-                    .value
-                    .key_columns(RStr::from_str(table))
-                    .into_result()
-                    .ok()?;
-                self.key_columns.insert(
-                    table.to_string(),
-                    columns.into_iter().map(|c| c.into_string()).collect(),
-                );
-            }
-            let columns = &self.key_columns[table];
-            if columns.is_empty() {
-                return None;
-            }
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            table.hash(&mut hasher);
-            for column in columns {
-                let value = op
-                    .restriction
-                    .iter()
-                    .chain(op.data.iter())
-                    .find(|c| c.name.as_str() == column)?;
-                hash_value(&value.value, &mut hasher);
-            }
-            let hash = hasher.finish();
-            if *row.get_or_insert(hash) != hash {
-                return None;
-            }
-        }
-        Some(row.unwrap_or(0))
-    }
-
-    /// Publishes until the broker confirms, backing off on transient failures.
+    /// Publishes until the broker has confirmed every message or refused some for good;
+    /// the refused ones by index, with why. Transient failures back off and retry. A batch
+    /// refused for good is published again message by message, so that one bad message
+    /// never holds back the others.
     fn publish(
         &self,
         transport: &Instance<TransportBox>,
         queue: &str,
         messages: &[Message],
-    ) -> Result<(), Stop> {
+    ) -> Result<Vec<(usize, PluginError)>, Stop> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut backoff = Backoff::new(&self.parts.config.retry);
+        let mut panics = 0;
         loop {
-            let error = match transport
-                .value
+            let current = transport.get();
+            let error = match current
                 .publish(RStr::from_str(queue), RSlice::from_slice(messages))
                 .into_result()
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Vec::new()),
                 Err(e) => e,
             };
             let what = format!(
@@ -827,20 +981,42 @@ impl Dispatcher {
                 messages.len(),
                 transport.name
             );
-            match error.kind {
-                ErrorKind::Transient => {
-                    let message = format!("{what}: {}; retrying", error.message);
-                    tracing::warn!("{message}");
-                    PipelineStats::add(&self.stats.retries, 1);
-                    self.stats.error(&message);
+            let refused = match error.kind {
+                ErrorKind::Permanent => true,
+                ErrorKind::Panic => {
+                    panics += 1;
+                    if let Err(e) = transport.rebuild(&current) {
+                        tracing::error!(
+                            "transport `{}` cannot be built again: {e}",
+                            transport.name
+                        );
+                    }
+                    panics >= PANIC_LIMIT
                 }
-                ErrorKind::Panic => return Err(Stop::Restart(format!("{what}: {error}"))),
-                _ => {
-                    return Err(Stop::Fatal(format!(
-                        "{what}: {error}; the batch stays on the broker, unacknowledged"
-                    )))
+                // Not something a message can cause: the transport's configuration or the
+                // broker. Wait for it.
+                ErrorKind::Transient | ErrorKind::Config => false,
+            };
+            if refused {
+                if messages.len() == 1 {
+                    return Ok(vec![(0, error)]);
                 }
+                tracing::warn!("{what}: {error}; publishing them one by one");
+                let mut refused = Vec::new();
+                for (index, message) in messages.iter().enumerate() {
+                    if let Some((_, error)) = self
+                        .publish(transport, queue, std::slice::from_ref(message))?
+                        .pop()
+                    {
+                        refused.push((index, error));
+                    }
+                }
+                return Ok(refused);
             }
+            let message = format!("{what}: {error}; retrying");
+            tracing::warn!("{message}");
+            PipelineStats::add(&self.stats.retries, 1);
+            self.stats.error(&message);
             if self.shutdown.sleep(backoff.next_delay()) {
                 return Err(Stop::Done);
             }
@@ -848,25 +1024,52 @@ impl Dispatcher {
     }
 
     /// The original message, with headers saying why it was set aside.
-    fn dead_letter_copy(&self, delivery: &Delivery, error: &PluginError) -> Message {
+    fn dead_letter_copy(&self, delivery: &Delivery, failure: &Failure) -> Message {
         let mut copy = delivery.message.clone();
-        let attempts = self
-            .panics
-            .get(&body_hash(&delivery.message))
-            .copied()
-            .unwrap_or(0)
-            .max(1);
-        copy.push_header("x-golconde-error", error.message.as_str());
-        copy.push_header("x-golconde-error-kind", error.kind.as_str());
+        copy.push_header("x-golconde-error", failure.error.message.as_str());
+        copy.push_header("x-golconde-error-kind", failure.error.kind.as_str());
         copy.push_header("x-golconde-pipeline", self.parts.config.name.as_str());
         copy.push_header("x-golconde-source-queue", self.parts.config.queue.as_str());
-        copy.push_header("x-golconde-attempts", attempts.to_string());
+        copy.push_header("x-golconde-attempts", failure.attempts.to_string());
         copy.push_header(
             "x-golconde-failed-at",
             humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         );
         copy
     }
+}
+
+/// A table's key columns, from the database; `None` when it cannot say (the batch then
+/// runs alone). A database that panicked is rebuilt.
+fn key_columns(database: &Instance<DatabaseBox>, table: &str) -> Option<Vec<String>> {
+    let current = database.get();
+    match current.key_columns(RStr::from_str(table)).into_result() {
+        Ok(columns) => Some(columns.into_iter().map(|c| c.into_string()).collect()),
+        Err(e) => {
+            if e.kind == ErrorKind::Panic {
+                tracing::error!("database `{}` {e}", database.name);
+                if let Err(e) = database.rebuild(&current) {
+                    tracing::error!("database `{}` cannot be built again: {e}", database.name);
+                }
+            } else {
+                tracing::debug!("key columns of `{table}`: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// A dead letter with only the headers Golconde added: what is left to try when the
+/// broker refuses the message with its own headers.
+fn bare_copy(letter: &Message) -> Message {
+    let mut bare = Message::new(letter.body.to_vec());
+    for header in letter.headers.iter() {
+        if header.name.as_str().starts_with("x-golconde-") {
+            bare.headers.push(header.clone());
+        }
+    }
+    bare.push_header("x-golconde-headers-dropped", "true");
+    bare
 }
 
 fn interrupted() -> PluginError {
@@ -876,58 +1079,15 @@ fn interrupted() -> PluginError {
 /// How a delivery is named in messages: its `message-id` if it has one, else its tag.
 fn describe(delivery: &Delivery) -> String {
     match delivery.message.header("message-id") {
-        Some(id) => format!("`{id}`"),
+        Some(id) => format!("`{}`", excerpt(id)),
         None => format!("with delivery tag {}", delivery.tag),
     }
 }
 
-fn body_hash(message: &Message) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    message.body.as_slice().hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Hashes a key value so that values equal as keys hash alike, whatever their
-/// representation: `7`, `7.0`, `"7"` and `Numeric("7")` all name the row whose key is 7.
-fn hash_value(value: &Value, hasher: &mut impl Hasher) {
-    let int = |i: i64, hasher: &mut _| {
-        1u8.hash(hasher);
-        i.hash(hasher);
-    };
-    match value {
-        Value::Null => 0u8.hash(hasher),
-        Value::Bool(b) => b.hash(hasher),
-        Value::Int(i) => int(*i, hasher),
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => int(*f as i64, hasher),
-        Value::Float(f) => f.to_bits().hash(hasher),
-        Value::Numeric(s) | Value::Text(s) | Value::Json(s) => match s.parse::<i64>() {
-            Ok(i) => int(i, hasher),
-            Err(_) => s.as_str().hash(hasher),
-        },
-        Value::Bytes(b) => b.as_slice().hash(hasher),
-        Value::Array(items) => items.iter().for_each(|v| hash_value(v, hasher)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hash(v: &Value) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        hash_value(v, &mut h);
-        h.finish()
-    }
-
-    #[test]
-    fn equal_keys_hash_alike_across_representations() {
-        assert_eq!(hash(&Value::Int(7)), hash(&Value::Float(7.0)));
-        assert_eq!(hash(&Value::Int(7)), hash(&Value::Numeric("7".into())));
-        assert_eq!(hash(&Value::Int(7)), hash(&Value::Text("7".into())));
-        assert_ne!(hash(&Value::Int(7)), hash(&Value::Int(8)));
-        assert_ne!(
-            hash(&Value::Text("a".into())),
-            hash(&Value::Text("b".into()))
-        );
+/// At most 100 characters of a producer's text, for log lines and errors.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }

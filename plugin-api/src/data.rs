@@ -12,6 +12,12 @@ use abi_stable::{
     StableAbi,
 };
 
+/// The header a transport puts on a delivery it could not receive whole (say, a frame over
+/// its size limit, whose body it dropped unread), saying what was lost and which setting to
+/// raise. The host dead-letters such a message with that reason, without processing it. A
+/// transport removes this header from what a producer sent, so that only it can set it.
+pub const TRANSPORT_ERROR_HEADER: &str = "x-golconde-transport-error";
+
 /// One header of a message. Names keep the order and case the transport gave them.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,7 @@ pub mod sdk;
 pub use abi::{AbiVersion, ABI_VERSION};
 pub use data::{
     AckMode, Action, Applied, Change, Column, ConsumeOptions, Delivery, Header, Message, Operation,
-    Value,
+    Value, TRANSPORT_ERROR_HEADER,
 };
 pub use error::{ErrorKind, PluginError};
 pub use sdk::{Consumer, Database, Host, Plugin, Processor, Session, Transport};

@@ -7,7 +7,7 @@
 //! becomes an [`ErrorKind::Panic`] error instead of aborting the host), and the log bridge.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     mem::ManuallyDrop,
     ops::Deref,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -133,6 +133,14 @@ pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 #[macro_export]
 macro_rules! export_plugins {
     ($($kind:ident : $ty:ty),+ $(,)?) => {
+        // The SDK turns a plugin's panics into errors by unwinding to the boundary; built to
+        // abort, the first panic would take the whole host down with every pipeline.
+        #[cfg(panic = "abort")]
+        ::core::compile_error!(
+            "a Golconde plugin must be built with `panic = \"unwind\"` (the default): with \
+             `panic = \"abort\"` its first panic would kill the host. Remove `panic = \"abort\"` \
+             from the profile in Cargo.toml (and `-C panic=abort` from RUSTFLAGS)"
+        );
         #[doc(hidden)]
         #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
         pub static __GOLCONDE_PLUGIN_LIB_HEADER: $crate::__private::LibHeader = {
@@ -234,7 +242,7 @@ fn construct<T: Plugin, B>(
     }));
     match built {
         Ok(result) => result.into(),
-        Err(payload) => RResult::RErr(panic_error("building the plugin", &*payload)),
+        Err(payload) => RResult::RErr(panic_error("building the plugin", &*payload, None)),
     }
 }
 
@@ -290,21 +298,32 @@ impl<T> Deref for Guarded<T> {
 impl<T> Drop for Guarded<T> {
     fn drop(&mut self) {
         let inner = &mut self.inner;
-        let _ = guard(&self.dispatch, "dropping the plugin", || {
+        let dropped = guard(&self.dispatch, "dropping the plugin", || {
             // SAFETY: `inner` is never used again; this is the only place it is dropped.
             unsafe { ManuallyDrop::drop(inner) };
             Ok(())
         });
+        // Nobody is left to hand the error to.
+        if let Err(e) = dropped {
+            tracing::dispatcher::with_default(&self.dispatch, || tracing::error!("{e}"));
+        }
     }
 }
 
 thread_local! {
-    /// Set while a call from the host runs, so the panic hook knows the panic will be
-    /// reported as an error rather than lost.
+    /// Set while a call from the host runs: a panic in it is caught by [`guard`].
     static IN_CALL: Cell<bool> = const { Cell::new(false) };
-    static PANIC_LOCATION: Cell<Option<String>> = const { Cell::new(None) };
+    /// Panics seen during the current call, as "message at file:line", oldest first. The
+    /// one that ends the call becomes the error's text; any other was caught by the
+    /// plugin's own code, and is logged when the call returns.
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Set while the hook logs, so that a panic inside logging cannot recurse.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Runs `f` as a call from the host: under the instance's dispatcher, inside
+/// `catch_unwind`. A panic becomes an [`ErrorKind::Panic`] error, and every panic the
+/// plugin caught by itself meanwhile is logged, so that none passes without a trace.
 fn guard<R>(
     dispatch: &Dispatch,
     what: &str,
@@ -312,43 +331,74 @@ fn guard<R>(
 ) -> Result<R, PluginError> {
     tracing::dispatcher::with_default(dispatch, || {
         let outer = IN_CALL.with(|c| c.replace(true));
+        let earlier = PANICS.with(|p| p.take());
         let result = catch_unwind(AssertUnwindSafe(f));
         IN_CALL.with(|c| c.set(outer));
-        result.unwrap_or_else(|payload| Err(panic_error(what, &*payload)))
+        let mut seen = PANICS.with(|p| p.replace(earlier));
+        let result = result.unwrap_or_else(|payload| {
+            let last = seen.pop();
+            Err(panic_error(what, &*payload, last))
+        });
+        for panic in seen {
+            tracing::error!("a panic was caught inside the plugin while {what}: {panic}");
+        }
+        result
     })
 }
 
-fn panic_error(what: &str, payload: &(dyn std::any::Any + Send)) -> PluginError {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
-    let location = PANIC_LOCATION
-        .with(|l| l.take())
-        .map(|l| format!(" at {l}"))
-        .unwrap_or_default();
+fn panic_error(
+    what: &str,
+    payload: &(dyn std::any::Any + Send),
+    seen: Option<String>,
+) -> PluginError {
+    let text = seen.unwrap_or_else(|| payload_text(payload));
     PluginError::new(
         ErrorKind::Panic,
-        format!("plugin panicked while {what}{location}: {message}"),
+        format!("plugin panicked while {what}: {text}"),
     )
 }
 
-/// A panic inside a call becomes an error the host logs, so the hook only notes where it
-/// happened; any other panic (on a thread of the plugin's own) goes to the previous hook.
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
+/// Makes every panic in the library visible exactly once. A `cdylib` has its own copy of
+/// std and so its own panic hook, which this replaces: a panic inside a call is noted for
+/// [`guard`] (which reports it as the call's error, or logs it if the plugin caught it);
+/// any other, on a thread of the plugin's own, is logged through the log bridge at once.
 fn install_panic_hook() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            let text = match info.location() {
+                Some(l) => format!("{message} at {}:{}", l.file(), l.line()),
+                None => message,
+            };
             if IN_CALL.with(|c| c.get()) {
-                let location = info
-                    .location()
-                    .map(|l| format!("{}:{}", l.file(), l.line()));
-                PANIC_LOCATION.with(|l| l.set(location));
-            } else {
-                previous(info);
+                PANICS.with(|p| p.borrow_mut().push(text));
+                return;
             }
+            if IN_HOOK.with(|h| h.replace(true)) || !tracing::dispatcher::has_been_set() {
+                previous(info);
+            } else {
+                let thread = std::thread::current();
+                tracing::error!(
+                    "plugin thread `{}` panicked: {text}",
+                    thread.name().unwrap_or("unnamed")
+                );
+            }
+            IN_HOOK.with(|h| h.set(false));
         }));
     });
 }
@@ -475,6 +525,91 @@ mod tests {
         assert!(err.message.contains("while processing a message"), "{err}");
         assert!(err.message.contains("boom"), "{err}");
         assert!(err.message.contains("sdk.rs"), "{err}");
+    }
+
+    /// Collects the events of one thread.
+    #[derive(Clone, Default)]
+    struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Events {
+        fn dispatch(&self) -> Dispatch {
+            use tracing_subscriber::layer::SubscriberExt;
+            Dispatch::new(tracing_subscriber::Registry::default().with(self.clone()))
+        }
+        fn taken(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message<'a>(&'a mut String);
+            impl tracing::field::Visit for Message<'_> {
+                fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    use std::fmt::Write;
+                    let _ = write!(self.0, "{value:?}");
+                }
+            }
+            let mut text = String::new();
+            event.record(&mut Message(&mut text));
+            self.0.lock().unwrap().push(text);
+        }
+    }
+
+    #[test]
+    fn a_panic_the_plugin_catches_itself_is_logged_once() {
+        install_panic_hook();
+        let events = Events::default();
+        let result = guard(&events.dispatch(), "applying a batch", || {
+            let caught = catch_unwind(|| panic!("inner trouble"));
+            assert!(caught.is_err());
+            Ok(7)
+        });
+        assert_eq!(result, Ok(7));
+        let logged = events.taken();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("caught inside the plugin while applying a batch"));
+        assert!(logged[0].contains("inner trouble at"), "{logged:?}");
+        assert!(logged[0].contains("sdk.rs"), "{logged:?}");
+    }
+
+    #[test]
+    fn a_panic_that_ends_a_call_is_its_error_and_not_logged_again() {
+        install_panic_hook();
+        let events = Events::default();
+        let err = guard::<()>(&events.dispatch(), "receiving", || {
+            let _ = catch_unwind(|| panic!("first"));
+            panic!("second")
+        })
+        .unwrap_err();
+        assert!(err.message.contains("second at"), "{err}");
+        let logged = events.taken();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("first at"), "{logged:?}");
+    }
+
+    #[test]
+    fn a_panic_in_drop_is_logged() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("dropping went wrong");
+            }
+        }
+        install_panic_hook();
+        let events = Events::default();
+        drop(Guarded::new(Bomb, events.dispatch()));
+        let logged = events.taken();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0].contains("while dropping the plugin"),
+            "{logged:?}"
+        );
+        assert!(logged[0].contains("dropping went wrong"), "{logged:?}");
     }
 
     #[derive(serde::Deserialize, Debug)]

@@ -113,3 +113,18 @@ ensure_services() {
     ensure_postgres
     ensure_rabbitmq
 }
+
+# cargo-fuzz, and the nightly toolchain it builds with (libFuzzer's instrumentation).
+ensure_fuzz_toolchain() {
+    ensure_toolchain
+    if ! cargo +nightly --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null 2>&1 \
+            || die "fuzzing needs a nightly Rust toolchain and rustup to install it (https://rustup.rs)"
+        log "installing the nightly Rust toolchain for cargo-fuzz"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install --locked cargo-fuzz
+    fi
+}

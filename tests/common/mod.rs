@@ -39,7 +39,10 @@ pub fn golconde() -> Command {
     let mut command = Command::new(build_dir().join("golconde"));
     command
         .env_remove("RUST_LOG")
-        .env_remove("GOLCONDE_PLUGIN_PATH");
+        .env_remove("GOLCONDE_PLUGIN_PATH")
+        // The test processes' large stacks (.cargo/config.toml) must not hide a daemon that
+        // would overflow its own.
+        .env_remove("RUST_MIN_STACK");
     command
 }
 
@@ -121,8 +124,8 @@ impl Scratch {
         read_lines(&self.path(&format!("{queue}.jsonl")))
     }
 
-    /// The final rows of a `fixture-table` file: key to value, last write wins.
-    pub fn rows(&self, table_file: &str) -> BTreeMap<String, String> {
+    /// Every write of a `fixture-table` file, in order, as (key, value).
+    pub fn writes(&self, table_file: &str) -> Vec<(String, String)> {
         read_lines(&self.path(table_file))
             .into_iter()
             .map(|line| {
@@ -133,6 +136,11 @@ impl Scratch {
                 )
             })
             .collect()
+    }
+
+    /// The final rows of a `fixture-table` file: key to value, last write wins.
+    pub fn rows(&self, table_file: &str) -> BTreeMap<String, String> {
+        self.writes(table_file).into_iter().collect()
     }
 }
 

@@ -215,6 +215,63 @@ impl Queues {
         }
     }
 
+    /// Publishes messages with their headers, confirmed.
+    pub fn publish_messages(&self, queue: &str, messages: &[Message]) {
+        self.transport
+            .publish(RStr::from_str(queue), RSlice::from_slice(messages))
+            .into_result()
+            .expect("publish");
+    }
+
+    /// Publishes one message with a header table built by hand, through lapin itself: what
+    /// the `amqp` plugin would never send (nested tables, any AMQP type).
+    pub fn publish_with_headers(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: lapin::types::FieldTable,
+    ) {
+        // lapin encodes, and Rust drops, a nested table by recursion.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(256 << 20)
+                .spawn_scoped(scope, move || {
+                    with_channel(|channel| async move {
+                        // Declared as Golconde declares it: publishing to a queue that does
+                        // not exist yet would drop the message, confirmed.
+                        channel
+                            .queue_declare(
+                                queue.into(),
+                                lapin::options::QueueDeclareOptions {
+                                    durable: true,
+                                    ..Default::default()
+                                },
+                                Default::default(),
+                            )
+                            .await
+                            .expect("declare");
+                        channel
+                            .basic_publish(
+                                "".into(),
+                                queue.into(),
+                                lapin::options::BasicPublishOptions::default(),
+                                body,
+                                lapin::BasicProperties::default()
+                                    .with_delivery_mode(2)
+                                    .with_headers(headers),
+                            )
+                            .await
+                            .expect("publish")
+                            .await
+                            .expect("confirm");
+                    })
+                })
+                .expect("a publishing thread")
+                .join()
+                .expect("published");
+        });
+    }
+
     /// Takes every message now on `queue` (waiting `quiet` for stragglers) and acks them.
     pub fn drain(&self, queue: &str, quiet: Duration) -> Vec<Message> {
         let consumer = self
@@ -246,21 +303,7 @@ impl Queues {
     /// consumer at a time and fails over to the next when that one goes away.
     pub fn declare_single_active_consumer(&mut self, queue: &str) {
         use lapin::types::{AMQPValue, FieldTable};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let handle = runtime.handle().clone();
-        runtime.block_on(async {
-            let connection = lapin::Connection::connect_with_runtime(
-                AMQP_URL,
-                lapin::ConnectionProperties::default(),
-                async_rs::Runtime::tokio_with_handle(handle),
-            )
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-            let channel = connection.create_channel().await.expect("a channel");
+        with_channel(|channel| async move {
             let mut arguments = FieldTable::default();
             arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
             channel
@@ -274,7 +317,6 @@ impl Queues {
                 )
                 .await
                 .expect("declare");
-            let _ = connection.close(200, "done".into()).await;
         });
     }
 
@@ -330,6 +372,68 @@ impl Queues {
         }
         closed
     }
+}
+
+/// A header table holding `name`, a table nested `depth` levels deep: what a hostile
+/// producer could send. Dropping it recurses: hand it to [`Queues::publish_with_headers`],
+/// which drops it on a thread with a large stack.
+pub fn nested_header_table(name: &str, depth: usize) -> lapin::types::FieldTable {
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut inner = FieldTable::default();
+    for _ in 0..depth {
+        let mut outer = FieldTable::default();
+        outer.insert("a".into(), AMQPValue::FieldTable(inner));
+        inner = outer;
+    }
+    let mut table = FieldTable::default();
+    table.insert(name.into(), AMQPValue::FieldTable(inner));
+    table
+}
+
+/// A header table of long strings.
+pub fn flat_header_table(headers: &[(&str, &str)]) -> lapin::types::FieldTable {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(
+            (*name).into(),
+            AMQPValue::LongString(LongString::from(*value)),
+        );
+    }
+    table
+}
+
+/// Runs `work` on a channel of a connection of its own to the shared broker, with publisher
+/// confirms on, and closes the connection after.
+fn with_channel<F, W>(work: W)
+where
+    W: FnOnce(lapin::Channel) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        // lapin's parser recurses on nested header tables.
+        .thread_stack_size(64 << 20)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let handle = runtime.handle().clone();
+    runtime.block_on(async {
+        let connection = lapin::Connection::connect_with_runtime(
+            AMQP_URL,
+            lapin::ConnectionProperties::default(),
+            async_rs::Runtime::tokio_with_handle(handle),
+        )
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        work(channel).await;
+        let _ = connection.close(200, "done".into()).await;
+    });
 }
 
 impl Default for Queues {

@@ -6,18 +6,27 @@
 //! reads and writes each connection's socket on a thread of its own, so the runtime only
 //! carries lapin's internal tasks and one task per consumer. Host threads enter it with
 //! `block_on`; no future, waker or runtime handle ever leaves the plugin.
+//!
+//! Every connection reads through `src/screen.rs`, so that what lapin parses on its I/O
+//! thread can be neither nested deep enough to overflow that thread's stack nor a frame
+//! lapin refuses (which would close the connection on the same message again and again).
 
 use std::{future::Future, sync::OnceLock, time::Duration};
 
 use lapin::{
-    options::QueueDeclareOptions, types::FieldTable, types::ShortString, Channel, Connection,
-    ConnectionProperties,
+    options::QueueDeclareOptions,
+    tcp::{AMQPUriTcpExt, AsyncTcpStream},
+    types::FieldTable,
+    types::ShortString,
+    uri::AMQPUri,
+    Channel, Connection, ConnectionProperties,
 };
 use tokio::runtime::{Handle, Runtime};
 
 use crate::{
     config::{Declare, Settings},
     error::{classify, connect_hint, describe, Error},
+    screen::{Kit, Screened},
 };
 
 /// Worker threads of the runtime. Two drained a queue measurably faster than one in
@@ -95,12 +104,18 @@ impl Connector {
         let settings = &self.settings;
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("{} {role}", settings.connection_name).into());
-        let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
-        let connecting = Connection::connect_uri_with_config(
+        let tls = settings.tls.lapin();
+        let frame_max = settings.frame_max as usize;
+        let tokio = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+        // What `Connection::connect_uri_with_config` does, with the stream screened.
+        let connecting = Connection::connector(
             settings.uri.clone(),
+            async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
+            async move |uri: AMQPUri, _| {
+                let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
+                Ok(AsyncTcpStream::Plain(Screened::new(stream, frame_max)))
+            },
             properties,
-            settings.tls.lapin(),
-            runtime,
         );
         match tokio::time::timeout(settings.connect_timeout, connecting).await {
             Ok(Ok(connection)) => Ok(connection),

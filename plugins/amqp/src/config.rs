@@ -5,7 +5,7 @@
 //! derive: serde reports a wrong type as "invalid type: string, expected u64" without
 //! saying which key, and the operator needs the key.
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use golconde_plugin_api::PluginError;
 use lapin::uri::AMQPUri;
@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::tls::TlsFiles;
 
-/// The section as written in the configuration file. Unknown keys are refused by name.
-#[derive(Debug, Deserialize)]
+/// The section as written in the configuration file. Unknown keys are refused by name. Not
+/// `Debug`: `url` holds the password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     url: Option<Value>,
@@ -42,11 +43,14 @@ pub enum Declare {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub uri: AMQPUri,
     /// `url` as it may be shown: password replaced by `***`.
     pub endpoint: String,
+    /// The largest frame this side asks for (`frame_max` in `url`, or
+    /// [`DEFAULT_FRAME_MAX`]); the broker may lower it.
+    pub frame_max: u32,
     pub connection_name: String,
     pub declare: Declare,
     pub connect_timeout: Duration,
@@ -58,6 +62,11 @@ pub struct Settings {
 }
 
 const DEFAULT_HEARTBEAT_S: u16 = 30;
+/// RabbitMQ's default. Asked for rather than left to the broker because a broker that offers
+/// no limit (0) would have lapin size its buffers for 4 GiB frames (32 frames each way).
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// AMQP's smallest frame_max.
+const MIN_FRAME_MAX: u32 = 4096;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
@@ -68,6 +77,18 @@ impl Settings {
     pub fn from_config(config: Config, instance: &str) -> Result<Settings, PluginError> {
         let url: String = required(config.url, "url")?;
         let mut uri = parse_url(&url)?;
+        let frame_max = match uri.query.frame_max {
+            None | Some(0) => DEFAULT_FRAME_MAX,
+            Some(n) if n < MIN_FRAME_MAX => {
+                return Err(PluginError::config(format!(
+                    "`url` ({}) asks for frame_max={n}; AMQP's smallest is {MIN_FRAME_MAX}: \
+                     raise it or leave it out (default {DEFAULT_FRAME_MAX})",
+                    endpoint(&uri)
+                )))
+            }
+            Some(n) => n,
+        };
+        uri.query.frame_max = Some(frame_max);
         let heartbeat = optional(config.heartbeat_s, "heartbeat_s")?.unwrap_or(DEFAULT_HEARTBEAT_S);
         uri.query.heartbeat = Some(heartbeat);
 
@@ -137,6 +158,7 @@ impl Settings {
 
         Ok(Settings {
             endpoint: endpoint(&uri),
+            frame_max,
             uri,
             connection_name,
             declare,
@@ -221,43 +243,104 @@ pub fn endpoint(uri: &AMQPUri) -> String {
 
 /// `url` with the password replaced by `***`, for a `url` too broken to parse.
 ///
-/// The user information ends at the last `@` before any query: a password may hold an
-/// unescaped `/` or `@` in a mistyped URL, and over-redacting is harmless where leaking is
-/// not.
+/// The user information is taken to end at the last `@` anywhere in `url`: a mistyped
+/// password may hold an unescaped `/`, `?`, `#`, `:` or `@`, and hiding too much is harmless
+/// where showing too little is not. Without any `@`, whatever follows a colon in the
+/// authority is hidden to the end unless it is a port number: `amqp://user:password` with the
+/// host forgotten shows no password either.
 pub fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let end = url[start..]
-        .find(['?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..end].rfind('@').map(|i| start + i) else {
-        return url.to_string();
-    };
-    match url[start..at].find(':').map(|i| start + i) {
-        Some(colon) => format!("{}:***{}", &url[..colon], &url[at..]),
+    match secret_span(url) {
+        Some((from, to)) => format!("{}***{}", &url[..from], &url[to..]),
         None => url.to_string(),
     }
 }
 
-/// Removes the password of `url` from a parser's message that may quote it.
-fn redact_in(message: &str, url: &str) -> String {
-    let shown = redact(url);
-    let message = message.replace(url, &shown);
-    match password(url) {
-        Some(password) if !password.is_empty() => message.replace(password, "***"),
-        _ => message,
+/// Where the password may be in `url`, by [`redact`]'s rules, as a byte range.
+fn secret_span(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    if let Some(at) = rest.rfind('@') {
+        let colon = rest[..at].find(':')?;
+        return Some((start + colon + 1, start + at));
     }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let colon = match authority.strip_prefix('[') {
+        // An IPv6 literal: its port follows the bracket.
+        Some(_) => authority.find("]:").map(|i| i + 1)?,
+        None => authority.find(':')?,
+    };
+    let port = &authority[colon + 1..];
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((start + colon + 1, url.len()))
 }
 
-fn password(url: &str) -> Option<&str> {
-    let start = url.find("://")? + 3;
-    let end = url[start..]
-        .find(['?', '#'])
-        .map_or(url.len(), |i| start + i);
-    let at = start + url[start..end].rfind('@')?;
-    let colon = start + url[start..at].find(':')?;
-    Some(&url[colon + 1..at])
+/// Removes the password of `url` from a parser's message that may quote it, as written or
+/// percent-decoded. Where [`redact`] could not tell where the password starts and ends,
+/// every stretch of it between separators goes.
+fn redact_in(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact(url));
+    let Some((from, to)) = secret_span(url) else {
+        return message;
+    };
+    let span = &url[from..to];
+    // ASCII, so one past each is a character boundary. Bounded: a URL is short, and past a
+    // few dozen separators the whole span and its pieces are enough.
+    let cuts: Vec<usize> = span
+        .match_indices(['/', '?', '#', '@', ':'])
+        .map(|(at, _)| at)
+        .take(16)
+        .collect();
+    let starts = std::iter::once(0).chain(cuts.iter().map(|at| at + 1));
+    let ends: Vec<usize> = cuts
+        .iter()
+        .copied()
+        .chain(std::iter::once(span.len()))
+        .collect();
+    let mut secrets = vec![span.to_string()];
+    for start in starts {
+        for &end in &ends {
+            // A stretch of one character would blank out half the message.
+            if end >= start + 2 {
+                secrets.push(span[start..end].to_string());
+            }
+        }
+    }
+    let decoded: Vec<String> = secrets
+        .iter()
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    secrets.extend(decoded);
+    // Longest first, so that a stretch never leaves the rest of a longer one behind.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
+        message = message.replace(&secret, "***");
+    }
+    message
+}
+
+impl fmt::Debug for Settings {
+    /// Shows `endpoint`, never the password in `uri`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("frame_max", &self.frame_max)
+            .field("heartbeat", &self.uri.query.heartbeat)
+            .field("connection_name", &self.connection_name)
+            .field("declare", &self.declare)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -377,23 +460,124 @@ mod tests {
             "http://user:hunter2@host",
             "amqp://user:hunter2@host:notaport/",
             "amqp://user:hun/ter2@host:99999/",
+            "amqp://user:hun?ter2@host/",
+            "amqp://user:hun#ter2@host/",
+            "amqp://user:hun@ter2@host:99999/",
+            "amqp://user:hun%3Fter2@host:notaport/",
+            "amqp://user:hun:ter2@host:99999/",
+            "amqp://user:hunter2",
+            "amqp://user:hun/ter2",
+            "amqp://user:hunter2@/vhost",
         ] {
             let message = config_error(&format!(r#"{{"url": "{url}"}}"#));
-            assert!(!message.contains("hunter2"), "{message}");
-            assert!(!message.contains("ter2"), "{message}");
-            assert!(message.contains("user"), "{message}");
+            assert!(!message.contains("hun"), "{url}: {message}");
+            assert!(!message.contains("ter2"), "{url}: {message}");
+            assert!(message.contains("user"), "{url}: {message}");
         }
     }
 
     #[test]
     fn redact_keeps_user_and_host() {
-        assert_eq!(redact("amqp://u:p@h:1/v"), "amqp://u:***@h:1/v");
-        assert_eq!(redact("amqp://u@h/v"), "amqp://u@h/v");
-        assert_eq!(redact("amqp://h/v@x"), "amqp://h/v@x");
+        let cases = [
+            ("amqp://u:p@h:1/v", "amqp://u:***@h:1/v"),
+            ("amqp://u@h/v", "amqp://u@h/v"),
+            ("amqp://h/v@x", "amqp://h/v@x"),
+            ("amqp://h:5672/v", "amqp://h:5672/v"),
+            ("amqp://[::1]:5672/v", "amqp://[::1]:5672/v"),
+            ("amqp://[::1]/v", "amqp://[::1]/v"),
+            ("amqp://u:p@h/v?heartbeat=1", "amqp://u:***@h/v?heartbeat=1"),
+            ("amqps://u:p@[::1]:5671/%2f", "amqps://u:***@[::1]:5671/%2f"),
+            ("amqp://:p@h", "amqp://:***@h"),
+            ("no scheme", "no scheme"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    /// Whatever the password holds, escaped or not, and wherever a mistyped URL puts it,
+    /// none of it shows. Passwords are in capitals, and nothing else in the URLs is.
+    #[test]
+    fn redact_hides_every_part_of_any_password() {
+        let passwords = [
+            "S3CRET",
+            "SE?CRET",
+            "SE#CRET",
+            "SE/CRET",
+            "SE@CRET",
+            "SE:CRET",
+            "SE%40CRET",
+            "SE%3F%23CRET",
+            "SE CRET",
+            "SÉ€CRET",
+            "SE[CRET]",
+            "@SECRET",
+            "SECRET@",
+            ":SECRET",
+            "SE%CRET",
+            "SE&CRET=1",
+            "SEÇRET?X=1#Y",
+            "SE//CR@ET//",
+            "SE\\CRET",
+        ];
+        // And whether the user still shows.
+        let forms = [
+            ("amqp://user:{}@host:5672/%2f", true),
+            ("amqps://user:{}@host/vhost?heartbeat=10", true),
+            ("amqp://user:{}@[::1]:5672", true),
+            ("amqp://user:{}@host", true),
+            ("amqp://user:{}@", true),
+            ("amqp://user:{}", true),
+            ("amqp://user:{}/vhost", true),
+            ("user:{}@host", true),
+            ("amqp://user:{}@host/v?x=a@b", true),
+            ("amqp://user:{}@host#frag", true),
+            ("amqp:user:{}@host", false),
+        ];
+        for password in passwords {
+            for (form, user) in forms {
+                if !form.contains('@') && password.contains('@') {
+                    // `amqp://user:SE@CRET` is a password `SE` for host `CRET`: nothing can
+                    // tell it from a password holding `@` with the host forgotten.
+                    continue;
+                }
+                let url = form.replace("{}", password);
+                let shown = redact(&url);
+                assert!(
+                    !shown.chars().any(|c| c.is_uppercase()),
+                    "{url} shown as {shown}"
+                );
+                assert_eq!(shown.contains("user"), user, "{url} shown as {shown}");
+                let message = redact_in(&format!("cannot parse {url}: {password} is odd"), &url);
+                assert!(
+                    !message.chars().any(|c| c.is_uppercase()),
+                    "{url}: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn frame_max_defaults_to_rabbitmq_s_and_may_be_raised_not_below_the_minimum() {
+        let s = settings(r#"{"url": "amqp://h"}"#).unwrap();
+        assert_eq!(s.frame_max, DEFAULT_FRAME_MAX);
+        assert_eq!(s.uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        let s = settings(r#"{"url": "amqp://h?frame_max=0"}"#).unwrap();
         assert_eq!(
-            redact("amqp://u:p@h/v?heartbeat=1"),
-            "amqp://u:***@h/v?heartbeat=1"
+            s.uri.query.frame_max,
+            Some(DEFAULT_FRAME_MAX),
+            "0 is no limit"
         );
-        assert_eq!(redact("no scheme"), "no scheme");
+        let s = settings(r#"{"url": "amqp://h?frame_max=1048576"}"#).unwrap();
+        assert_eq!(s.frame_max, 1_048_576);
+        let message = config_error(r#"{"url": "amqp://u:pw@h?frame_max=1024"}"#);
+        assert!(message.contains("frame_max=1024"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+    }
+
+    #[test]
+    fn settings_never_show_the_password_when_debugged() {
+        let s = settings(r#"{"url": "amqp://u:hunter2@h"}"#).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
     }
 }

@@ -10,7 +10,10 @@
 //!   empty. The task converts deliveries to the ABI's types and hands them over in bursts
 //!   (whatever lapin has ready, up to [`BURST`]), and only signals when a host thread
 //!   waits, so the hot path costs a lock per burst, not a runtime round trip per message.
-//!   The inbox needs no bound of its own: the prefetch bounds what the broker sends.
+//!   The inbox holds at most the prefetch: a broker that sends more than it may (or a host
+//!   that stops receiving) makes the task stop taking deliveries from lapin until `receive`
+//!   makes room, rather than grow the inbox. A prefetch of 0, which AMQP reads as
+//!   "unlimited", is refused.
 //! - `ack`/`nack` queue the frame on the channel directly (see [`start`]). Both
 //!   [`golconde_plugin_api::AckMode`]s are served alike: AMQP acknowledges by tag, with
 //!   `multiple` for cumulative.
@@ -33,14 +36,14 @@ use std::{
 };
 
 use futures_lite::{future::poll_once, StreamExt};
-use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Message, PluginError, RVec};
+use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Header, Message, PluginError, RVec};
 use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
     Channel, Connection,
 };
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{oneshot, watch, Notify},
     task::JoinHandle,
 };
 use tracing::{instrument::WithSubscriber, Instrument};
@@ -82,6 +85,11 @@ impl AmqpConsumer {
         queue: &str,
         options: ConsumeOptions,
     ) -> Result<AmqpConsumer, Error> {
+        if options.prefetch == 0 {
+            return Err(Error::Prefetch {
+                queue: queue.to_string(),
+            });
+        }
         let name = queue_name(queue)?;
         let prefetch = u16::try_from(options.prefetch).unwrap_or_else(|_| {
             tracing::warn!(
@@ -92,7 +100,7 @@ impl AmqpConsumer {
             u16::MAX
         });
         let connector = engine.connector()?;
-        let link = Arc::new(Link::new(queue));
+        let link = Arc::new(Link::new(queue, usize::from(prefetch)));
         let (stop, stopped) = watch::channel(false);
         let (opened, first) = oneshot::channel();
         let task = connector.handle.spawn(
@@ -195,11 +203,15 @@ pub struct Link {
     queue: String,
     inbox: Mutex<Inbox>,
     arrived: Condvar,
+    /// Signalled when `receive` takes from a full inbox: the task waits on it for room.
+    space: Notify,
     acks: Mutex<Acks>,
 }
 
 struct Inbox {
     items: VecDeque<Delivery>,
+    /// The most `items` may hold: the prefetch.
+    capacity: usize,
     /// Host threads waiting in `receive`: the task signals only if there are any.
     waiters: usize,
     /// Set once the consumer is closed or its task gave up; `receive` reports it.
@@ -232,15 +244,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    fn new(queue: &str) -> Link {
+    fn new(queue: &str, capacity: usize) -> Link {
         Link {
             queue: queue.to_string(),
             inbox: Mutex::new(Inbox {
                 items: VecDeque::new(),
+                capacity,
                 waiters: 0,
                 end: None,
             }),
             arrived: Condvar::new(),
+            space: Notify::new(),
             acks: Mutex::new(Acks {
                 generation: 0,
                 channel: None,
@@ -287,8 +301,13 @@ impl Link {
             }
         }
         let count = max.min(inbox.items.len());
+        let full = inbox.items.len() >= inbox.capacity;
         let batch: Vec<Delivery> = inbox.items.drain(..count).collect();
         drop(inbox);
+        if full {
+            // Stored as a permit if the task is not waiting yet: no wake-up is lost.
+            self.space.notify_one();
+        }
         if let Some(last) = batch.last() {
             let mut acks = lock(&self.acks);
             let broker_tag = last.tag & MAX_BROKER_TAG;
@@ -346,16 +365,19 @@ impl Link {
         Ok(())
     }
 
-    /// Moves a burst into the inbox, waking a waiting `receive`.
-    fn deliver(&self, burst: &mut Vec<Delivery>) {
-        if burst.is_empty() {
-            return;
-        }
+    /// Moves as much of a burst into the inbox as it has room for, waking a waiting
+    /// `receive`; what did not fit stays in `burst`. Returns the room left.
+    fn deliver(&self, burst: &mut Vec<Delivery>) -> usize {
         let mut inbox = lock(&self.inbox);
-        inbox.items.extend(burst.drain(..));
-        if inbox.waiters > 0 {
-            self.arrived.notify_all();
+        let room = inbox.capacity.saturating_sub(inbox.items.len());
+        let count = room.min(burst.len());
+        if count > 0 {
+            inbox.items.extend(burst.drain(..count));
+            if inbox.waiters > 0 {
+                self.arrived.notify_all();
+            }
         }
+        room - count
     }
 
     /// A new channel is consuming: its deliveries get the next generation.
@@ -384,6 +406,7 @@ impl Link {
         }
         drop(acks);
         lock(&self.inbox).items.clear();
+        self.space.notify_one();
     }
 
     /// No more deliveries, ever: `receive` answers `error`.
@@ -393,6 +416,8 @@ impl Link {
         inbox.items.clear();
         inbox.end.get_or_insert(error);
         self.arrived.notify_all();
+        drop(inbox);
+        self.space.notify_one();
     }
 }
 
@@ -603,7 +628,18 @@ async fn pump(
     let stopped = stop.changed();
     tokio::pin!(stopped);
     let mut burst = Vec::with_capacity(BURST);
+    let mut room = link.deliver(&mut burst);
     loop {
+        // Backpressure: nothing more is taken from lapin while the inbox is full. Only this
+        // task fills it, so the room it saw can only grow until the burst is delivered.
+        while room == 0 {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => return End::Stopped,
+                _ = link.space.notified() => {}
+            }
+            room = link.deliver(&mut burst);
+        }
         let first = tokio::select! {
             biased;
             _ = &mut stopped => return End::Stopped,
@@ -624,22 +660,126 @@ async fn pump(
                 // Their channel is dead: the broker delivers them again on the next one.
                 return end;
             }
-            if burst.len() < BURST {
+            if burst.len() < BURST.min(room) {
                 next = poll_once(consumer.next()).await;
             }
         }
-        link.deliver(&mut burst);
+        room = link.deliver(&mut burst);
     }
 }
 
 fn convert(delivery: lapin::message::Delivery, generation: u64) -> Delivery {
+    let headers = properties::headers(&delivery.properties);
+    warn_screened(&headers, delivery.delivery_tag);
     Delivery {
         tag: (generation << BROKER_TAG_BITS) | delivery.delivery_tag,
         redelivered: delivery.redelivered,
         message: Message {
-            headers: properties::headers(&delivery.properties),
+            headers,
             // Moves the buffer, no copy.
             body: RVec::from(delivery.data),
         },
+    }
+}
+
+/// Says so when a message's headers were cut down on the way (`src/screen.rs`, or a
+/// publisher's frame limit): the message itself is delivered as usual.
+fn warn_screened(headers: &[Header], tag: u64) {
+    let message = || match headers.iter().find(|h| h.name.as_str() == "message-id") {
+        Some(id) => format!(
+            "message `{}` (delivery tag {tag})",
+            properties::shown(&id.value)
+        ),
+        None => format!("the message with delivery tag {tag}"),
+    };
+    for h in headers {
+        if h.value.as_str() == properties::TOO_DEEP {
+            tracing::warn!(
+                "{}: header `{}` nests more than {} levels deep; it is delivered as \"{}\"",
+                message(),
+                properties::shown(&h.name),
+                properties::MAX_HEADER_DEPTH,
+                properties::TOO_DEEP
+            );
+        } else if h.name.as_str() == properties::DROPPED {
+            tracing::warn!(
+                "{}: headers were left out on the way: {}",
+                message(),
+                h.value
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliveries(count: u64) -> Vec<Delivery> {
+        (1..=count)
+            .map(|tag| Delivery {
+                tag: (1 << BROKER_TAG_BITS) | tag,
+                redelivered: false,
+                message: Message::new(tag.to_string()),
+            })
+            .collect()
+    }
+
+    /// However many deliveries the task has (a broker that ignores the prefetch), the
+    /// inbox never holds more than the prefetch; the rest waits until `receive` makes room,
+    /// and `receive` taking from a full inbox is what wakes the task.
+    #[test]
+    fn the_inbox_holds_no_more_than_the_prefetch() {
+        let link = Link::new("q", 3);
+        let mut burst = deliveries(5);
+        assert_eq!(link.deliver(&mut burst), 0, "no room left");
+        assert_eq!(burst.len(), 2, "two wait outside");
+        assert_eq!(lock(&link.inbox).items.len(), 3);
+        assert_eq!(link.deliver(&mut burst), 0);
+        assert_eq!(lock(&link.inbox).items.len(), 3, "still full");
+
+        let space = link.space.notified();
+        let taken = link.receive(2, Duration::ZERO).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(
+            start(space).is_some(),
+            "taking from a full inbox wakes the task"
+        );
+        assert_eq!(link.deliver(&mut burst), 0);
+        assert!(burst.is_empty());
+        let rest: Vec<String> = link
+            .receive(10, Duration::ZERO)
+            .unwrap()
+            .iter()
+            .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+            .collect();
+        assert_eq!(rest, ["3", "4", "5"], "in order, none lost");
+        assert_eq!(
+            link.deliver(&mut Vec::new()),
+            3,
+            "room for a whole prefetch"
+        );
+    }
+
+    #[test]
+    fn the_task_is_woken_only_when_room_is_made() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let link = Link::new("q", 1);
+        let mut burst = deliveries(1);
+        assert_eq!(link.deliver(&mut burst), 0);
+        // Nothing drains: the wait for room does not end by itself.
+        let waited = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(50), link.space.notified()).await
+        });
+        assert!(waited.is_err(), "no room, no wake-up");
+        link.receive(1, Duration::ZERO).unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), link.space.notified())
+                .await
+                .expect("room made, task woken")
+        });
     }
 }

@@ -90,14 +90,12 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("message {index} of {count} for queue `{queue}`: header `{header}` {problem}")]
-    BadHeader {
-        queue: String,
-        index: usize,
-        count: usize,
-        header: String,
-        problem: String,
-    },
+    #[error(
+        "consuming queue `{queue}` with a prefetch of 0, which AMQP takes as \"no limit\": the \
+         broker would push the whole queue into memory; give the pipeline a `prefetch` of at \
+         least 1"
+    )]
+    Prefetch { queue: String },
 
     #[error("queue name `{queue}` is {len} bytes long; AMQP allows at most 255")]
     QueueName { queue: String, len: usize },
@@ -135,10 +133,8 @@ impl Error {
             | Error::Refused { .. } => ErrorKind::Transient,
             // Retrying cannot help: the queue's arguments, the message or the host's call
             // must change.
-            Error::QueueMismatch { .. }
-            | Error::BadHeader { .. }
-            | Error::UnknownTag { .. } => ErrorKind::Permanent,
-            Error::QueueName { .. } => ErrorKind::Config,
+            Error::QueueMismatch { .. } | Error::UnknownTag { .. } => ErrorKind::Permanent,
+            Error::QueueName { .. } | Error::Prefetch { .. } => ErrorKind::Config,
         }
     }
 }

@@ -16,6 +16,14 @@
 //! - **Delivery tags carry the channel's generation**, so an acknowledgement can never land
 //!   on a channel other than the one that delivered the message (`src/consumer.rs`).
 //! - **Batches are pipelined** when publishing: one round trip per batch (`src/publisher.rs`).
+//! - **lapin reads through a screen** (`src/screen.rs`): content header frames are rewritten
+//!   before lapin parses them where they would crash the process (headers nested thousands
+//!   of levels deep overflow the stack of lapin's I/O thread, which the plugin cannot size)
+//!   or make lapin drop the connection on the same message forever (strings that are not
+//!   UTF-8, a frame over the connection's frame_max).
+//! - **No header makes publishing fail** (`src/properties.rs`): what fits no property travels
+//!   as a plain header, what cannot be a header travels packed, what does not fit in a frame
+//!   is left out and named.
 //!
 //! May depend on: `golconde-plugin-api`, lapin and its runtime glue (`async-rs`, tokio),
 //! serde for the configuration. Nothing async crosses the ABI.
@@ -30,7 +38,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls; the system's root certificates plus `tls_ca_file`). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. |
+//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls; the system's root certificates plus `tls_ca_file`). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. Of the query parameters, `frame_max` is the largest frame asked for (default 131072, RabbitMQ's; at least 4096; the broker may lower it): larger means fewer frames for large bodies and room for larger headers, and lapin keeps 32 frames of buffer each way per connection. |
 //! | `connection_name` | `golconde <instance>` | Shown by the broker (`rabbitmqctl list_connections client_properties`); each connection appends its role: `publisher`, `consumer <queue>`, `ping`. |
 //! | `heartbeat_s` | `30` | AMQP heartbeat in seconds, 0 to take the broker's. A silent connection is declared dead after about twice this. Overrides a `heartbeat` in `url`. |
 //! | `declare` | `"durable"` | `"durable"`: declare each queue durable before consuming from or publishing to it (created if missing). `"passive"`: only check that it exists, for queues someone else owns with arguments of their choosing. |
@@ -50,9 +58,32 @@
 //! `content-type`, `content-encoding`, `reply-to`, `expiration`, `type`, `app-id`,
 //! `user-id`, `timestamp` (seconds since 1970), `priority` when the AMQP property is set,
 //! then every custom header, its value as text (numbers in decimal, tables and arrays as
-//! JSON). Publishing maps the same names back to properties (except `user-id`, sent as a
-//! plain header because RabbitMQ refuses a `user_id` that is not the publisher's); any
-//! other header becomes a string header. Messages are always published persistent.
+//! JSON). A value nested more than 64 levels deep arrives as
+//! `(removed by Golconde: nested more than 64 levels deep)`; strings that are not UTF-8 are
+//! read lossily; headers that would make a frame larger than the connection's frame_max are
+//! left out and named in `x-golconde-dropped-headers`. Each is logged as a warning naming
+//! the message.
+//!
+//! Publishing maps the same names back to properties when the value fits the property
+//! exactly (except `user-id`, sent as a plain header because RabbitMQ refuses a `user_id`
+//! that is not the publisher's); any other header, and a property header whose value does
+//! not fit (`priority: urgent`, a `message-id` over 255 bytes, an `expiration` that is not
+//! a number), becomes a string header of the same name. Headers that cannot be AMQP headers
+//! (names over 255 bytes; `CC` and `BCC`, which RabbitMQ takes for routing lists;
+//! `x-golconde-packed-headers` and `x-golconde-dropped-headers`) travel inside
+//! `x-golconde-packed-headers`, a JSON object, and come back as themselves when the plugin
+//! consumes them. Headers too large for one frame with the rest of the properties are left
+//! out, largest first, and named in `x-golconde-dropped-headers`. Publishing never fails
+//! because of a header; the last two cases are logged as warnings. Messages are always
+//! published persistent.
+//!
+//! # Limits
+//!
+//! A consumer refuses a prefetch of 0 (AMQP's "no limit") and holds at most the prefetch's
+//! worth of deliveries that the host has not taken; beyond that it takes nothing more from
+//! lapin until the host receives. Bodies are not copied on the way in (lapin's buffer
+//! becomes the delivery's body) nor limited here: the broker's `max_message_size` and the
+//! host's `max_message_bytes` bound them.
 //!
 //! # Connection loss
 //!
@@ -69,7 +100,11 @@ mod consumer;
 mod error;
 mod properties;
 mod publisher;
+mod screen;
 mod tls;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::sync::Arc;
 

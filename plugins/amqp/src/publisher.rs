@@ -48,15 +48,18 @@ impl Publisher {
         }
         let name = queue_name(queue)?;
         let count = messages.len();
-        // Every message is checked before any is sent: a bad header fails the whole batch.
-        let properties = messages
-            .iter()
-            .enumerate()
-            .map(|(i, message)| properties::properties(message, queue, i + 1, count))
-            .collect::<Result<Vec<_>, _>>()?;
         let connector = engine.connector()?;
         engine.block_on(async {
             let outlet = self.outlet(&connector).await?;
+            // What a content header frame leaves for the properties on this connection; lapin
+            // never lets the negotiated frame_max fall below AMQP's minimum of 4096.
+            let room = (outlet.connection.configuration().frame_max() as usize)
+                .saturating_sub(properties::HEADER_FRAME_OVERHEAD);
+            let properties = messages
+                .iter()
+                .enumerate()
+                .map(|(i, message)| outgoing(message, room, queue, i + 1, count))
+                .collect();
             let limit = connector.settings.publish_timeout;
             let publishing = outlet.publish(&connector, &name, messages, properties);
             let result = match tokio::time::timeout(limit, publishing).await {
@@ -155,6 +158,39 @@ impl Publisher {
             .await;
         }
     }
+}
+
+/// The properties of message `index` of `count` for `queue`, with a warning for each header
+/// that could not travel as itself.
+fn outgoing(
+    message: &Message,
+    room: usize,
+    queue: &str,
+    index: usize,
+    count: usize,
+) -> BasicProperties {
+    let out = properties::properties(message, room);
+    for (name, why) in &out.packed {
+        tracing::warn!(
+            "message {index} of {count} for queue `{queue}`: header `{}` cannot be an AMQP \
+             header of its own ({why}); it travels inside `{}`, which Golconde unpacks again \
+             when it consumes the message",
+            properties::shown(name),
+            properties::PACKED
+        );
+    }
+    if !out.dropped.is_empty() {
+        let names: Vec<String> = out.dropped.iter().map(|n| properties::shown(n)).collect();
+        tracing::warn!(
+            "message {index} of {count} for queue `{queue}`: headers `{}` do not fit in one \
+             frame ({} bytes, the broker's frame_max) with the rest of its properties; they \
+             are left out and named in `{}`",
+            names.join("`, `"),
+            room + properties::HEADER_FRAME_OVERHEAD,
+            properties::DROPPED
+        );
+    }
+    out.properties
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

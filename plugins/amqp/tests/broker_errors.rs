@@ -174,3 +174,27 @@ fn an_overlong_queue_name_is_refused_before_connecting() {
     assert_eq!(err.kind, ErrorKind::Config, "{err}");
     assert!(err.message.contains("255"), "{err}");
 }
+
+/// AMQP reads a prefetch of 0 as "no limit": the broker would push the whole queue into
+/// the consumer's memory. Refused as a configuration error naming the setting, before any
+/// connection is made and before a queue is declared.
+#[test]
+fn a_prefetch_of_zero_is_refused() {
+    let queue = TestQueue::new("prefetch-0");
+    let transport = transport();
+    let err = transport
+        .consume(
+            RStr::from_str(&queue.name),
+            ConsumeOptions {
+                prefetch: 0,
+                ack_mode: AckMode::Cumulative,
+            },
+        )
+        .into_result()
+        .err()
+        .expect("no consumer without a prefetch limit");
+    assert_eq!(err.kind, ErrorKind::Config, "{err}");
+    assert!(err.message.contains("`prefetch`"), "{err}");
+    assert!(err.message.contains(&queue.name), "{err}");
+    assert_eq!(broker().ready(&queue.name), None, "not even declared");
+}

@@ -29,10 +29,16 @@
 //!   a STOMP broker assigns `message-id` per delivery, so a redelivery would look new.
 //! - `enrich` edits the message text rather than re-serialising a parsed tree, so every
 //!   value it does not touch (numbers above all) reaches the replicas byte for byte.
+//! - **What one message may cost is bounded before it is parsed.** Nesting (`max_depth`)
+//!   and field counts (`max_fields`) are measured in one non-recursive pass over the
+//!   bytes ([`limits`]), so no message can recurse deeper or allocate more than the
+//!   limits say; a message over them is a permanent error naming the limit.
 //!
-//! May depend on: `golconde-plugin-api`, serde/serde_json, base64. Nothing database-specific:
-//! column types are the database plugin's business.
+//! May depend on: `golconde-plugin-api`, serde/serde_json (and `serde_path_to_error` for the
+//! configuration), base64, memchr. Nothing database-specific: column types are the
+//! database plugin's business.
 
+pub mod limits;
 mod message;
 mod number;
 
@@ -41,18 +47,88 @@ use std::collections::HashSet;
 use golconde_plugin_api::{Applied, Change, Host, Message, Plugin, PluginError, Processor};
 use serde::Deserialize;
 
+pub use limits::Limits;
 pub use message::{enrich_body, parse_change};
 
-/// The processor's configuration. The host writes the pipeline's `table` and `tables`
-/// into it; a processor section may also set them itself.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
+/// The processor's configuration section. The host writes the pipeline's `table` and
+/// `tables` into it; a processor section may also set them itself, and the limits.
+#[derive(Debug)]
+pub struct Settings {
     /// The table a message goes to when it names none.
     pub table: Option<String>,
-    /// The only tables a message may name; empty means any.
-    #[serde(default)]
+    /// The only tables a message may name (exact names); empty means any.
     pub tables: Vec<String>,
+    /// See [`Limits::max_depth`].
+    pub max_depth: usize,
+    /// See [`Limits::max_fields`].
+    pub max_fields: usize,
+}
+
+/// [`Settings`] as written, read through `serde_path_to_error` so that a value of the
+/// wrong type is reported with its key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    table: Option<String>,
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default = "default_max_depth")]
+    max_depth: usize,
+    #[serde(default = "default_max_fields")]
+    max_fields: usize,
+}
+
+impl<'de> Deserialize<'de> for Settings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Settings, D::Error> {
+        let raw: RawSettings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                inner
+            } else {
+                serde::de::Error::custom(format!("`{path}`: {inner}"))
+            }
+        })?;
+        Ok(Settings {
+            table: raw.table,
+            tables: raw.tables,
+            max_depth: raw.max_depth,
+            max_fields: raw.max_fields,
+        })
+    }
+}
+
+fn default_max_depth() -> usize {
+    limits::DEFAULT_MAX_DEPTH
+}
+
+fn default_max_fields() -> usize {
+    limits::DEFAULT_MAX_FIELDS
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Config::default().into()
+    }
+}
+
+/// The tables alone, with the default limits: what code embedding the processor (tests,
+/// examples) usually sets.
+#[derive(Debug, Default)]
+pub struct Config {
+    pub table: Option<String>,
+    pub tables: Vec<String>,
+}
+
+impl From<Config> for Settings {
+    fn from(Config { table, tables }: Config) -> Settings {
+        Settings {
+            table,
+            tables,
+            max_depth: limits::DEFAULT_MAX_DEPTH,
+            max_fields: limits::DEFAULT_MAX_FIELDS,
+        }
+    }
 }
 
 /// The `autosql` processor.
@@ -60,6 +136,7 @@ pub struct Config {
 pub struct AutoSql {
     default_table: Option<String>,
     allowed: HashSet<String>,
+    limits: Limits,
 }
 
 impl AutoSql {
@@ -94,19 +171,41 @@ impl Plugin for AutoSql {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "Golconde message format: {\"action\": add|set|update|delete, \"data\", \"restriction\"}";
-    type Config = Config;
+    type Config = Settings;
 
-    fn new(config: Config, _host: &Host) -> Result<Self, PluginError> {
+    fn new(config: Settings, _host: &Host) -> Result<Self, PluginError> {
         AutoSql::from_config(config)
     }
 }
 
 impl AutoSql {
     /// Validates the configuration and builds the processor.
-    pub fn from_config(config: Config) -> Result<Self, PluginError> {
+    pub fn from_config(config: impl Into<Settings>) -> Result<Self, PluginError> {
+        let config: Settings = config.into();
+        if config.max_depth > limits::MAX_MAX_DEPTH {
+            return Err(PluginError::config(format!(
+                "`max_depth` = {} is more than {}: values are converted recursively, and \
+                 deeper ones could overflow the dispatcher's stack",
+                config.max_depth,
+                limits::MAX_MAX_DEPTH
+            )));
+        }
+        if config.max_fields == 0 {
+            return Err(PluginError::config(
+                "`max_fields` = 0 would refuse every message; it must be at least 1",
+            ));
+        }
         for (i, table) in config.tables.iter().enumerate() {
             if table.trim().is_empty() {
                 return Err(PluginError::config(format!("`tables[{i}]` is empty")));
+            }
+            // Taken literally, a pattern would refuse every table but one named `s.*`.
+            if table.contains('*') {
+                return Err(PluginError::config(format!(
+                    "`tables[{i}]` = `{table}` is a pattern, and the processor's `tables` \
+                     takes exact names only; give patterns in the pipeline's `tables`, which \
+                     the host enforces"
+                )));
             }
         }
         if let Some(table) = &config.table {
@@ -123,17 +222,23 @@ impl AutoSql {
         Ok(AutoSql {
             default_table: config.table,
             allowed: config.tables.into_iter().collect(),
+            limits: Limits {
+                max_depth: config.max_depth,
+                max_fields: config.max_fields,
+            },
         })
     }
 }
 
 impl Processor for AutoSql {
     fn process(&self, message: &Message) -> Result<Change, PluginError> {
-        parse_change(message.body.as_slice(), |named| self.table(named))
+        parse_change(message.body.as_slice(), &self.limits, |named| {
+            self.table(named)
+        })
     }
 
     fn enrich(&self, message: &Message, applied: &Applied) -> Result<Message, PluginError> {
-        let Some(body) = enrich_body(message.body.as_slice(), applied)? else {
+        let Some(body) = enrich_body(message.body.as_slice(), &self.limits, applied)? else {
             return Ok(message.clone());
         };
         Ok(Message {
@@ -257,6 +362,203 @@ mod tests {
                 .into()
             )
         );
+    }
+
+    /// Runs `f` on a thread with a stack far smaller than the host's, so that anything
+    /// recursing once per level of a deep message would overflow it.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn nested(open: &str, close: &str, depth: usize) -> String {
+        format!("{}1{}", open.repeat(depth), close.repeat(depth))
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_anything_recurses() {
+        const DEPTH: usize = 100_000;
+        let cases = [
+            (
+                format!(
+                    r#"{{"action": "add", "data": {{"ok": 1, "deep": {}}}}}"#,
+                    nested("[", "]", DEPTH)
+                ),
+                "`data.deep` nests arrays and objects more than 64 deep",
+            ),
+            (
+                format!(
+                    r#"{{"action": "delete", "restriction": {{"deep": {}}}}}"#,
+                    nested(r#"{"a": "#, "}", DEPTH)
+                ),
+                "`restriction.deep` nests arrays and objects more than 64 deep",
+            ),
+            (
+                format!(
+                    r#"{{"action": "delete", "restriction": {{"id": 1}}, "id": {}}}"#,
+                    nested("[", "]", DEPTH)
+                ),
+                "`id` nests",
+            ),
+            (nested("[", "]", DEPTH), "the message nests"),
+        ];
+        on_small_stack(move || {
+            for (body, expected) in cases {
+                let e = error(&body);
+                assert!(e.contains(expected), "{e}");
+                assert!(e.contains("raise `max_depth`"), "{e}");
+            }
+        });
+    }
+
+    #[test]
+    fn nesting_up_to_max_depth_is_converted() {
+        let array = |depth| {
+            format!(
+                r#"{{"action": "add", "data": {{"a": {}}}}}"#,
+                nested("[", "]", depth)
+            )
+        };
+        let change = process(&array(64)).unwrap();
+        let mut value = &change.operations[0].data[0].value;
+        for _ in 0..64 {
+            match value {
+                Value::Array(items) => value = &items[0],
+                other => panic!("expected an array, got {other:?}"),
+            }
+        }
+        assert_eq!(value, &Value::Int(1));
+        assert!(error(&array(65)).contains("more than 64 deep"));
+        let object = format!(
+            r#"{{"action": "add", "data": {{"a": [{}]}}}}"#,
+            nested(r#"{"b": "#, "}", 63)
+        );
+        assert!(process(&object).is_ok());
+
+        // The deepest a configuration may allow still fits a small stack.
+        let deepest = limits::MAX_MAX_DEPTH;
+        on_small_stack(move || {
+            let processor = AutoSql::from_config(Settings {
+                max_depth: deepest,
+                ..Settings::default()
+            })
+            .unwrap();
+            let body = format!(
+                r#"{{"action": "add", "table": "t", "data": {{"a": {}}}}}"#,
+                nested("[", "]", deepest)
+            );
+            assert!(processor.process(&Message::new(body)).is_ok());
+        });
+    }
+
+    #[test]
+    fn a_message_with_too_many_fields_is_refused() {
+        const N: usize = 100_000;
+        let columns = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#""c{i}": {i}"#))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let elements = (0..N).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let cases = [
+            (
+                format!(r#"{{"action": "add", "data": {{{}}}}}"#, columns(N)),
+                "`data` and `restriction` have more than 4096 columns together (reached at `data.c4096`)",
+            ),
+            (
+                format!(
+                    r#"{{"action": "update", "data": {{{}}}, "restriction": {{"id": 1}}}}"#,
+                    columns(4096)
+                ),
+                "more than 4096 columns together (reached at `restriction.id`)",
+            ),
+            (
+                format!(r#"{{"action": "add", "data": {{"a": [{elements}]}}}}"#),
+                "array values have more than 4096 elements together (reached at `data.a`)",
+            ),
+            (
+                format!(r#"{{"action": "add", "data": {{"a": 1}}, {}}}"#, columns(N)),
+                "the message has more than 4096 top-level fields",
+            ),
+        ];
+        for (body, expected) in cases {
+            let started = std::time::Instant::now();
+            let e = error(&body);
+            eprintln!("{} bytes refused in {:?}", body.len(), started.elapsed());
+            assert!(e.contains(expected), "{e}");
+            assert!(e.contains("raise `max_fields`"), "{e}");
+        }
+        // At the limit, a message is accepted, and its duplicate check is linear.
+        let body = format!(r#"{{"action": "add", "data": {{{}}}}}"#, columns(4096));
+        assert_eq!(process(&body).unwrap().operations[0].data.len(), 4096);
+        let body = format!(
+            r#"{{"action": "add", "data": {{{}, "c0": 1}}}}"#,
+            columns(4095)
+        );
+        assert!(error(&body).contains("`data` has the field `c0` twice"));
+    }
+
+    #[test]
+    fn limits_are_configurable() {
+        let settings = golconde_plugin_api::sdk::parse_config::<Settings>(
+            r#"{"table": "t", "max_depth": 1, "max_fields": 2}"#,
+        )
+        .unwrap();
+        let p = AutoSql::from_config(settings).unwrap();
+        let process = |body: &str| p.process(&Message::new(body));
+        assert!(process(r#"{"action": "add", "data": {"a": [1], "b": 2}}"#).is_ok());
+        let e = process(r#"{"action": "add", "data": {"a": [[1]]}}"#).unwrap_err();
+        assert!(e.message.contains("more than 1 deep"), "{e}");
+        let e = process(r#"{"action": "add", "data": {"a": 1, "b": 2, "c": 3}}"#).unwrap_err();
+        assert!(e.message.contains("more than 2 columns"), "{e}");
+        // Zero depth allows scalar values only.
+        let p = AutoSql::from_config(Settings {
+            max_depth: 0,
+            ..Settings::default()
+        })
+        .unwrap();
+        let body = r#"{"action": "add", "table": "t", "data": {"a": {}}}"#;
+        assert!(p.process(&Message::new(body)).is_err());
+
+        for (json, key) in [
+            (
+                r#"{"max_depth": 257}"#,
+                "`max_depth` = 257 is more than 256",
+            ),
+            (r#"{"max_fields": 0}"#, "`max_fields` = 0"),
+        ] {
+            let settings = golconde_plugin_api::sdk::parse_config::<Settings>(json).unwrap();
+            let e = AutoSql::from_config(settings).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Config);
+            assert!(e.message.contains(key), "{e}");
+        }
+        let e =
+            golconde_plugin_api::sdk::parse_config::<Settings>(r#"{"max_depth": -1}"#).unwrap_err();
+        assert!(e.message.contains("max_depth"), "{e}");
+    }
+
+    #[test]
+    fn numbers_no_f64_holds_exactly_keep_their_text() {
+        let change = process(
+            r#"{"action": "add", "data": {"a": 1e400, "b": -1e400, "c": 1e-400,
+                "d": [1e999999999, -0.0], "e": 5e-324}}"#,
+        )
+        .unwrap();
+        let data = &change.operations[0].data;
+        let numeric = |text: &str| Value::Numeric(text.into());
+        assert_eq!(data[0].value, numeric("1e400"));
+        assert_eq!(data[1].value, numeric("-1e400"));
+        assert_eq!(data[2].value, numeric("1e-400"));
+        assert_eq!(
+            data[3].value,
+            Value::Array(vec![numeric("1e999999999"), Value::Float(-0.0)].into())
+        );
+        assert_eq!(data[4].value, numeric("5e-324"));
     }
 
     #[test]
@@ -419,7 +721,18 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.message.contains("`tables[0]` is empty"), "{e}");
-        let e = golconde_plugin_api::sdk::parse_config::<Config>(r#"{"tabel": "x"}"#).unwrap_err();
+        let e = AutoSql::from_config(Config {
+            table: None,
+            tables: vec!["public.users".into(), "public.*".into()],
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(
+            e.message.contains("`tables[1]` = `public.*` is a pattern"),
+            "{e}"
+        );
+        let e =
+            golconde_plugin_api::sdk::parse_config::<Settings>(r#"{"tabel": "x"}"#).unwrap_err();
         assert!(e.message.contains("tabel"), "{e}");
     }
 
@@ -465,6 +778,29 @@ mod tests {
             String::from_utf8(copy.body.to_vec()).unwrap(),
             r#"{"action":"add","data":{"id":9,"name":"x"}}"#
         );
+    }
+
+    #[test]
+    fn enrich_writes_a_column_returned_twice_once() {
+        let message = Message::new(r#"{"action": "add", "data": {"name": "x", "code": "a"}}"#);
+        let copy = processor()
+            .enrich(
+                &message,
+                &Applied {
+                    returned: vec![
+                        vec![column("id", Value::Int(1)), column("code", Value::Int(3))].into(),
+                        vec![column("id", Value::Int(2)), column("code", Value::Int(4))].into(),
+                    ]
+                    .into(),
+                    duplicate: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(copy.body.to_vec()).unwrap(),
+            r#"{"action":"add","data":{"name":"x","code":3,"id":1}}"#
+        );
+        processor().process(&copy).unwrap();
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! ([`RawValue`]) until each is converted, which keeps numbers exact and lets `enrich`
 //! rewrite one field while copying every other one verbatim.
 
-use std::{borrow::Cow, fmt};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use base64::Engine;
 use golconde_plugin_api::{
@@ -16,7 +20,7 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-use crate::number;
+use crate::{limits, limits::Limits, number};
 
 /// The top-level fields a message may have.
 const FIELDS: &str = "action, data, restriction, table, id";
@@ -76,9 +80,11 @@ impl<'a> Fields<'a> {
                 format!("{what} is not valid JSON: {e}")
             }
         })?;
-        // Objects are small: comparing each name with the earlier ones beats hashing.
-        for (i, (name, _)) in fields.0.iter().enumerate() {
-            if fields.0[..i].iter().any(|(earlier, _)| earlier == name) {
+        // Hashed: `max_fields` allows thousands, and comparing each name with every
+        // earlier one would hold the dispatcher for seconds.
+        let mut seen = HashSet::with_capacity(fields.0.len());
+        for (name, _) in &fields.0 {
+            if !seen.insert(name.as_ref()) {
                 return Err(format!("{what} has the field `{name}` twice"));
             }
         }
@@ -100,12 +106,14 @@ struct Envelope {
 }
 
 /// Reads a message body into a change; `table` resolves the message's `table` field (or
-/// its absence) to the table to write, or refuses it.
+/// its absence) to the table to write, or refuses it. A message over `limits` is refused
+/// before it is parsed.
 pub fn parse_change(
     body: &[u8],
+    limits: &Limits,
     table: impl FnOnce(Option<&str>) -> Result<String, PluginError>,
 ) -> Result<Change, PluginError> {
-    let envelope = parse_envelope(body).map_err(PluginError::permanent)?;
+    let envelope = parse_envelope(body, limits).map_err(PluginError::permanent)?;
     let table = table(envelope.table.as_deref())?;
     let Envelope {
         action,
@@ -118,8 +126,13 @@ pub fn parse_change(
         Action::Upsert => {
             // The first Golconde's producers may name the row of a `set` in `restriction`:
             // those columns are the row's key, so they belong in the upserted data.
+            let in_data: HashMap<String, usize> = data
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.to_string(), i))
+                .collect();
             for column in restriction {
-                match data.iter().find(|c| c.name == column.name) {
+                match in_data.get(column.name.as_str()).map(|&i| &data[i]) {
                     Some(c) if c.value != column.value => {
                         return Err(PluginError::permanent(format!(
                             "`set` has column `{}` in both `data` and `restriction`, with \
@@ -146,9 +159,11 @@ pub fn parse_change(
     })
 }
 
-fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
+fn parse_envelope(body: &[u8], limits: &Limits) -> Result<Envelope, String> {
     let text = std::str::from_utf8(body)
         .map_err(|e| format!("the message body is not UTF-8 text: {e}"))?;
+    // Before anything recursive or allocating looks at the message.
+    limits::check(text, limits)?;
     let fields = Fields::parse(text, "the message")?;
     if let Some((name, _)) = fields
         .0
@@ -271,9 +286,42 @@ fn columns(raw: Option<&RawValue>, what: &str) -> Result<Vec<Column>, String> {
 }
 
 /// A JSON value as a database-neutral value: objects stay JSON text, arrays become arrays.
+/// Nested arrays are converted with a stack of their own, not by recursion, so the
+/// dispatcher's stack does not grow with `max_depth`.
 fn to_value(raw: &RawValue) -> Result<Value, String> {
+    let mut open: Vec<OpenArray> = Vec::new();
+    let mut value = start_value(raw, &mut open)?;
+    loop {
+        if let Some(value) = value {
+            match open.last_mut() {
+                None => return Ok(value),
+                Some(array) => array.done.push(value),
+            }
+        }
+        let array = open.last_mut().expect("an array is open");
+        value = match array.rest.next() {
+            Some(item) => start_value(item, &mut open)?,
+            None => {
+                let array = open.pop().expect("an array is open");
+                Some(Value::Array(array.done.into()))
+            }
+        };
+    }
+}
+
+/// An array being converted: the elements still to go, and those done.
+struct OpenArray<'a> {
+    rest: std::vec::IntoIter<&'a RawValue>,
+    done: Vec<Value>,
+}
+
+/// The value of a scalar or an object; for an array, `None` after opening it on `open`.
+fn start_value<'a>(
+    raw: &'a RawValue,
+    open: &mut Vec<OpenArray<'a>>,
+) -> Result<Option<Value>, String> {
     let text = raw.get();
-    Ok(match text.as_bytes().first() {
+    Ok(Some(match text.as_bytes().first() {
         Some(b'n') => Value::Null,
         Some(b't') => Value::Bool(true),
         Some(b'f') => Value::Bool(false),
@@ -287,16 +335,14 @@ fn to_value(raw: &RawValue) -> Result<Value, String> {
         Some(b'{') => Value::Json(text.into()),
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            Value::Array(
-                items
-                    .into_iter()
-                    .map(to_value)
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into(),
-            )
+            open.push(OpenArray {
+                done: Vec::with_capacity(items.len()),
+                rest: items.into_iter(),
+            });
+            return Ok(None);
         }
         _ => number::to_value(text),
-    })
+    }))
 }
 
 fn verb(action: Action) -> &'static str {
@@ -320,12 +366,16 @@ fn excerpt(text: &str) -> String {
 /// The body of the fan-out copy of an `add` message: its `data` with the columns the
 /// database returned (generated keys) written in, so that replicas insert the same keys.
 /// `None` when the message needs no change.
-pub fn enrich_body(body: &[u8], applied: &Applied) -> Result<Option<String>, PluginError> {
+pub fn enrich_body(
+    body: &[u8],
+    limits: &Limits,
+    applied: &Applied,
+) -> Result<Option<String>, PluginError> {
     let returned: Vec<&Column> = applied.returned.iter().flatten().collect();
     if returned.is_empty() {
         return Ok(None);
     }
-    let envelope = parse_envelope(body).map_err(PluginError::permanent)?;
+    let envelope = parse_envelope(body, limits).map_err(PluginError::permanent)?;
     if envelope.action != Action::Insert {
         return Ok(None);
     }
@@ -344,6 +394,12 @@ pub fn enrich_body(body: &[u8], applied: &Applied) -> Result<Option<String>, Plu
             continue;
         }
         let data = Fields::parse(raw.get(), "`data`").map_err(PluginError::permanent)?;
+        // The first value returned for a column wins, as it did before hashing.
+        let mut by_name: HashMap<&str, &Column> = HashMap::with_capacity(returned.len());
+        for column in &returned {
+            by_name.entry(column.name.as_str()).or_insert(column);
+        }
+        let in_data: HashSet<&str> = data.0.iter().map(|(name, _)| name.as_ref()).collect();
         out.push('{');
         let mut first = true;
         let mut separate = |out: &mut String| {
@@ -355,13 +411,15 @@ pub fn enrich_body(body: &[u8], applied: &Applied) -> Result<Option<String>, Plu
             separate(&mut out);
             push_json_string(&mut out, column);
             out.push(':');
-            match returned.iter().find(|c| c.name.as_str() == column) {
+            match by_name.get(column.as_ref()) {
                 Some(c) => push_json_value(&mut out, &c.value),
                 None => out.push_str(value.get()),
             }
         }
+        let mut added = HashSet::new();
         for column in &returned {
-            if data.get(column.name.as_str()).is_none() {
+            let name = column.name.as_str();
+            if !in_data.contains(name) && added.insert(name) {
                 separate(&mut out);
                 push_json_string(&mut out, &column.name);
                 out.push(':');

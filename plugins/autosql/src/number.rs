@@ -27,16 +27,19 @@ pub fn to_value(text: &str) -> Value {
     Value::Numeric(text.into())
 }
 
-/// The digits of the mantissa between the first and the last non-zero one.
+/// The digits of the mantissa between the first and the last non-zero one. Counted in
+/// place: the text may be megabytes of zeros.
 fn significant_digits(text: &str) -> usize {
     let mantissa = text.split(['e', 'E']).next().unwrap_or("");
-    let digits: Vec<u8> = mantissa
-        .bytes()
-        .filter(u8::is_ascii_digit)
-        .skip_while(|&d| d == b'0')
-        .collect();
-    let trailing_zeros = digits.iter().rev().take_while(|&&d| d == b'0').count();
-    digits.len() - trailing_zeros
+    let mut first = None;
+    let mut last = 0;
+    for (i, digit) in mantissa.bytes().filter(u8::is_ascii_digit).enumerate() {
+        if digit != b'0' {
+            first.get_or_insert(i);
+            last = i;
+        }
+    }
+    first.map_or(0, |first| last - first + 1)
 }
 
 #[cfg(test)]
@@ -80,10 +83,50 @@ mod tests {
             "1234567890123456.7",
             "0.1234567890123456",
             "1e400",
+            "-1e400",
             "1e-400",
+            "-1e-400",
             "-2.5E-330",
+            // Subnormal: fewer bits than 15 digits need.
+            "1e-310",
+            // Exponents far past any f64, which must not be expanded.
+            "1e999999999",
+            "-1e-999999999",
+            "1.5e99999999999999999999999",
         ] {
             assert_eq!(to_value(text), Value::Numeric(text.into()), "{text}");
         }
+        let tiny = format!("0.{}1", "0".repeat(1_000_000));
+        assert_eq!(to_value(&tiny), Value::Numeric(tiny.clone().into()));
+        let huge = format!("1{}", "0".repeat(1_000_000));
+        assert_eq!(to_value(&huge), Value::Numeric(huge.clone().into()));
+    }
+
+    #[test]
+    fn zeros_stay_zero_and_keep_their_sign() {
+        assert_eq!(to_value("-0"), Value::Int(0));
+        for (text, negative) in [
+            ("0.0", false),
+            ("-0.0", true),
+            ("0e999999999", false),
+            ("-0E-5", true),
+        ] {
+            match to_value(text) {
+                Value::Float(f) => {
+                    assert_eq!(f, 0.0, "{text}");
+                    assert_eq!(f.is_sign_negative(), negative, "{text}");
+                }
+                other => panic!("{text} became {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_zeros_are_not_significant() {
+        let text = format!("1{}.0", "0".repeat(300));
+        assert_eq!(to_value(&text), Value::Float(1e300));
+        assert_eq!(to_value("100e-2"), Value::Float(1.0));
+        assert_eq!(significant_digits("-00012.3400e7"), 4);
+        assert_eq!(significant_digits("0.000"), 0);
     }
 }

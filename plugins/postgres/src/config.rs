@@ -33,6 +33,11 @@ pub struct Config {
     /// How long connecting may take (default 10 s).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// How often a change may fail with an error that may or may not pass on a retry (a
+    /// missing privilege, a row-level security policy, `statement_timeout`) before it is
+    /// taken to be at fault and dead-lettered (default 5).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
 }
 
 /// `unknown_columns = "error" | "ignore"`.
@@ -59,6 +64,10 @@ fn default_connect_timeout() -> u64 {
     10_000
 }
 
+fn default_max_attempts() -> u32 {
+    5
+}
+
 /// The configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -72,6 +81,7 @@ pub struct Settings {
     pub dedupe_schema: String,
     pub statement_timeout_ms: Option<u64>,
     pub connect_timeout: Duration,
+    pub max_attempts: u32,
 }
 
 impl Settings {
@@ -79,11 +89,20 @@ impl Settings {
         let (dsn, tls_options) =
             tls::split_dsn(&config.dsn).map_err(|e| PluginError::config(format!("`dsn`: {e}")))?;
         let mut connect = tokio_postgres::Config::from_str(&dsn).map_err(|e| {
-            // The parser's messages name the option, never its value, so no password leaks.
+            // The parser's messages name an option, never a value; but an option it does
+            // not know may be a piece of a password with a space or an `&` in it.
             let cause = std::error::Error::source(&e)
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
-            PluginError::config(format!("`dsn` cannot be parsed: {e}{cause}"))
+            let reason = format!("{e}{cause}");
+            if reason.contains("unknown option") && tls::may_hold_password(&config.dsn) {
+                return PluginError::config(
+                    "`dsn` names an option PostgreSQL does not know (not repeated here: it \
+                     may be part of a password; quote a value with spaces, password='a b', \
+                     and %-encode `&`, `@` and spaces in a URL)",
+                );
+            }
+            PluginError::config(format!("`dsn` cannot be parsed: {reason}"))
         })?;
         if connect.get_hosts().is_empty() {
             return Err(PluginError::config(
@@ -117,6 +136,11 @@ impl Settings {
                  no timeout",
             ));
         }
+        if config.max_attempts == 0 {
+            return Err(PluginError::config(
+                "`max_attempts` must be at least 1 (1: dead-letter at the first failure)",
+            ));
+        }
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         connect.connect_timeout(connect_timeout);
         if connect.get_application_name().is_none() {
@@ -132,6 +156,7 @@ impl Settings {
             dedupe_schema: config.dedupe_schema,
             statement_timeout_ms: config.statement_timeout_ms,
             connect_timeout,
+            max_attempts: config.max_attempts,
         })
     }
 }
@@ -191,6 +216,7 @@ mod tests {
         assert_eq!(s.dedupe_retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(s.statement_timeout_ms, None);
         assert_eq!(s.connect.get_application_name(), Some("golconde"));
+        assert_eq!(s.max_attempts, 5);
     }
 
     #[test]
@@ -202,6 +228,75 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Config);
         assert!(err.message.contains("sslmode"), "{err}");
         assert!(!err.message.contains("s3cr3t"), "{err}");
+    }
+
+    /// No part of a password shows in the target, the connection options' `Debug` or an
+    /// error, in any form of DSN, accepted or not. The password's pieces are marked `Qz`
+    /// so that any piece of it is found.
+    #[test]
+    fn no_part_of_a_password_shows_in_any_dsn_form() {
+        let dsns = [
+            // key=value, quoted and not, with the characters that matter in either form.
+            "host=db user=app password=Qz1",
+            "host=db user=app password='Qz1 Qz2'",
+            "host=db user=app password = 'Qz1 Qz2' dbname=shop",
+            r"host=db user=app password='Qz1\'Qz2\\Qz3'",
+            r"host=db user=app password=Qz1\ Qz2",
+            "host=db user=app password=Qz1'Qz2",
+            "host=db user=app password=Qz1@Qz2:Qz3/Qz4?Qz5#Qz6&Qz7=Qz8",
+            // An unquoted password with a space: libpq reads a second word.
+            "host=db user=app password=Qz1 Qz2",
+            "host=db user=app password=Qz1 Qz2 dbname=shop",
+            "user=app password=Qz1 Qz2=Qz3 host=db",
+            "password=Qz1 Qz2 Qz3=Qz4",
+            "host=db password='Qz1",
+            "host=db password=Qz1 sslmode=Qz2 Qz3",
+            // URLs, encoded as they should be and not.
+            "postgres://app:Qz1%20Qz2%40Qz3%3AQz4%2FQz5%3FQz6%23Qz7@db:5433/shop",
+            "postgres://app:Qz1@Qz2@db/shop",
+            "postgres://app:Qz1@Qz2@db:5433/shop?sslmode=disable",
+            "postgres://app:Qz1/Qz2@db/shop",
+            "postgres://app:Qz1?Qz2@db/shop",
+            "postgres://app:Qz1#Qz2@db/shop",
+            "postgres://app:Qz1 Qz2@db/shop",
+            "postgres://app:Qz1:Qz2@db/shop",
+            "postgres://app:Qz1%zzQz2@db/shop",
+            "postgresql://db/shop?user=app&password=Qz1",
+            "postgresql://db/shop?user=app&password=Qz1@Qz2",
+            "postgresql://db/shop?password=Qz1&Qz2=Qz3",
+            "postgresql://db/shop?password=Qz1&Qz2",
+            "postgresql://db/shop?password=Qz1%zzQz2",
+            "postgresql://db/shop?password=Qz1#Qz2&sslmode=require",
+            "postgres://db/shop?sslrootcert=Qz1%zz&password=Qz2",
+        ];
+        for dsn in dsns {
+            let json = serde_json::json!({ "dsn": dsn }).to_string();
+            let shown = match settings(&json) {
+                Ok(s) => format!("{} {:?}", s.target, s),
+                Err(e) => {
+                    assert_eq!(e.kind, ErrorKind::Config, "{dsn}");
+                    e.message.to_string()
+                }
+            };
+            assert!(!shown.contains("Qz"), "{dsn}: {shown}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_every_form_reach_the_connection_intact() {
+        for (dsn, password) in [
+            ("host=db password='a b'", "a b"),
+            (r"host=db password=a\ b", "a b"),
+            (r"host=db password='it\'s'", "it's"),
+            ("postgres://u:a%20b%40c@db/x", "a b@c"),
+            ("postgres://u:a/b@db/x", "a/b"),
+            ("postgres://db/x?password=a%26b", "a&b"),
+        ] {
+            let json = serde_json::json!({ "dsn": dsn }).to_string();
+            let s = settings(&json).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+            assert_eq!(s.connect.get_password(), Some(password.as_bytes()), "{dsn}");
+            assert!(s.target.starts_with("postgres://"), "{dsn}: {}", s.target);
+        }
     }
 
     #[test]
@@ -219,6 +314,7 @@ mod tests {
                 r#"{"dsn": "host=x", "statement_timeout_ms": 0}"#,
                 "statement_timeout_ms",
             ),
+            (r#"{"dsn": "host=x", "max_attempts": 0}"#, "max_attempts"),
             (r#"{"dsn": "host=x", "unknown_columns": "drop"}"#, "drop"),
             (r#"{"dsn": "host=x", "dedup": true}"#, "dedup"),
             (r#"{"dsn": "user=x"}"#, "host"),

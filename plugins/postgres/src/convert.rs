@@ -5,7 +5,9 @@
 //! parameter per column), everything else as text that the server casts to the column's
 //! type. What can be checked here is, so that the error names the column; what only the
 //! server can judge (a date, a uuid, an enum label) fails there and is pinned to its
-//! column afterwards (see `session::describe_failure`).
+//! column afterwards (see `session`'s `describe`). A number is taken exactly or refused
+//! (`number`), whichever `Value` it comes as: no saturating cast, no float that overflows
+//! to infinity or underflows to zero, no JSON string standing in for an infinite float.
 
 use std::borrow::Cow;
 
@@ -13,6 +15,7 @@ use base64::Engine;
 use golconde_plugin_api::Value;
 
 use crate::{
+    number::{self, Refusal},
     schema::Kind,
     timestamp::{self, Micros},
 };
@@ -67,55 +70,69 @@ impl Wire {
 
 /// Converts `value` for a column of `kind`; the error says why it does not fit.
 pub fn convert<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
+    match cell(kind, value)? {
+        // No text PostgreSQL takes can hold a NUL, whatever the type it is read as.
+        Cell::Text(text) => no_nul(text).map(Cell::Text),
+        cell => Ok(cell),
+    }
+}
+
+fn cell<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
     if let Value::Null = value {
         return Ok(Cell::Null);
     }
     match kind {
         Kind::Int { min, max } => {
             let i = match value {
-                Value::Int(i) => *i,
-                Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.3e18 => *f as i64,
-                Value::Numeric(t) | Value::Text(t) => t
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| "it is not an integer".to_string())?,
-                Value::Float(_) => return Err("it is not an integer".into()),
+                Value::Int(i) => Ok(*i),
+                Value::Float(f) => number::integral(*f),
+                Value::Numeric(t) | Value::Text(t) => number::integer(t),
                 _ => return Err(format!("an integer column cannot take {}", noun(value))),
-            };
+            }
+            .map_err(|refusal| match refusal {
+                Refusal::OutOfRange => format!("it is out of range ({min} to {max})"),
+                _ => "it is not an integer".to_string(),
+            })?;
             if i < *min || i > *max {
                 return Err(format!("it is out of range ({min} to {max})"));
             }
             Ok(Cell::Int(i))
         }
         Kind::Float { single } => {
+            let range = if *single {
+                "a `real` holds magnitudes from about 1e-45 to 3.4e38"
+            } else {
+                "a `double precision` holds magnitudes from about 1e-324 to 1.8e308"
+            };
             let f = match value {
-                Value::Int(i) => *i as f64,
-                Value::Float(f) => *f,
-                Value::Numeric(t) | Value::Text(t) => t
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| "it is not a number".to_string())?,
+                // Rounding to the nearest float is what a float column is for; only a
+                // value that would turn into infinity or zero is wrong.
+                Value::Int(i) if *single => Ok(*i as f32 as f64),
+                Value::Int(i) => Ok(*i as f64),
+                Value::Float(f) if *single => number::single(*f),
+                Value::Float(f) => Ok(*f),
+                Value::Numeric(t) | Value::Text(t) => number::float(t, *single),
                 _ => {
                     return Err(format!(
                         "a floating-point column cannot take {}",
                         noun(value)
                     ))
                 }
-            };
-            if *single && f.is_finite() && f.abs() > f32::MAX as f64 {
-                return Err("it is out of range for a `real`".into());
             }
+            .map_err(|refusal| match refusal {
+                Refusal::OutOfRange => format!("it is out of range ({range})"),
+                _ => "it is not a number".to_string(),
+            })?;
             Ok(Cell::Float(f))
         }
         Kind::Numeric => match value {
             Value::Int(i) => Ok(Cell::Text(i.to_string().into())),
             Value::Float(f) => Ok(Cell::Text(float_text(*f).into())),
             Value::Numeric(t) | Value::Text(t) => {
-                let t = t.trim();
-                if t.parse::<f64>().is_err() {
+                if !number::is_numeric(t) {
                     return Err("it is not a number".into());
                 }
-                Ok(Cell::Text(t.into()))
+                Ok(Cell::Text(t.trim().into()))
             }
             _ => Err(format!("a numeric column cannot take {}", noun(value))),
         },
@@ -144,7 +161,7 @@ pub fn convert<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
                     return Err(format!("it is longer than {max} characters"));
                 }
             }
-            no_nul(text).map(Cell::Text)
+            Ok(Cell::Text(text))
         }
         Kind::Timestamp { tz } => {
             if let Value::Text(t) = value {
@@ -159,7 +176,7 @@ pub fn convert<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
                 return Ok(Cell::Text(t.as_str().into()));
             }
             let mut text = String::new();
-            json_text(value, &mut text);
+            json_text(value, &mut text)?;
             Ok(Cell::Text(text.into()))
         }
         Kind::Bytea => match value {
@@ -231,8 +248,30 @@ fn array_literal(element: &Kind, value: &Value, out: &mut String) -> Result<(), 
     Ok(())
 }
 
-/// A value as JSON text: JSON stays as it is, text becomes a JSON string.
-fn json_text(value: &Value, out: &mut String) {
+/// A value as JSON text: JSON stays as it is, text becomes a JSON string. JSON has no
+/// infinity and no NaN, so such a float is refused rather than stored as a string.
+fn json_text(value: &Value, out: &mut String) -> Result<(), String> {
+    match value {
+        Value::Float(f) if !f.is_finite() => {
+            return Err(format!("JSON has no number {}", float_text(*f)))
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_text(item, out)?;
+            }
+            out.push(']');
+        }
+        _ => shown_json(value, out),
+    }
+    Ok(())
+}
+
+/// A value as JSON text for a message; a float JSON cannot hold is shown as a string.
+fn shown_json(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -252,7 +291,7 @@ fn json_text(value: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                json_text(item, out);
+                shown_json(item, out);
             }
             out.push(']');
         }
@@ -260,7 +299,7 @@ fn json_text(value: &Value, out: &mut String) {
 }
 
 /// A float as PostgreSQL reads it back exactly.
-fn float_text(f: f64) -> String {
+pub fn float_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {
@@ -283,7 +322,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn no_nul(text: Cow<'_, str>) -> Result<Cow<'_, str>, String> {
     if text.contains('\0') {
-        return Err("it contains a NUL character, which PostgreSQL text cannot hold".into());
+        return Err("it contains a NUL character, which PostgreSQL cannot take in text".into());
     }
     Ok(text)
 }
@@ -305,7 +344,7 @@ fn noun(value: &Value) -> &'static str {
 pub fn show(value: &Value) -> String {
     const MAX: usize = 80;
     let mut text = String::new();
-    json_text(value, &mut text);
+    shown_json(value, &mut text);
     match text.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text,

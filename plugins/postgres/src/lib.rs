@@ -7,7 +7,10 @@
 //! groups consecutive operations of one shape into one `unnest`-based statement
 //! (`plan`), and applies the batch, isolating the changes that cannot apply
 //! (`session`); with `dedupe = true` it records change ids in the same transaction
-//! (`dedupe`).
+//! (`dedupe`), scoped by table and compared by content (`fingerprint`). Errors that may
+//! or may not pass on a retry are counted per change (`doubt`), so one message holds its
+//! queue back at most `max_attempts` times. `number` reads numbers exactly; `fuzzing` is
+//! for the fuzz target and is no interface.
 //!
 //! Key decisions, and why:
 //! - **tokio-postgres with a single-threaded runtime per session**, driven only while the
@@ -31,6 +34,11 @@
 mod config;
 mod convert;
 mod dedupe;
+mod doubt;
+mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
+mod number;
 mod plan;
 mod schema;
 mod session;
@@ -52,6 +60,7 @@ pub use schema::quote_ident;
 pub use session::PgSession;
 
 use config::Settings;
+use doubt::Doubts;
 use schema::Catalog;
 
 /// What every session of one database instance shares.
@@ -59,6 +68,7 @@ use schema::Catalog;
 pub struct Shared {
     settings: Settings,
     catalog: Catalog,
+    doubts: Doubts,
     dedupe_ready: AtomicBool,
     last_prune: Mutex<Option<Instant>>,
 }
@@ -100,6 +110,7 @@ impl Postgres {
             shared: Arc::new(Shared {
                 settings: Settings::from_config(config)?,
                 catalog: Catalog::default(),
+                doubts: Doubts::default(),
                 dedupe_ready: AtomicBool::new(false),
                 last_prune: Mutex::new(None),
             }),
@@ -127,33 +138,44 @@ impl Database for Postgres {
     }
 
     fn key_columns(&self, table: &str) -> Result<Vec<String>, PluginError> {
-        let definition = match self.shared.catalog.get(table) {
+        let shared = &self.shared;
+        let missing = || {
+            PluginError::permanent(format!(
+                "table `{table}` does not exist in {}",
+                shared.settings.target
+            ))
+        };
+        let definition = match shared.catalog.get(table) {
             Some(definition) => definition,
+            // A stream of messages for a missing table must not open a connection each.
+            None if shared.catalog.is_missing(table) => return Err(missing()),
             None => {
+                schema::parse_table_name(table).map_err(PluginError::permanent)?;
                 let runtime = session::runtime()?;
                 let found = runtime.block_on(async {
-                    let (client, _connection) = session::open(&self.shared).await?;
+                    let (client, _connection) = session::open(shared).await?;
                     schema::introspect(&client, table)
                         .await
                         .map_err(|e| match e {
                             schema::Introspection::BadName(e) => PluginError::permanent(e),
                             schema::Introspection::Database(e) => PluginError::transient(format!(
                                 "reading the definition of `{table}` on {}: {e}",
-                                self.shared.settings.target
+                                shared.settings.target
                             )),
                         })
                 })?;
                 let Some(found) = found else {
-                    return Err(PluginError::permanent(format!(
-                        "table `{table}` does not exist in {}",
-                        self.shared.settings.target
-                    )));
+                    shared.catalog.insert_missing(table);
+                    return Err(missing());
                 };
                 let found = Arc::new(found);
-                self.shared.catalog.insert(table, found.clone());
+                shared.catalog.insert(table, found.clone());
                 found
             }
         };
+        if let Some(refusal) = schema::refusal(&definition, &shared.settings.dedupe_schema) {
+            return Err(PluginError::permanent(refusal));
+        }
         Ok(definition
             .primary_key
             .iter()

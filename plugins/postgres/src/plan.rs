@@ -5,8 +5,19 @@
 //! A run is a stretch of consecutive operations, so every row's operations keep their
 //! queue order. Within one run no target row may be touched twice (PostgreSQL forbids it
 //! for `ON CONFLICT DO UPDATE` and picks an arbitrary source row for `UPDATE ... FROM`):
-//! operations of the same shape on the same key are collapsed to the last one, which has
-//! the same columns and so overwrites all the earlier one wrote.
+//! operations of the same shape on the same row are collapsed to the last one, which has
+//! the same columns and so overwrites all the earlier one wrote; an upsert keeps the key
+//! as the first one spelled it, as the row the first one inserted would have.
+//!
+//! "The same row" is decided as the server decides it. Where equal values are equal
+//! texts (integers, booleans, binary timestamps, `text` under a deterministic collation),
+//! that is done here. Where they need not be (`numeric` `1.0` and `1.00`, a `uuid` in
+//! upper and lower case, one instant at two offsets, a case-insensitive collation), the
+//! statement itself keeps the last row per key by position (`DISTINCT ON` over the key
+//! cast to its column's type and collation, ordered by `WITH ORDINALITY`).
+//!
+//! An update that writes a column it is restricted by moves rows between keys, so
+//! applying several at once is not applying them in order: it is a run of its own.
 
 use std::{collections::HashMap, fmt::Write, sync::Arc};
 
@@ -39,7 +50,8 @@ impl<'a> Prepared<'a> {
 
     /// Whether `other` fits the same statement.
     fn same_shape(&self, other: &Prepared<'_>) -> bool {
-        Arc::ptr_eq(&self.table, &other.table)
+        !self.moves_rows()
+            && Arc::ptr_eq(&self.table, &other.table)
             && self.action == other.action
             && self.conflict == other.conflict
             && self.data.len() == other.data.len()
@@ -65,9 +77,63 @@ impl<'a> Prepared<'a> {
         Wire::of(&self.table.columns[*position].kind, cell)
     }
 
-    /// The values that name the row an upsert or update touches, for collapsing.
+    /// An update writing a column it is restricted by: it can move rows to a key
+    /// another update of the same statement would look for.
+    fn moves_rows(&self) -> bool {
+        self.action == Action::Update
+            && self
+                .data
+                .iter()
+                .any(|(d, _)| self.restriction.iter().any(|(r, _)| r == d))
+    }
+
+    /// The columns whose values name the row an upsert or update touches: the conflict
+    /// key of an upsert, the restriction columns with a value (not `IS NULL`) of an update.
+    fn key_positions(&self) -> Vec<(usize, usize)> {
+        match self.action {
+            Action::Upsert => self
+                .conflict
+                .iter()
+                .map(|c| {
+                    let slot = self.data.iter().position(|(p, _)| p == c);
+                    (slot.expect("conflict columns are in the data"), *c)
+                })
+                .collect(),
+            Action::Update => self
+                .restriction
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, cell))| *cell != Cell::Null)
+                .map(|(slot, (p, _))| (slot, *p))
+                .collect(),
+            Action::Insert | Action::Delete => Vec::new(),
+        }
+    }
+
+    /// Whether two keys of this shape can name one row while spelled differently, so that
+    /// only the server can tell (see the module's documentation).
+    fn keys_need_the_server(&self) -> bool {
+        self.key_positions().iter().any(|&(slot, position)| {
+            let column = &self.table.columns[position];
+            let cell = match self.action {
+                Action::Upsert => &self.data[slot],
+                _ => &self.restriction[slot],
+            };
+            match self.wire(cell) {
+                Wire::Int | Wire::Bool | Wire::Timestamp { .. } => false,
+                Wire::Float => true,
+                Wire::Text => !column.bytewise,
+            }
+        })
+    }
+
+    /// The values that name the row an upsert or update touches, for collapsing here;
+    /// `None` where the server must compare them, or where the key has a NULL (which
+    /// conflicts with nothing).
     fn key(&self) -> Option<RowKey<'_, 'a>> {
         match self.action {
+            Action::Upsert | Action::Update if self.keys_need_the_server() => None,
+            Action::Upsert if self.key_cells().any(|c| *c == Cell::Null) => None,
             Action::Upsert | Action::Update => Some(RowKey(self)),
             Action::Insert | Action::Delete => None,
         }
@@ -288,39 +354,43 @@ pub struct Origin {
 /// Operations of one shape, applied by one statement.
 #[derive(Debug)]
 pub struct Run<'p, 'a> {
-    /// The operations the statement sends, in order.
+    /// The operations the statement sends, in order; an operation collapsed into a later
+    /// one is applied by it, and is not among them.
     pub rows: Vec<(Origin, &'p Prepared<'a>)>,
-    /// Operations collapsed into a later one of `rows`: applied by it.
-    pub superseded: Vec<Origin>,
 }
 
 /// Groups operations, in order, into runs of one shape.
 pub fn runs<'p, 'a>(ops: impl IntoIterator<Item = (Origin, &'p Prepared<'a>)>) -> Vec<Run<'p, 'a>> {
     let mut runs: Vec<Run<'p, 'a>> = Vec::new();
+    // The run being built, with holes where an operation was collapsed into a later one.
+    let mut rows: Vec<Option<(Origin, &'p Prepared<'a>)>> = Vec::new();
     let mut keys: HashMap<RowKey<'p, 'a>, usize> = HashMap::new();
+    let mut finish = |rows: &mut Vec<Option<_>>| {
+        if !rows.is_empty() {
+            runs.push(Run {
+                rows: rows.drain(..).flatten().collect(),
+            });
+        }
+    };
     for (origin, op) in ops {
         if op.is_noop() {
             continue;
         }
-        let fits = matches!(runs.last(), Some(run) if run.rows[0].1.same_shape(op));
-        if !fits {
+        let first = rows.iter().flatten().next();
+        if !matches!(first, Some((_, first)) if first.same_shape(op)) {
+            finish(&mut rows);
             keys.clear();
-            runs.push(Run {
-                rows: Vec::new(),
-                superseded: Vec::new(),
-            });
         }
-        let run = runs.last_mut().expect("pushed above");
         if let Some(key) = op.key() {
-            if let Some(&at) = keys.get(&key) {
-                let (earlier, _) = std::mem::replace(&mut run.rows[at], (origin, op));
-                run.superseded.push(earlier);
-                continue;
+            // The later operation goes last, where the statement keeps it if the server
+            // finds another row of the run to be the same (see `sql`).
+            if let Some(at) = keys.insert(key, rows.len()) {
+                rows[at] = None;
             }
-            keys.insert(key, run.rows.len());
         }
-        run.rows.push((origin, op));
+        rows.push(Some((origin, op)));
     }
+    finish(&mut rows);
     runs
 }
 
@@ -427,6 +497,8 @@ pub fn sql(op: &Prepared<'_>) -> String {
     // A restriction of NULLs only has no parameter; one row of nothing stands in for it.
     let source = if arrays.is_empty() {
         "(VALUES (1)) AS v(x)".to_string()
+    } else if op.keys_need_the_server() {
+        last_per_key(op, &arrays, &aliases)
     } else {
         format!("unnest({}) AS v({})", arrays.join(", "), aliases.join(", "))
     };
@@ -471,6 +543,10 @@ pub fn sql(op: &Prepared<'_>) -> String {
                 values.join(", ")
             )
             .expect("writing to a String");
+            if op.keys_need_the_server() {
+                // Rows are inserted in queue order, as one by one (sequences, triggers).
+                sql.push_str(" ORDER BY v.n");
+            }
             if op.action == Action::Upsert {
                 let target: Vec<&str> = op
                     .conflict
@@ -532,6 +608,58 @@ pub fn sql(op: &Prepared<'_>) -> String {
     sql
 }
 
+/// The rows of `unnest` with, of each set of rows the server takes for one key, only the
+/// last by position; for an upsert, with the key columns of the first of them, which is
+/// what applying them one by one leaves in a row the first one inserted. A key with a
+/// NULL names no row, so such rows are all kept.
+fn last_per_key(op: &Prepared<'_>, arrays: &[String], aliases: &[String]) -> String {
+    let upsert = op.action == Action::Upsert;
+    let keys = op.key_positions();
+    let alias = |slot: usize| {
+        if upsert {
+            format!("d{slot}")
+        } else {
+            format!("r{slot}")
+        }
+    };
+    let mut key: Vec<String> = keys
+        .iter()
+        .map(|&(slot, position)| {
+            let column = &op.table.columns[position];
+            let collate = column.collate.as_deref().unwrap_or_default();
+            format!("v.{}::{} {collate}", alias(slot), column.cast)
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    if upsert {
+        let nulls: Vec<String> = keys
+            .iter()
+            .map(|&(slot, _)| format!("v.{} IS NULL", alias(slot)))
+            .collect();
+        key.push(format!("CASE WHEN {} THEN v.n END", nulls.join(" OR ")));
+    }
+    let key = key.join(", ");
+    let columns: Vec<String> = aliases
+        .iter()
+        .map(|a| {
+            let is_key = upsert && keys.iter().any(|&(slot, _)| *a == alias(slot));
+            if is_key {
+                format!("first_value(v.{a}) OVER (PARTITION BY {key} ORDER BY v.n) AS {a}")
+            } else {
+                format!("v.{a}")
+            }
+        })
+        .collect();
+    format!(
+        "(SELECT DISTINCT ON ({key}) {}, v.n FROM unnest({}) WITH ORDINALITY AS v({}, n) \
+         ORDER BY {key}, v.n DESC) AS v",
+        columns.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use golconde_plugin_api::Value;
@@ -545,6 +673,9 @@ mod tests {
             quoted: quote_ident(name),
             type_name: cast.into(),
             cast: format!("\"pg_catalog\".\"{cast}\""),
+            bytewise: matches!(kind, Kind::Text { .. }),
+            collate: matches!(kind, Kind::Text { .. } | Kind::Other)
+                .then(|| r#"COLLATE "pg_catalog"."default""#.to_string()),
             kind,
         };
         let columns = vec![
@@ -558,10 +689,12 @@ mod tests {
             ),
             column("na\"me", "text", Kind::Text { max: None }),
             column("at", "timestamptz", Kind::Timestamp { tz: true }),
+            column("u", "uuid", Kind::Other),
         ];
         Arc::new(Table {
             quoted: r#""s"."t""#.into(),
             display: "s.t".into(),
+            schema: "s".into(),
             by_name: columns
                 .iter()
                 .enumerate()
@@ -569,7 +702,7 @@ mod tests {
                 .collect(),
             columns,
             primary_key: vec![0],
-            unique_keys: Vec::new(),
+            unique_keys: vec![vec![3]],
         })
     }
 
@@ -654,19 +787,78 @@ mod tests {
         let changes =
             |run: &Run| -> Vec<usize> { run.rows.iter().map(|(o, _)| o.change).collect() };
         assert_eq!(runs.len(), 4);
-        // The later upsert of key 1 takes the earlier one's place: key 2 stays after it.
-        assert_eq!(changes(&runs[0]), [2, 1]);
-        assert_eq!(
-            runs[0]
-                .superseded
-                .iter()
-                .map(|o| o.change)
-                .collect::<Vec<_>>(),
-            [0]
-        );
+        // The later upsert of key 1 replaces the earlier one, and goes last.
+        assert_eq!(changes(&runs[0]), [1, 2]);
         assert_eq!(changes(&runs[1]), [3]);
         assert_eq!(changes(&runs[2]), [4]);
         assert_eq!(changes(&runs[3]), [5]);
+    }
+
+    #[test]
+    fn keys_only_the_server_can_compare_are_collapsed_by_the_statement() {
+        let t = table();
+        fn prepared<'a>(t: &Arc<Table>, op: &'a Operation) -> Prepared<'a> {
+            prepare(t, op, UnknownColumns::Error).unwrap()
+        }
+        let set = operation(
+            Action::Upsert,
+            &[("u", Value::Text("A".into())), ("na\"me", Value::Null)],
+            &[],
+        );
+        assert_eq!(
+            sql(&prepared(&t, &set)),
+            r#"INSERT INTO "s"."t" ("na""me", "u") SELECT v.d0::"pg_catalog"."text", v.d1::"pg_catalog"."uuid" FROM (SELECT DISTINCT ON (v.d1::"pg_catalog"."uuid" COLLATE "pg_catalog"."default", CASE WHEN v.d1 IS NULL THEN v.n END) v.d0, first_value(v.d1) OVER (PARTITION BY v.d1::"pg_catalog"."uuid" COLLATE "pg_catalog"."default", CASE WHEN v.d1 IS NULL THEN v.n END ORDER BY v.n) AS d1, v.n FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) WITH ORDINALITY AS v(d0, d1, n) ORDER BY v.d1::"pg_catalog"."uuid" COLLATE "pg_catalog"."default", CASE WHEN v.d1 IS NULL THEN v.n END, v.n DESC) AS v ORDER BY v.n ON CONFLICT ("u") DO UPDATE SET "na""me" = EXCLUDED."na""me""#
+        );
+        let update = operation(
+            Action::Update,
+            &[("id", Value::Int(1))],
+            &[("u", Value::Text("A".into()))],
+        );
+        assert_eq!(
+            sql(&prepared(&t, &update)),
+            r#"UPDATE "s"."t" AS t SET "id" = v.d0::"pg_catalog"."int8" FROM (SELECT DISTINCT ON (v.r0::"pg_catalog"."uuid" COLLATE "pg_catalog"."default") v.d0, v.r0, v.n FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[]) WITH ORDINALITY AS v(d0, r0, n) ORDER BY v.r0::"pg_catalog"."uuid" COLLATE "pg_catalog"."default", v.n DESC) AS v WHERE t."u" = v.r0::"pg_catalog"."uuid""#
+        );
+        // Such operations are all sent, the statement keeping the last of each key.
+        let ops = [set.clone(), set.clone(), update.clone(), update];
+        let prepared: Vec<Prepared> = ops.iter().map(|op| prepared(&t, op)).collect();
+        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
+            (
+                Origin {
+                    change: i,
+                    operation: 0,
+                },
+                op,
+            )
+        }));
+        let sizes: Vec<usize> = runs.iter().map(|r| r.rows.len()).collect();
+        assert_eq!(sizes, [2, 2]);
+    }
+
+    #[test]
+    fn an_update_of_its_own_restriction_columns_is_a_run_of_its_own() {
+        let t = table();
+        let moves = |to: i64| {
+            operation(
+                Action::Update,
+                &[("id", Value::Int(to))],
+                &[("id", Value::Int(1))],
+            )
+        };
+        let ops = [moves(2), moves(3), moves(4)];
+        let prepared: Vec<Prepared> = ops
+            .iter()
+            .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
+            .collect();
+        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
+            (
+                Origin {
+                    change: i,
+                    operation: 0,
+                },
+                op,
+            )
+        }));
+        assert_eq!(runs.len(), 3);
     }
 
     #[test]

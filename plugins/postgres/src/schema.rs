@@ -1,5 +1,7 @@
 //! What the plugin knows of a target table: its columns and their types, its primary key
-//! and unique indexes, read from the catalog once and cached until the table changes.
+//! and unique indexes, read from the catalog once and cached until the table changes; a
+//! name that names no table is remembered as missing for a moment ([`MISSING_FOR`]), and
+//! a table of the system catalogs or of the dedupe schema is refused ([`refusal`]).
 //!
 //! **Invariant:** every identifier that reaches SQL goes through [`quote_ident`], and every
 //! type name used in a cast is the catalog's own `schema.typname`, quoted, never text from
@@ -8,6 +10,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio_postgres::Client;
@@ -26,10 +29,20 @@ pub fn quote_ident(name: &str) -> String {
     quoted
 }
 
+/// The longest identifier PostgreSQL keeps whole (`NAMEDATALEN - 1` bytes); a longer one
+/// is cut short, so it would name another table.
+const MAX_IDENTIFIER: usize = 63;
+
 /// `schema.table` or `table` as an operation names it: split on the first dot outside
 /// double quotes; a part in double quotes may contain dots and doubled quotes. Unquoted
-/// parts are taken literally (no case folding): operations name tables unquoted.
+/// parts are taken literally (no case folding): operations name tables unquoted. Every
+/// malformed name is an error saying what is wrong with it.
 pub fn parse_table_name(text: &str) -> Result<(Option<String>, String), String> {
+    if text.contains('\0') {
+        return Err(format!(
+            "table name {text:?} contains a NUL character, which no name can hold"
+        ));
+    }
     let mut parts = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -64,15 +77,46 @@ pub fn parse_table_name(text: &str) -> Result<(Option<String>, String), String> 
         if part.is_empty() {
             return Err(format!("table name `{text}` has an empty part"));
         }
+        if part.len() > MAX_IDENTIFIER {
+            return Err(format!(
+                "table name `{text}` has a part longer than {MAX_IDENTIFIER} bytes, which \
+                 PostgreSQL would cut short to name another table"
+            ));
+        }
         parts.push(part);
         match chars.next() {
             None => break,
             Some('.') if parts.len() == 1 => continue,
-            Some(_) => unreachable!("a part ends at a dot or at the end"),
+            Some(_) => {
+                return Err(format!(
+                    "table name `{text}` has more than two parts; write `schema.table`, in \
+                     double quotes where a part contains a dot"
+                ))
+            }
         }
     }
     let name = parts.pop().expect("at least one part");
     Ok((parts.pop(), name))
+}
+
+/// Why a table that resolved to `schema` may not be written, if it may not: the system
+/// catalogs (`pg_catalog`, `information_schema`, every `pg_*` schema such as `pg_toast` and
+/// `pg_temp_N`) and Golconde's own applied-change schema. Judged on the schema the name
+/// resolved to, so an unqualified `pg_authid` found through the `search_path` counts.
+pub fn refusal(table: &Table, dedupe_schema: &str) -> Option<String> {
+    let schema = table.schema.as_str();
+    let why = if schema == dedupe_schema {
+        "it is Golconde's own applied-change schema (`dedupe_schema`)"
+    } else if schema == "information_schema" || schema.starts_with("pg_") {
+        "it is a schema of the system catalogs"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "writing to `{}` is refused: {why}; messages may write only to tables of the \
+         application's own schemas",
+        table.display
+    ))
 }
 
 /// How values for a column are checked and sent.
@@ -147,6 +191,14 @@ pub struct ColumnInfo {
     /// an explicit cast silently truncating.
     pub cast: String,
     pub kind: Kind,
+    /// `COLLATE "schema"."name"` for a column of a collatable type, so that comparing
+    /// two values outside the table compares them as the column does.
+    pub collate: Option<String>,
+    /// Two values of this column are equal exactly when their texts are: `text`,
+    /// `varchar` and `name` under a deterministic collation. Integers, booleans and binary
+    /// timestamps compare exactly by their kind; anything else (`numeric` `1.0` = `1.00`,
+    /// `uuid` in either case, a case-insensitive collation) only the server can compare.
+    pub bytewise: bool,
 }
 
 /// One target table.
@@ -154,6 +206,8 @@ pub struct ColumnInfo {
 pub struct Table {
     /// `"schema"."table"`, resolved, for SQL.
     pub quoted: String,
+    /// The schema the name resolved to.
+    pub schema: String,
     /// `schema.table`, for messages.
     pub display: String,
     pub columns: Vec<ColumnInfo>,
@@ -192,12 +246,17 @@ SELECT a.attname::text,
        bt.oid,
        bt.typcategory::text,
        bt.typelem,
-       a.atttypmod
+       a.atttypmod,
+       cn.nspname::text,
+       co.collname::text,
+       COALESCE(co.collisdeterministic, true)
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
 JOIN pg_catalog.pg_type bt
   ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum";
 
@@ -236,6 +295,9 @@ pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, In
         let category: String = row.get(5);
         let element: u32 = row.get(6);
         let typmod: i32 = row.get(7);
+        let collation_schema: Option<String> = row.get(8);
+        let collation: Option<String> = row.get(9);
+        let deterministic: bool = row.get(10);
         let kind = if category == "A" {
             Kind::Array(Box::new(Kind::of(element, typmod)))
         } else {
@@ -246,7 +308,11 @@ pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, In
             name,
             type_name,
             cast: format!("{}.{}", quote_ident(&type_schema), quote_ident(&typname)),
+            bytewise: deterministic && matches!(base, 25 | 1043 | 19) && category != "A",
             kind,
+            collate: collation_schema.zip(collation).map(|(schema, name)| {
+                format!("COLLATE {}.{}", quote_ident(&schema), quote_ident(&name))
+            }),
         });
     }
     let by_name: HashMap<String, usize> = columns
@@ -271,6 +337,7 @@ pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, In
     Ok(Some(Table {
         quoted: format!("{}.{}", quote_ident(&schema), quote_ident(&relname)),
         display: format!("{schema}.{relname}"),
+        schema,
         columns,
         by_name,
         primary_key,
@@ -287,33 +354,64 @@ pub enum Introspection {
     Database(#[from] tokio_postgres::Error),
 }
 
+/// How long a table found missing is taken to be missing without asking the server
+/// again: long enough that a stream of messages for it costs a query now and then rather
+/// than one each, short enough that a table created meanwhile is soon written to.
+pub const MISSING_FOR: Duration = Duration::from_secs(2);
+
+/// The most names remembered as missing; past it, expired ones are dropped, and if none
+/// has expired, all of them (messages naming ever new tables must not grow it).
+const MAX_MISSING: usize = 1024;
+
 /// The tables read so far, shared by every session of one database instance, keyed by
-/// the name operations use.
+/// the name operations use; and the names recently found to name no table.
 #[derive(Debug, Default)]
 pub struct Catalog {
     tables: Mutex<HashMap<String, Arc<Table>>>,
+    missing: Mutex<HashMap<String, Instant>>,
 }
 
 impl Catalog {
     pub fn get(&self, name: &str) -> Option<Arc<Table>> {
-        self.lock().get(name).cloned()
+        lock(&self.tables).get(name).cloned()
     }
 
     pub fn insert(&self, name: &str, table: Arc<Table>) {
-        self.lock().insert(name.to_string(), table);
+        lock(&self.missing).remove(name);
+        lock(&self.tables).insert(name.to_string(), table);
+    }
+
+    /// Whether `name` was found missing less than [`MISSING_FOR`] ago.
+    pub fn is_missing(&self, name: &str) -> bool {
+        lock(&self.missing)
+            .get(name)
+            .is_some_and(|at| at.elapsed() < MISSING_FOR)
+    }
+
+    pub fn insert_missing(&self, name: &str) {
+        let mut missing = lock(&self.missing);
+        if missing.len() >= MAX_MISSING {
+            missing.retain(|_, at| at.elapsed() < MISSING_FOR);
+            if missing.len() >= MAX_MISSING {
+                missing.clear();
+            }
+        }
+        missing.insert(name.to_string(), Instant::now());
     }
 
     /// Forgets `names`, so they are read again: their definition changed under us.
     pub fn forget<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let mut tables = self.lock();
+        let mut tables = lock(&self.tables);
+        let mut missing = lock(&self.missing);
         for name in names {
             tables.remove(name);
+            missing.remove(name);
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Table>>> {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -345,8 +443,33 @@ mod tests {
             (Some("s".into()), r#"we"ird.name"#.into())
         );
         assert_eq!(ok("Users"), (None, "Users".into()));
-        for bad in ["", ".t", "s.", r#""open"#, r#""a"b.c"#] {
+        for bad in [
+            "",
+            ".t",
+            "s.",
+            r#""open"#,
+            r#""a"b.c"#,
+            r#"a."b".c"#,
+            r#""a"."b"."c""#,
+            r#"a."b"."#,
+            "a\0b",
+        ] {
             assert!(parse_table_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, an answer and never a panic; and what is accepted names
+        /// the same table once written back quoted.
+        #[test]
+        fn table_names_parse_or_are_refused(text in "[a.\"\0 é]{0,12}") {
+            if let Ok((schema, table)) = parse_table_name(&text) {
+                let quoted = match &schema {
+                    Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&table)),
+                    None => quote_ident(&table),
+                };
+                proptest::prop_assert_eq!(parse_table_name(&quoted), Ok((schema, table)));
+            }
         }
     }
 }

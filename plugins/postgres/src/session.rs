@@ -8,11 +8,18 @@
 //! data's fault (connection lost, serialization failure, deadlock, shutdown) rolls back
 //! everything and is returned as transient, so the host reconnects and retries the batch.
 //!
+//! Between the two are errors that may or may not pass on a retry: a missing privilege or
+//! a row-level security policy (SQLSTATE 42501) and `statement_timeout` (57014). A grant
+//! or a quieter server may fix them, so they are transient at first; but one message
+//! must not hold its queue back forever, so each change's failures are counted (`doubt`)
+//! and a change that reaches `max_attempts` is isolated like bad data and reported as
+//! permanent, saying how often it failed, why, and what to do.
+//!
 //! **Invariant:** the results are decided only once `COMMIT` succeeded; before that any
 //! failure is transient and nothing of the batch is kept.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,11 +29,12 @@ use tokio::{runtime::Runtime, task::JoinHandle};
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
 
 use crate::{
-    convert::Cell,
+    convert::{float_text, Cell},
     dedupe,
+    fingerprint::Fingerprint,
     plan::{self, Origin, Prepared},
     schema::{self, Introspection, Kind, Table},
-    tls, Shared,
+    timestamp, tls, Shared,
 };
 
 /// A statement failed; what that means for the batch.
@@ -34,6 +42,9 @@ use crate::{
 enum Failure {
     /// Not the data's fault: roll back, report, let the host retry.
     Transient(PluginError),
+    /// May or may not pass on a retry (42501, 57014): transient until the change at fault
+    /// has failed `max_attempts` times, then that change's fault.
+    Doubtful(tokio_postgres::Error),
     /// A table changed under the cached definition: read it again and retry once.
     Schema(tokio_postgres::Error),
     /// Some change's data cannot apply: find it.
@@ -268,25 +279,40 @@ impl Inner {
             if tables.contains_key(name) {
                 continue;
             }
+            let missing = || {
+                format!(
+                    "table `{name}` does not exist in {} (or user cannot see it); create \
+                     it, or fix the message's table",
+                    self.shared.settings.target
+                )
+            };
             let table = match self.shared.catalog.get(name) {
                 Some(table) => {
                     cached.push(name);
                     Ok(table)
                 }
+                // Found missing a moment ago: asking again for every message would cost a
+                // catalog query each.
+                None if self.shared.catalog.is_missing(name) => Err(missing()),
                 None => match schema::introspect(&self.client, name).await {
                     Ok(Some(table)) => {
                         let table = Arc::new(table);
                         self.shared.catalog.insert(name, table.clone());
                         Ok(table)
                     }
-                    Ok(None) => Err(format!(
-                        "table `{name}` does not exist in {} (or user cannot see it); create \
-                         it, or fix the message's table",
-                        self.shared.settings.target
-                    )),
+                    Ok(None) => {
+                        self.shared.catalog.insert_missing(name);
+                        Err(missing())
+                    }
                     Err(Introspection::BadName(e)) => Err(e),
                     Err(Introspection::Database(e)) => match classify(e) {
                         Failure::Transient(e) => return Err(e),
+                        Failure::Doubtful(e) => {
+                            return Err(self.transient(
+                                &format!("reading the definition of table `{name}`"),
+                                e,
+                            ))
+                        }
                         Failure::Schema(e) | Failure::Data(DataError::Database(e)) => Err(format!(
                             "cannot read the definition of table `{name}`: {}",
                             db_message(&e)
@@ -295,6 +321,11 @@ impl Inner {
                     },
                 },
             };
+            let dedupe_schema = &self.shared.settings.dedupe_schema;
+            let table = table.and_then(|table| match schema::refusal(&table, dedupe_schema) {
+                Some(refusal) => Err(refusal),
+                None => Ok(table),
+            });
             tables.insert(name.to_string(), table);
         }
         Ok((tables, cached))
@@ -340,28 +371,60 @@ impl Inner {
             .iter()
             .map(|p| p.as_ref().err().map(|e| Err(e.clone())))
             .collect();
+        if results.iter().all(Option::is_some) {
+            // Nothing can apply (a missing table, say): no need for a transaction.
+            return Ok(Attempt::Done(results.into_iter().flatten().collect()));
+        }
         self.begin().await?;
-        // Later changes carrying an id an earlier change of this batch has: (later, earlier).
+        // Later changes that replay an earlier change of this batch: (later, earlier).
         let mut repeats = Vec::new();
+        let mut records = Vec::new();
         if self.shared.settings.dedupe {
-            if let Err(e) = self.skip_seen(changes, &mut results, &mut repeats).await {
-                self.rollback().await;
-                return Err(e);
+            match self.skip_seen(changes, plans, &mut results).await {
+                Ok((r, entries)) => {
+                    repeats = r;
+                    records = entries;
+                }
+                Err(e) => {
+                    self.rollback().await;
+                    return Err(e);
+                }
             }
         }
         let candidates: Vec<usize> = (0..changes.len())
             .filter(|&i| results[i].is_none() && !repeats.iter().any(|(later, _)| *later == i))
             .collect();
 
-        match self.run(plans, &candidates).await {
+        let isolation = match self.run(plans, &candidates).await {
             Ok(applied) => {
                 for (i, applied) in candidates.iter().zip(applied) {
                     results[*i] = Some(Ok(applied));
                 }
+                None
             }
             Err(Failure::Transient(e)) => {
                 self.rollback().await;
                 return Err(e);
+            }
+            Err(Failure::Doubtful(e)) => {
+                self.rollback().await;
+                // Which change is at fault is not known yet: each was attempted, and the
+                // attempt failed. Isolating them costs a statement (and, for a timeout, its
+                // wait) per step, so that is done only once one has failed often enough.
+                let doubts = &self.shared.doubts;
+                let attempted: HashSet<Fingerprint> = candidates
+                    .iter()
+                    .map(|&i| Fingerprint::of(&changes[i]))
+                    .collect();
+                let failures = attempted
+                    .into_iter()
+                    .map(|change| doubts.failed(change))
+                    .max()
+                    .unwrap_or(0);
+                if failures < self.shared.settings.max_attempts {
+                    return Err(self.doubtful(&e, failures));
+                }
+                Some(true)
             }
             Err(Failure::Schema(_)) if may_refresh => {
                 self.rollback().await;
@@ -369,14 +432,17 @@ impl Inner {
             }
             Err(Failure::Schema(_) | Failure::Data(_)) => {
                 self.rollback().await;
-                self.begin().await?;
-                if let Err(e) = self
-                    .isolate(changes, plans, &candidates, &mut results)
-                    .await
-                {
-                    self.rollback().await;
-                    return Err(e);
-                }
+                Some(false)
+            }
+        };
+        if let Some(counted) = isolation {
+            self.begin().await?;
+            if let Err(e) = self
+                .isolate(changes, plans, &candidates, &mut results, counted)
+                .await
+            {
+                self.rollback().await;
+                return Err(e);
             }
         }
         for (later, earlier) in repeats {
@@ -394,7 +460,7 @@ impl Inner {
             .map(|r| r.expect("every change has a result"))
             .collect();
         if self.shared.settings.dedupe {
-            if let Err(e) = self.record(changes, &results).await {
+            if let Err(e) = self.record(&results, records).await {
                 self.rollback().await;
                 return Err(e);
             }
@@ -403,6 +469,13 @@ impl Inner {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| self.transient("committing", e))?;
+        if !self.shared.doubts.is_empty() {
+            let applied = candidates
+                .iter()
+                .filter(|&&i| results[i].is_ok())
+                .map(|&i| Fingerprint::of(&changes[i]));
+            self.shared.doubts.forget(applied);
+        }
         Ok(Attempt::Done(results))
     }
 
@@ -421,6 +494,18 @@ impl Inner {
         }
     }
 
+    /// A failure that may pass on a retry, while the changes in it have failed fewer
+    /// than `max_attempts` times (the most any of them has: `failures`).
+    fn doubtful(&self, e: &tokio_postgres::Error, failures: u32) -> PluginError {
+        let max = self.shared.settings.max_attempts;
+        PluginError::transient(format!(
+            "{}; nothing of the batch was committed. Retrying: this may pass (attempt \
+             {failures} of `max_attempts` = {max}; then the change that keeps failing is \
+             dead-lettered)",
+            db_message(e)
+        ))
+    }
+
     fn transient(&self, what: &str, e: tokio_postgres::Error) -> PluginError {
         PluginError::transient(format!(
             "{what} on {}: {}; nothing of the batch was committed",
@@ -429,63 +514,108 @@ impl Inner {
         ))
     }
 
-    /// Marks the changes whose id was applied before as duplicates.
+    /// Marks the changes that replay one applied before (same id, same tables, same
+    /// content) as duplicates. Answers the later changes of this batch that replay an
+    /// earlier one of it, (later, earlier), and the entries to record for the others.
     async fn skip_seen(
         &mut self,
         changes: &[Change],
+        plans: &[Result<Vec<Prepared<'_>>, PluginError>],
         results: &mut [Option<Result<Applied, PluginError>>],
-        repeats: &mut Vec<(usize, usize)>,
-    ) -> Result<(), PluginError> {
-        let ids: Vec<&str> = changes
-            .iter()
-            .zip(results.iter())
-            .filter(|(_, r)| r.is_none())
-            .filter_map(|(c, _)| c.id.as_ref().map(|id| id.as_str()).into_option())
-            .collect();
-        let schema = &self.shared.settings.dedupe_schema;
-        let seen = dedupe::seen(&self.client, schema, &ids)
-            .await
-            .map_err(|e| self.transient(&format!("reading {schema}.applied"), e))?;
-        let mut first: HashMap<&str, usize> = HashMap::new();
+    ) -> Result<(Vec<(usize, usize)>, Vec<(usize, dedupe::Entry)>), PluginError> {
+        // (position, entry) of each change with an id that is still to apply.
+        let mut entries: Vec<(usize, dedupe::Entry)> = Vec::new();
         for (i, change) in changes.iter().enumerate() {
-            let Some(id) = change.id.as_ref().into_option() else {
+            let (Some(id), Ok(ops)) = (change.id.as_ref().into_option(), &plans[i]) else {
                 continue;
             };
-            if results[i].is_some() {
+            if results[i].is_some() || ops.is_empty() {
                 continue;
             }
-            if let Some(returned) = seen.get(id.as_str()) {
-                results[i] = Some(Ok(Applied {
-                    returned: dedupe::decode(returned.as_deref(), change.operations.len()),
-                    duplicate: true,
-                }));
-            } else if let Some(&earlier) = first.get(id.as_str()) {
-                repeats.push((i, earlier));
-            } else {
-                first.insert(id.as_str(), i);
-            }
+            let mut tables: Vec<&str> = ops.iter().map(|op| op.table.quoted.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            entries.push((
+                i,
+                dedupe::Entry {
+                    scope: tables.join(","),
+                    id: id.to_string(),
+                    hash: Some(Fingerprint::of(change).hex()),
+                    returned: None,
+                },
+            ));
         }
-        Ok(())
+        let ids: Vec<&str> = entries.iter().map(|(_, e)| e.id.as_str()).collect();
+        let scopes: Vec<&str> = entries.iter().map(|(_, e)| e.scope.as_str()).collect();
+        let schema = &self.shared.settings.dedupe_schema;
+        let seen = dedupe::seen(&self.client, schema, &ids, &scopes)
+            .await
+            .map_err(|e| self.transient(&format!("reading {schema}.applied"), e))?;
+
+        // The latest content applied under each (scope, id): this batch's, else the table's.
+        let mut latest: HashMap<(&str, &str), (usize, &str)> = HashMap::new();
+        let mut repeats = Vec::new();
+        let mut to_record = Vec::new();
+        for (i, entry) in &entries {
+            let key = (entry.scope.as_str(), entry.id.as_str());
+            let hash = entry.hash.as_deref().expect("computed above");
+            if let Some(&(earlier, earlier_hash)) = latest.get(&key) {
+                if earlier_hash == hash {
+                    repeats.push((*i, earlier));
+                    continue;
+                }
+            } else if let Some(applied) = seen
+                .get(&(entry.scope.clone(), entry.id.clone()))
+                .or_else(|| seen.get(&(dedupe::LEGACY_SCOPE.into(), entry.id.clone())))
+            {
+                // An entry from before hashes were kept can only say the id was applied.
+                if applied.hash.is_none() || applied.hash.as_deref() == Some(hash) {
+                    results[*i] = Some(Ok(Applied {
+                        returned: dedupe::decode(
+                            applied.returned.as_deref(),
+                            changes[*i].operations.len(),
+                        ),
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+            }
+            if latest.contains_key(&key)
+                || seen.contains_key(&(entry.scope.clone(), entry.id.clone()))
+            {
+                tracing::warn!(
+                    "change id `{}` was applied to {} before with other content: this is no \
+                     replay, so it is applied too (does a producer reuse ids?)",
+                    entry.id,
+                    entry.scope
+                );
+            }
+            latest.insert(key, (*i, hash));
+            to_record.push((*i, entry.clone()));
+        }
+        Ok((repeats, to_record))
     }
 
-    /// Records the ids of the changes this batch applied.
+    /// Records the ids of the changes this batch applied, with what they returned.
     async fn record(
         &mut self,
-        changes: &[Change],
         results: &[Result<Applied, PluginError>],
+        candidates: Vec<(usize, dedupe::Entry)>,
     ) -> Result<(), PluginError> {
-        let entries: Vec<(String, Option<String>)> = changes
-            .iter()
-            .zip(results)
-            .filter_map(
-                |(change, result)| match (change.id.as_ref().into_option(), result) {
-                    (Some(id), Ok(applied)) if !applied.duplicate => {
-                        Some((id.to_string(), dedupe::encode(&applied.returned)))
-                    }
-                    _ => None,
-                },
-            )
-            .collect();
+        // One entry per (scope, id): the last applied content is the one to compare with.
+        let mut entries: Vec<dedupe::Entry> = Vec::new();
+        let mut at: HashMap<(String, String), usize> = HashMap::new();
+        for (i, mut entry) in candidates {
+            let Ok(applied) = &results[i] else { continue };
+            entry.returned = dedupe::encode(&applied.returned);
+            match at.get(&(entry.scope.clone(), entry.id.clone())) {
+                Some(&earlier) => entries[earlier] = entry,
+                None => {
+                    at.insert((entry.scope.clone(), entry.id.clone()), entries.len());
+                    entries.push(entry);
+                }
+            }
+        }
         let schema = &self.shared.settings.dedupe_schema;
         let recorded = dedupe::record(&self.client, schema, &entries)
             .await
@@ -603,13 +733,15 @@ impl Inner {
     }
 
     /// The slow path, inside the open transaction: bisects `candidates` under savepoints
-    /// until every change that cannot apply stands alone.
+    /// until every change that cannot apply stands alone. `counted`: this attempt's
+    /// failure was already counted against every candidate (see `doubt`).
     async fn isolate(
         &mut self,
         changes: &[Change],
         plans: &[Result<Vec<Prepared<'_>>, PluginError>],
         candidates: &[usize],
         results: &mut [Option<Result<Applied, PluginError>>],
+        counted: bool,
     ) -> Result<(), PluginError> {
         let started = Instant::now();
         let mut bad = 0;
@@ -621,7 +753,7 @@ impl Inner {
                 continue;
             }
             self.execute("SAVEPOINT golconde").await?;
-            let error = match self.run(plans, &candidates[lo..hi]).await {
+            let (error, doubtful) = match self.run(plans, &candidates[lo..hi]).await {
                 Ok(applied) => {
                     self.execute("RELEASE SAVEPOINT golconde").await?;
                     for (i, applied) in candidates[lo..hi].iter().zip(applied) {
@@ -630,8 +762,9 @@ impl Inner {
                     continue;
                 }
                 Err(Failure::Transient(e)) => return Err(e),
-                Err(Failure::Schema(e) | Failure::Data(DataError::Database(e))) => Some(e),
-                Err(Failure::Data(DataError::Unmatched)) => None,
+                Err(Failure::Doubtful(e)) => (Some(e), true),
+                Err(Failure::Schema(e) | Failure::Data(DataError::Database(e))) => (Some(e), false),
+                Err(Failure::Data(DataError::Unmatched)) => (None, false),
             };
             self.execute("ROLLBACK TO SAVEPOINT golconde; RELEASE SAVEPOINT golconde")
                 .await?;
@@ -644,7 +777,22 @@ impl Inner {
             let i = candidates[lo];
             let ops = plans[i].as_ref().expect("candidates are planned");
             let error = error.expect("a single change always matches its keys");
-            let message = self.describe(&error, ops).await?;
+            let mut message = self.describe(&error, ops).await?;
+            if doubtful {
+                let fingerprint = Fingerprint::of(&changes[i]);
+                let doubts = &self.shared.doubts;
+                let failures = if counted {
+                    doubts.failures(fingerprint)
+                } else {
+                    doubts.failed(fingerprint)
+                };
+                if failures < self.shared.settings.max_attempts {
+                    // It may pass yet: the whole batch waits for the retry.
+                    return Err(self.doubtful(&error, failures));
+                }
+                doubts.forget([fingerprint]);
+                message = given_up(&error, failures, &message);
+            }
             bad += 1;
             results[i] = Some(Err(PluginError::permanent(with_id(&changes[i], message))));
         }
@@ -662,62 +810,141 @@ impl Inner {
             .await
             .map_err(|e| match classify(e) {
                 Failure::Transient(e) => e,
-                Failure::Schema(e) | Failure::Data(DataError::Database(e)) => {
-                    self.transient(sql, e)
-                }
+                Failure::Doubtful(e)
+                | Failure::Schema(e)
+                | Failure::Data(DataError::Database(e)) => self.transient(sql, e),
                 Failure::Data(DataError::Unmatched) => unreachable!("not a statement"),
             })
     }
 
-    /// Says why one change failed: the server's message, and for a value the server could
-    /// not read, which column it was for (found by trying each value alone).
+    /// Says why one change failed: the server's message, with the table and the column
+    /// it is about: the one the server names, else those of the constraint it names, else
+    /// the first value the server cannot take for its column (found by trying each value
+    /// alone).
     async fn describe(
         &mut self,
         error: &tokio_postgres::Error,
         ops: &[Prepared<'_>],
     ) -> Result<String, PluginError> {
+        let db = error.as_db_error();
+        // The table the server names, if the change writes several.
+        let named = db.and_then(|e| Some(format!("{}.{}", e.schema()?, e.table()?)));
         let table = ops
-            .first()
-            .map(|op| op.table.display.as_str())
-            .unwrap_or("?");
-        let mut message = format!("`{table}`: {}", db_message(error));
-        let data_exception = error
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c == &SqlState::DATATYPE_MISMATCH);
-        let column_known = error.as_db_error().and_then(|e| e.column()).is_some();
-        if data_exception && !column_known {
-            if let Some((op, position, text)) = self.find_unreadable(ops).await? {
+            .iter()
+            .map(|op| &op.table)
+            .find(|t| Some(&t.display) == named.as_ref())
+            .or(ops.first().map(|op| &op.table))
+            .cloned();
+        let Some(table) = table else {
+            return Ok(db_message(error));
+        };
+        let reason = db_message(error);
+        if let Some(column) = db.and_then(|e| e.column()) {
+            return Ok(format!(
+                "column `{column}` of `{}`: {reason}",
+                table.display
+            ));
+        }
+        if let Some(constraint) = db.and_then(|e| e.constraint()) {
+            let columns = self.constraint_columns(&table, constraint).await?;
+            match columns.as_slice() {
+                [] => {}
+                [column] => {
+                    return Ok(format!(
+                        "column `{column}` of `{}`: {reason}",
+                        table.display
+                    ))
+                }
+                columns => {
+                    let names: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+                    return Ok(format!(
+                        "columns {} of `{}`: {reason}",
+                        names.join(", "),
+                        table.display
+                    ));
+                }
+            }
+        }
+        let about_data = error.code().is_some_and(|c| {
+            matches!(&c.code()[..2], "22" | "23") || c == &SqlState::DATATYPE_MISMATCH
+        });
+        if about_data {
+            if let Some((op, position, text)) = self.find_unfit(ops).await? {
                 let column = &op.table.columns[position];
-                message = format!(
-                    "column `{}` of `{}` ({}) cannot take {}: {}",
+                return Ok(format!(
+                    "column `{}` of `{}` ({}) cannot take {}: {reason}",
                     column.name,
                     op.table.display,
                     column.type_name,
                     serde_json::to_string(&text).unwrap_or(text),
-                    db_message(error)
-                );
+                ));
             }
         }
-        Ok(message)
+        Ok(format!("`{}`: {reason}", table.display))
     }
 
-    /// The first value of `ops` the server cannot read as its column's type.
-    async fn find_unreadable<'p, 'a>(
+    /// The columns of constraint `name` of `table`, in order; none if it is not one of the
+    /// table's (a domain's check, say).
+    async fn constraint_columns(
+        &mut self,
+        table: &Table,
+        name: &str,
+    ) -> Result<Vec<String>, PluginError> {
+        const SQL: &str = "\
+            SELECT a.attname::text
+            FROM pg_catalog.pg_constraint c,
+                 unnest(c.conkey) WITH ORDINALITY k(attnum, ord),
+                 pg_catalog.pg_attribute a
+            WHERE c.conrelid = pg_catalog.to_regclass($1) AND c.conname = $2
+              AND a.attrelid = c.conrelid AND a.attnum = k.attnum
+            ORDER BY k.ord";
+        self.execute("SAVEPOINT golconde_probe").await?;
+        let rows = self.client.query(SQL, &[&table.quoted, &name]).await;
+        self.execute("ROLLBACK TO SAVEPOINT golconde_probe; RELEASE SAVEPOINT golconde_probe")
+            .await?;
+        match rows {
+            Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+            Err(e) => match classify(e) {
+                Failure::Transient(e) => Err(e),
+                _ => Ok(Vec::new()),
+            },
+        }
+    }
+
+    /// The first value of `ops` the server cannot take for its column, with its text.
+    async fn find_unfit<'p, 'a>(
         &mut self,
         ops: &'p [Prepared<'a>],
     ) -> Result<Option<(&'p Prepared<'a>, usize, String)>, PluginError> {
         for op in ops {
             for (position, cell) in op.data.iter().chain(&op.restriction) {
-                let Cell::Text(text) = cell else { continue };
                 let column = &op.table.columns[*position];
+                // The value as it travels, then through the column's type and its declared
+                // form (`numeric(30,10)`, a domain's check): format_type's output is the
+                // catalog's, never a message's.
+                let (wire, text, param): (&str, String, Box<dyn ToSql + Sync + Send>) = match cell {
+                    Cell::Null => continue,
+                    Cell::Int(i) => ("pg_catalog.int8", i.to_string(), Box::new(*i)),
+                    Cell::Float(f) => ("pg_catalog.float8", float_text(*f), Box::new(*f)),
+                    Cell::Bool(b) => ("pg_catalog.bool", b.to_string(), Box::new(*b)),
+                    Cell::Text(t) => ("pg_catalog.text", t.to_string(), Box::new(t.to_string())),
+                    Cell::Micros(m) => {
+                        let tz = matches!(column.kind, Kind::Timestamp { tz: true });
+                        let wire = if tz {
+                            "pg_catalog.timestamptz"
+                        } else {
+                            "pg_catalog.timestamp"
+                        };
+                        (wire, timestamp::format(*m, tz), Box::new(*m))
+                    }
+                };
+                let sql = format!("SELECT $1::{wire}::{}::{}", column.cast, column.type_name);
                 self.execute("SAVEPOINT golconde_probe").await?;
-                // Through the declared type too (`numeric(30,10)`, which the bare cast
-                // lacks): format_type's output is the catalog's, never a message's.
-                let sql = format!(
-                    "SELECT $1::pg_catalog.text::{}::{}",
-                    column.cast, column.type_name
-                );
-                let fails = match self.client.query(&sql, &[&text.as_ref()]).await {
+                let fails = match self
+                    .client
+                    .query(&sql, &[param.as_ref() as &(dyn ToSql + Sync)])
+                    .await
+                {
                     Ok(_) => false,
                     Err(e) => match classify(e) {
                         Failure::Transient(e) => return Err(e),
@@ -729,12 +956,31 @@ impl Inner {
                 )
                 .await?;
                 if fails {
-                    return Ok(Some((op, *position, text.to_string())));
+                    return Ok(Some((op, *position, text)));
                 }
             }
         }
         Ok(None)
     }
+}
+
+/// The message of a change that failed `failures` times with an error that may or may
+/// not pass, now dead-lettered: what happened, and what to do.
+fn given_up(error: &tokio_postgres::Error, failures: u32, described: &str) -> String {
+    let fix = match error.code().map(|c| c.code()) {
+        Some("57014") => {
+            "it ran longer than the server's statement_timeout (`statement_timeout_ms`), or \
+             was cancelled: raise statement_timeout or find what slows or blocks it"
+        }
+        _ => {
+            "the database user lacks a privilege on the table or a column, or a row-level \
+             security policy refused the row: grant the privilege or change the policy"
+        }
+    };
+    format!(
+        "failed {failures} times, each time: {described}; {fix}, then replay the change from \
+         the dead-letter queue"
+    )
 }
 
 /// A returned key column, read as text, as a value of its kind.
@@ -783,8 +1029,13 @@ fn classify(e: tokio_postgres::Error) -> Failure {
         )));
     };
     let code = code.code();
+    // insufficient_privilege (also a row-level security policy's WITH CHECK) and
+    // query_canceled (statement_timeout): a retry may pass, or may not.
+    if matches!(code, "42501" | "57014") {
+        return Failure::Doubtful(e);
+    }
     let transient = matches!(&code[..2], "08" | "40" | "53" | "57" | "58" | "25" | "XX")
-        || matches!(code, "55P03" | "55006" | "42501");
+        || matches!(code, "55P03" | "55006");
     let schema = matches!(
         code,
         "42P01" | "42703" | "42704" | "42883" | "42804" | "42P10" | "0A000" | "3F000"

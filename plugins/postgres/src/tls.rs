@@ -18,6 +18,13 @@
 //! unencrypted key (PEM), for servers that authenticate clients by certificate
 //! (`hostssl ... cert` in `pg_hba.conf`). Unlike libpq, nothing is read from
 //! `~/.postgresql/` unless named: a daemon's identity should be in its configuration.
+//!
+//! Reading the DSN here is also where a password could leak into an error message: an
+//! unquoted password with a space reads as a second word, one with `&` in a URL as a
+//! second parameter, one with `@` as part of the host. So an error quotes a word of the
+//! DSN only if it is an option name PostgreSQL knows or the DSN holds no password
+//! ([`may_hold_password`]), and a URL whose user name or password would be taken for
+//! part of the host or the user name is refused rather than shown.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -86,6 +93,50 @@ const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// Values of [`TLS_KEYS`], in that order.
 type TlsValues = [Option<String>; 4];
 
+/// The option names of a DSN: tokio-postgres's and [`TLS_KEYS`]. Only these are quoted
+/// in an error about a DSN that may hold a password.
+const KNOWN_KEYS: [&str; 23] = [
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "replication",
+];
+
+/// Whether `dsn` may hold a password: then no word of it but a known option name is
+/// quoted in an error, since any other word may be a piece of the password.
+pub fn may_hold_password(dsn: &str) -> bool {
+    dsn.to_ascii_lowercase().contains("password") || dsn.contains('@')
+}
+
+/// `word` quoted for an error about `dsn`, or a stand-in when it may be part of a
+/// password.
+fn quoted(word: &str, dsn: &str) -> String {
+    if KNOWN_KEYS.contains(&word) || !may_hold_password(dsn) {
+        format!("`{word}`")
+    } else {
+        "a word (not repeated here: it may be part of a password)".into()
+    }
+}
+
 /// Splits `sslmode`, `sslrootcert`, `sslcert` and `sslkey` off a DSN (`key=value ...` or a
 /// `postgres://` URL); returns the rest of the DSN for tokio-postgres.
 pub fn split_dsn(dsn: &str) -> Result<(String, Options), String> {
@@ -97,7 +148,14 @@ pub fn split_dsn(dsn: &str) -> Result<(String, Options), String> {
             split_pairs(dsn)?
         };
     let mode = match mode {
-        Some(mode) => Mode::parse(&mode)?,
+        Some(mode) => Mode::parse(&mode).map_err(|e| {
+            if may_hold_password(dsn) {
+                "sslmode is none of disable, allow, prefer, require, verify-ca, verify-full"
+                    .to_string()
+            } else {
+                e
+            }
+        })?,
         None => Mode::Prefer,
     };
     if mode == Mode::Disable && (client_cert.is_some() || client_key.is_some()) {
@@ -131,13 +189,41 @@ fn take(values: &mut TlsValues, key: &str, value: String) -> bool {
 
 fn split_url(url: &str) -> Result<(String, TlsValues), String> {
     let mut values = TlsValues::default();
-    let Some((base, query)) = url.split_once('?') else {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    // tokio-postgres (as libpq) takes everything before the first `@` for user name and
+    // password; where that cannot be meant, the URL is refused, so that no piece of a
+    // password becomes a host or user name that messages would show.
+    let credentials = url[after_scheme..].find('@').map(|at| after_scheme + at);
+    if let Some(at) = credentials {
+        let user = url[after_scheme..at].split(':').next().unwrap_or_default();
+        if user.contains(['/', '?', '#', '&', '=']) {
+            return Err(
+                "the URL has an `@` after its host (in the database name or a \
+                        parameter value): write it as %40"
+                    .into(),
+            );
+        }
+        let host = url[at + 1..].split(['/', '?']).next().unwrap_or_default();
+        if host.contains('@') {
+            return Err("the URL's user name or password contains an `@`: write it as %40".into());
+        }
+    }
+    let query_from = credentials.unwrap_or(after_scheme);
+    let Some(question) = url[query_from..].find('?').map(|at| query_from + at) else {
         return Ok((url.to_string(), values));
     };
+    let (base, query) = (&url[..question], &url[question + 1..]);
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !take(&mut values, &percent_decode(key)?, percent_decode(value)?) {
+        // Only the TLS keys' values are read here; the rest (a password among them) goes
+        // to tokio-postgres as written.
+        let key =
+            percent_decode(key).map_err(|e| format!("a parameter name of the URL has {e}"))?;
+        if TLS_KEYS.contains(&key.as_str()) {
+            let value = percent_decode(value).map_err(|e| format!("`{key}` has {e}"))?;
+            take(&mut values, &key, value);
+        } else {
             kept.push(pair);
         }
     }
@@ -149,6 +235,7 @@ fn split_url(url: &str) -> Result<(String, TlsValues), String> {
     Ok((rest, values))
 }
 
+/// `%XX` escapes decoded; the error says what is wrong without quoting the text.
 fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -158,7 +245,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("the URL has a bad %-escape at `{}`", &text[i..]))?;
+                .ok_or("a bad %-escape (a `%` not followed by two hex digits; write `%` as %25)")?;
             out.push(hex);
             i += 3;
         } else {
@@ -166,7 +253,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the URL's %-escapes are not UTF-8".to_string())
+    String::from_utf8(out).map_err(|_| "%-escapes that are not UTF-8".to_string())
 }
 
 /// libpq's `key = value` list: values may be single-quoted, `\` escapes the next character.
@@ -185,7 +272,10 @@ fn split_pairs(dsn: &str) -> Result<(String, TlsValues), String> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(format!("`{key}` has no `=value`"));
+            return Err(format!(
+                "{} has no `=value`; a value with spaces must be quoted: key='a b'",
+                quoted(&key, dsn)
+            ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -195,7 +285,12 @@ fn split_pairs(dsn: &str) -> Result<(String, TlsValues), String> {
                     Some('\\') => value.extend(chars.next()),
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => return Err(format!("the value of `{key}` has an unclosed quote")),
+                    None => {
+                        return Err(format!(
+                            "the value of {} has an unclosed quote",
+                            quoted(&key, dsn)
+                        ))
+                    }
                 }
             }
         } else {
@@ -207,9 +302,9 @@ fn split_pairs(dsn: &str) -> Result<(String, TlsValues), String> {
                 }
             }
         }
-        let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+        let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
         if !take(&mut values, &key, value) {
-            kept.push(format!("{key}='{quoted}'"));
+            kept.push(format!("{key}='{escaped}'"));
         }
     }
     Ok((kept.join(" "), values))
@@ -489,6 +584,13 @@ mod tests {
         );
         assert_eq!(split("postgres://db/x").1, Mode::Prefer);
         assert!(split_dsn("postgres://db/x?sslrootcert=%zz").is_err());
+        // Everything before the first `@` is user name and password, also a `/` or `?`.
+        assert_eq!(
+            split("postgres://u:a/b?c@db/x?sslmode=require"),
+            ("postgres://u:a/b?c@db/x".into(), Mode::Require, None)
+        );
+        assert!(split_dsn("postgres://u:a@b@db/x").is_err());
+        assert!(split_dsn("postgres://db/x?password=a@b").is_err());
     }
 
     fn options(dsn: &str) -> Options {

@@ -282,7 +282,10 @@ fn values_that_do_not_fit_name_column_type_and_value() {
         ("i2", "70000", "smallint", "out of range"),
         ("i4", "\"seven\"", "integer", "not an integer"),
         ("i8", "1.5", "bigint", "not an integer"),
-        ("i8", "92233720368547758070", "bigint", "not an integer"),
+        ("i8", "92233720368547758070", "bigint", "out of range"),
+        ("i8", "1e19", "bigint", "out of range"),
+        ("f8", "1e400", "double precision", "out of range"),
+        ("f4", "1e-46", "real", "out of range"),
         ("f8", "true", "double precision", "boolean"),
         ("f4", "1e300", "real", "out of range"),
         ("num", "\"12abc\"", "numeric(30,10)", "not a number"),
@@ -419,4 +422,56 @@ fn timestamps_store_what_the_server_would_parse_however_they_travel() {
         db.text("SELECT (tstz IS NULL AND ts IS NULL AND at IS NULL)::text FROM {s}.times WHERE id = 99"),
         "true"
     );
+}
+
+/// An error about bad data names the table and the column, also when the server's own
+/// message does not: a check constraint, a domain's check on a value sent binary, a
+/// unique or foreign key.
+#[test]
+fn errors_about_bad_data_name_table_and_column() {
+    let db = Db::new("types_columns");
+    db.exec(
+        "CREATE DOMAIN {s}.positive AS integer CHECK (VALUE > 0);
+         CREATE TABLE {s}.parent (id int PRIMARY KEY);
+         INSERT INTO {s}.parent VALUES (1);
+         CREATE TABLE {s}.t (
+             id int PRIMARY KEY,
+             amount int CHECK (amount >= 0),
+             p {s}.positive,
+             code text UNIQUE,
+             nn text NOT NULL DEFAULT 'x',
+             parent int REFERENCES {s}.parent,
+             lo int, hi int, CONSTRAINT ordered CHECK (lo <= hi)
+         );
+         INSERT INTO {s}.t (id, code) VALUES (0, 'taken');",
+    );
+    let pg = db.plugin("");
+    let table = db.table("t");
+    let cases: &[(&str, &str)] = &[
+        (r#""amount": -1"#, "column `amount`"),
+        (r#""p": -1"#, "column `p`"),
+        (r#""p": "-1""#, "column `p`"),
+        (r#""code": "taken""#, "column `code`"),
+        (r#""nn": null"#, "column `nn`"),
+        (r#""parent": 2"#, "column `parent`"),
+        (r#""lo": 2, "hi": 1"#, "columns `lo`, `hi`"),
+    ];
+    let messages: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (data, _))| {
+            format!(
+                r#"{{"action": "add", "data": {{"id": {}, {data}}}}}"#,
+                i + 1
+            )
+        })
+        .collect();
+    let results = apply(&pg, &changes(&db.processor("t"), &messages));
+    for ((data, expected), result) in cases.iter().zip(&results) {
+        let error = permanent(result);
+        assert!(
+            error.contains(&format!("{expected} of `{table}`")),
+            "{data}: {error}"
+        );
+    }
 }

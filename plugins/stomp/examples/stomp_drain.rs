@@ -211,7 +211,7 @@ impl Amqp {
         self.runtime.block_on(async {
             let stream = tokio::net::TcpStream::connect(STOMP).await.expect("connect");
             stream.set_nodelay(true).expect("nodelay");
-            let mut framed = tokio_util::codec::Framed::new(stream, StompCodec::new(1 << 20));
+            let mut framed = tokio_util::codec::Framed::new(stream, StompCodec::new(1 << 20, 1024));
             let connect = Frame::new(Command::Connect)
                 .with_header("accept-version", "1.2")
                 .with_header("host", "/")

@@ -1,12 +1,22 @@
 //! The STOMP 1.2 wire format as a `tokio-util` codec: bytes to [`Item`]s and back.
 //!
-//! Decoding is incremental and never rescans: the decoder remembers how far it has looked
-//! for the end of the header section or for the NUL that ends a body without
-//! `content-length`, so a peer dribbling a large frame costs linear time. Every frame is
-//! bounded by `max_frame_bytes` (header section, body and NUL together), checked as soon
-//! as the size is known or exceeded, so a hostile or broken peer cannot make us buffer
-//! more than that. Malformed input is a [`CodecError`], never a panic: the connection that
-//! produced it is dropped.
+//! Decoding is incremental and never rescans: header lines are parsed and dropped from the
+//! buffer as each one completes, and the decoder remembers how far it has looked for the
+//! end of a line or for the NUL that ends a body without `content-length`, so a peer
+//! dribbling a large frame costs linear time.
+//!
+//! **A frame over a limit costs that frame only.** The limits bound what one frame may
+//! hold in memory: `max_frame_bytes` (command line, headers, body and NUL together) and
+//! `max_headers` (header lines). Past them the decoder does not fail, which would drop the
+//! connection and have the broker redeliver the same message first, for ever; it reads on
+//! without keeping: a body that does not fit is skipped as it arrives (never buffered),
+//! header lines past `max_headers` or past the byte limit are dropped (except the few the
+//! client needs, such as `ack`, see [`PROTOCOL_HEADERS`]), and so is a header line that
+//! cannot be read (not UTF-8, a bad escape, no colon). The frame then comes out with
+//! [`Frame::incomplete`] saying what was left out, for the consumer to hand over marked.
+//! What remains a [`CodecError`], dropping the connection, is what only a broken peer
+//! sends: an unknown command, a bad `content-length`, a body not followed by NUL, a
+//! connection ending mid-frame. Never a panic.
 //!
 //! End-of-lines between frames are heart-beats. The decoder reports a run of them as one
 //! [`Item::Heartbeat`] (so the reader can tell the peer is alive), except the EOLs that
@@ -26,21 +36,12 @@ pub enum Item {
     Heartbeat,
 }
 
-/// Why bytes could not be decoded or a frame encoded.
+/// Why bytes could not be decoded or a frame encoded. Decoding errors end the connection,
+/// so they are kept to what a broken peer sends; see the module documentation.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("frame exceeds {limit} bytes (`max_frame_bytes`)")]
-    TooLarge { limit: usize },
     #[error("unknown command `{0}`")]
     UnknownCommand(String),
-    #[error("header line `{0}` has no colon")]
-    MissingColon(String),
-    #[error("header line `{0}` has an empty name")]
-    EmptyName(String),
-    #[error("invalid escape sequence in header line `{0}` (STOMP 1.2 allows \\r \\n \\c \\\\)")]
-    BadEscape(String),
-    #[error("header line `{0}` is not UTF-8")]
-    NotUtf8(String),
     #[error("content-length `{0}` is not a byte count")]
     BadContentLength(String),
     #[error("the {length}-byte body given by content-length is not followed by NUL")]
@@ -57,13 +58,124 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
-/// A frame whose header section has been read, waiting for its body.
+/// Headers the client needs whatever else is dropped: to acknowledge a message and say
+/// which it was (`ack`, `subscription`, the ids, `destination`, redelivery), to match a
+/// RECEIPT or ERROR to its request and read it, to finish the handshake. The first of
+/// each is kept past `max_headers`, and past `max_frame_bytes` if its line is short
+/// ([`PROTOCOL_LINE_BYTES`]).
+pub const PROTOCOL_HEADERS: [&str; 11] = [
+    "ack",
+    "subscription",
+    "message-id",
+    "amqp-message-id",
+    "destination",
+    "redelivered",
+    "redeliveries",
+    "receipt-id",
+    "message",
+    "version",
+    "heart-beat",
+];
+
+/// Past `max_frame_bytes`, the longest header line still read (for [`PROTOCOL_HEADERS`]);
+/// longer ones are skipped unread.
+pub const PROTOCOL_LINE_BYTES: usize = 1024;
+
+/// The longest command line: a line that long without an end is no STOMP command.
+const COMMAND_LINE_BYTES: usize = 64;
+
+/// The frame being read, from its command line on.
 #[derive(Debug)]
-struct Pending {
+struct Head {
     command: Command,
     headers: Vec<(String, String)>,
-    body_start: usize,
+    /// Bytes of the frame so far, dropped ones included.
+    size: usize,
+    /// Bytes of the header section, once it is complete.
+    head_size: usize,
+    /// Header lines read, dropped ones included (`content-length` too).
+    lines: usize,
+    /// Header lines dropped for `max_headers`, for `max_frame_bytes`, and unreadable.
+    over_count: usize,
+    over_size: usize,
+    unreadable: usize,
+    first_unreadable: Option<String>,
     length: Option<usize>,
+    seen_length: bool,
+    /// Which of [`PROTOCOL_HEADERS`] have been kept.
+    protocol_kept: [bool; PROTOCOL_HEADERS.len()],
+    /// The body does not fit and is being skipped.
+    oversized: bool,
+}
+
+impl Head {
+    fn new(command: Command, size: usize) -> Head {
+        Head {
+            command,
+            headers: Vec::new(),
+            size,
+            head_size: 0,
+            lines: 0,
+            over_count: 0,
+            over_size: 0,
+            unreadable: 0,
+            first_unreadable: None,
+            length: None,
+            seen_length: false,
+            protocol_kept: [false; PROTOCOL_HEADERS.len()],
+            oversized: false,
+        }
+    }
+
+    fn unreadable(&mut self, why: String) {
+        self.unreadable += 1;
+        self.first_unreadable.get_or_insert(why);
+    }
+
+    /// What was left out of the frame, in words, or `None` if nothing was.
+    fn incomplete(&self, max_frame_bytes: usize, max_headers: usize) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.oversized {
+            let body = self.size.saturating_sub(self.head_size + 1);
+            let dropped = match self.over_size {
+                0 => format!("its {body}-byte body was dropped"),
+                n => format!("its {body}-byte body and {n} header lines were dropped"),
+            };
+            parts.push(format!(
+                "the STOMP frame is {} bytes, more than `max_frame_bytes` ({max_frame_bytes}); \
+                 {dropped}",
+                self.size
+            ));
+        }
+        if self.over_count > 0 {
+            parts.push(format!(
+                "the STOMP frame has {} header lines, more than `max_headers` ({max_headers}); \
+                 the {} past the limit were dropped",
+                self.lines, self.over_count
+            ));
+        }
+        if self.unreadable > 0 {
+            parts.push(format!(
+                "{} header lines could not be read and were dropped (the first: {})",
+                self.unreadable,
+                self.first_unreadable.as_deref().unwrap_or("?")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Where the decoder is within a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between frames, or reading the command line or a header line.
+    Lines,
+    /// Skipping the rest of a header line too long to keep.
+    LongLine,
+    /// Waiting for a body that fits.
+    Body,
+    /// Skipping a body that does not fit; `Some(n)`: n bytes to go, NUL included.
+    SkipBody(Option<usize>),
 }
 
 /// Encodes and decodes STOMP 1.2. One instance per direction: the decoder keeps state
@@ -71,91 +183,114 @@ struct Pending {
 #[derive(Debug)]
 pub struct StompCodec {
     max_frame_bytes: usize,
-    pending: Option<Pending>,
-    /// Where to resume: the start of the first header line not yet looked at, or (with a
-    /// pending frame) how far the NUL has been looked for.
+    max_headers: usize,
+    head: Option<Head>,
+    phase: Phase,
+    /// How far the current line, or the NUL of a body, has been looked for.
     scanned: usize,
 }
 
 impl StompCodec {
-    pub fn new(max_frame_bytes: usize) -> StompCodec {
+    pub fn new(max_frame_bytes: usize, max_headers: usize) -> StompCodec {
         StompCodec {
             max_frame_bytes,
-            pending: None,
+            max_headers,
+            head: None,
+            phase: Phase::Lines,
             scanned: 0,
         }
     }
 
-    fn too_large(&self) -> CodecError {
-        CodecError::TooLarge {
-            limit: self.max_frame_bytes,
+    /// Reads one complete header line (without its EOL) into `head`.
+    fn header_line(&self, head: &mut Head, line: &[u8]) -> Result<(), CodecError> {
+        head.lines += 1;
+        let Some(colon) = memchr::memchr(b':', line) else {
+            head.unreadable(format!("header line `{}` has no colon", preview(line)));
+            return Ok(());
+        };
+        if colon == 0 {
+            head.unreadable(format!("header line `{}` has an empty name", preview(line)));
+            return Ok(());
         }
-    }
-
-    /// Looks for the empty line that ends the header section; returns where it starts and
-    /// where the body starts.
-    fn find_header_end(&mut self, src: &BytesMut) -> Result<Option<(usize, usize)>, CodecError> {
-        let mut line_start = self.scanned;
-        while let Some(offset) = memchr::memchr(b'\n', &src[line_start..]) {
-            let lf = line_start + offset;
-            let line = &src[line_start..lf];
-            if line_start > 0 && (line.is_empty() || line == b"\r") {
-                if lf + 1 > self.max_frame_bytes {
-                    return Err(self.too_large());
-                }
-                return Ok(Some((line_start, lf + 1)));
-            }
-            line_start = lf + 1;
-        }
-        self.scanned = line_start;
-        if src.len() >= self.max_frame_bytes {
-            return Err(self.too_large());
-        }
-        Ok(None)
-    }
-
-    /// Finishes the frame whose header section is parsed, if its body is all there.
-    fn take_body(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let pending = self.pending.as_ref().expect("called with a pending frame");
-        let (body_end, frame_end) = match pending.length {
-            Some(length) => {
-                // Checked when the header was read: cannot overflow, fits the limit.
-                let frame_end = pending.body_start + length + 1;
-                if src.len() < frame_end {
-                    src.reserve(frame_end - src.len());
-                    return Ok(None);
-                }
-                if src[frame_end - 1] != 0 {
-                    return Err(CodecError::MissingNul { length });
-                }
-                (frame_end - 1, frame_end)
-            }
-            None => {
-                let from = self.scanned.max(pending.body_start);
-                match memchr::memchr(0, &src[from..]) {
-                    Some(offset) => (from + offset, from + offset + 1),
-                    None => {
-                        self.scanned = src.len();
-                        if src.len() >= self.max_frame_bytes {
-                            return Err(self.too_large());
-                        }
-                        return Ok(None);
-                    }
-                }
+        let escaped = head.command.escapes_headers();
+        let name = match decode_text(&line[..colon], escaped, line) {
+            Ok(name) => name,
+            Err(why) => {
+                head.unreadable(why);
+                return Ok(());
             }
         };
-        if frame_end > self.max_frame_bytes {
-            return Err(self.too_large());
+        if name == "content-length" {
+            // The first occurrence wins; later ones are dropped like any repeated header.
+            if !head.seen_length {
+                head.seen_length = true;
+                let value = &line[colon + 1..];
+                let length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| CodecError::BadContentLength(preview(value)))?;
+                head.length = Some(length);
+            }
+            return Ok(());
         }
-        let pending = self.pending.take().expect("checked above");
-        let bytes = src.split_to(frame_end).freeze();
+        let protocol = PROTOCOL_HEADERS
+            .iter()
+            .position(|p| *p == name)
+            .filter(|&i| !head.protocol_kept[i]);
+        let fits = head.size <= self.max_frame_bytes;
+        let room = head.headers.len() < self.max_headers;
+        if !(fits && room) && protocol.is_none() {
+            if fits {
+                head.over_count += 1;
+            } else {
+                head.over_size += 1;
+            }
+            return Ok(());
+        }
+        let value = match decode_text(&line[colon + 1..], escaped, line) {
+            Ok(value) => value,
+            Err(why) => {
+                head.unreadable(why);
+                return Ok(());
+            }
+        };
+        if let Some(i) = protocol {
+            head.protocol_kept[i] = true;
+        }
+        head.headers.push((name, value));
+        Ok(())
+    }
+
+    /// The header section is complete: decides whether the body fits.
+    fn start_body(&mut self) {
+        let head = self.head.as_mut().expect("a frame is being read");
+        head.head_size = head.size;
+        // A length no frame could have (past `usize`) is just over any limit.
+        let frame_size = head
+            .length
+            .map(|length| head.size.checked_add(length)?.checked_add(1));
+        head.oversized = head.size > self.max_frame_bytes
+            || frame_size.is_some_and(|size| size.is_none_or(|size| size > self.max_frame_bytes));
+        self.phase = match (head.oversized, head.length) {
+            (false, _) => Phase::Body,
+            (true, Some(length)) => Phase::SkipBody(Some(length.saturating_add(1))),
+            (true, None) => Phase::SkipBody(None),
+        };
+        self.scanned = 0;
+    }
+
+    /// The frame read, with `body`; the decoder is ready for the next one.
+    fn finish(&mut self, body: bytes::Bytes, src: &mut BytesMut) -> Item {
+        let head = self.head.take().expect("a frame is being read");
+        self.phase = Phase::Lines;
         self.scanned = 0;
         src.advance(eol_run(src));
-        Ok(Some(Frame {
-            command: pending.command,
-            headers: pending.headers,
-            body: bytes.slice(pending.body_start..body_end),
-        }))
+        Item::Frame(Frame {
+            incomplete: head.incomplete(self.max_frame_bytes, self.max_headers),
+            command: head.command,
+            headers: head.headers,
+            body,
+        })
     }
 }
 
@@ -186,8 +321,10 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn decode_text(raw: &[u8], escaped: bool, line: &[u8]) -> Result<String, CodecError> {
-    let text = std::str::from_utf8(raw).map_err(|_| CodecError::NotUtf8(preview(line)))?;
+/// A header name or value; the error says why the line cannot be read.
+fn decode_text(raw: &[u8], escaped: bool, line: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| format!("header line `{}` is not UTF-8", preview(line)))?;
     if !escaped || !text.contains('\\') {
         return Ok(text.to_owned());
     }
@@ -203,59 +340,15 @@ fn decode_text(raw: &[u8], escaped: bool, line: &[u8]) -> Result<String, CodecEr
             Some('n') => '\n',
             Some('c') => ':',
             Some('\\') => '\\',
-            _ => return Err(CodecError::BadEscape(preview(line))),
+            _ => {
+                return Err(format!(
+                    "header line `{}` has an escape STOMP 1.2 lacks (it has \\r \\n \\c \\\\)",
+                    preview(line)
+                ))
+            }
         });
     }
     Ok(out)
-}
-
-/// Parses a complete header section (command line and header lines, without the empty
-/// line that ends it).
-fn parse_head(section: &[u8], max_frame_bytes: usize) -> Result<Pending, CodecError> {
-    let mut lines = section
-        .strip_suffix(b"\n")
-        .unwrap_or(section)
-        .split(|&b| b == b'\n')
-        .map(strip_cr);
-    let command_line = lines.next().unwrap_or_default();
-    let command = Command::parse(command_line)
-        .ok_or_else(|| CodecError::UnknownCommand(preview(command_line)))?;
-    let escaped = command.escapes_headers();
-    let mut headers = Vec::new();
-    let mut length = None;
-    let mut seen_length = false;
-    for line in lines {
-        let colon =
-            memchr::memchr(b':', line).ok_or_else(|| CodecError::MissingColon(preview(line)))?;
-        if colon == 0 {
-            return Err(CodecError::EmptyName(preview(line)));
-        }
-        let name = decode_text(&line[..colon], escaped, line)?;
-        let value = decode_text(&line[colon + 1..], escaped, line)?;
-        if name == "content-length" {
-            // The first occurrence wins; later ones are dropped like any repeated header.
-            if !seen_length {
-                seen_length = true;
-                let parsed: usize = value
-                    .parse()
-                    .map_err(|_| CodecError::BadContentLength(preview(value.as_bytes())))?;
-                if parsed >= max_frame_bytes {
-                    return Err(CodecError::TooLarge {
-                        limit: max_frame_bytes,
-                    });
-                }
-                length = Some(parsed);
-            }
-            continue;
-        }
-        headers.push((name, value));
-    }
-    Ok(Pending {
-        command,
-        headers,
-        body_start: 0,
-        length,
-    })
 }
 
 impl Decoder for StompCodec {
@@ -263,43 +356,160 @@ impl Decoder for StompCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, CodecError> {
-        if self.pending.is_none() {
-            if self.scanned == 0 {
-                let eols = eol_run(src);
-                if eols > 0 {
-                    src.advance(eols);
-                    return Ok(Some(Item::Heartbeat));
+        loop {
+            match self.phase {
+                Phase::Lines => {
+                    if self.head.is_none() && self.scanned == 0 {
+                        let eols = eol_run(src);
+                        if eols > 0 {
+                            src.advance(eols);
+                            return Ok(Some(Item::Heartbeat));
+                        }
+                        // A lone CR may be the first half of a heart-beat.
+                        if src.is_empty() || &src[..] == b"\r" {
+                            return Ok(None);
+                        }
+                    }
+                    let Some(offset) = memchr::memchr(b'\n', &src[self.scanned..]) else {
+                        self.scanned = src.len();
+                        match &mut self.head {
+                            None if src.len() > COMMAND_LINE_BYTES => {
+                                return Err(CodecError::UnknownCommand(preview(src)))
+                            }
+                            Some(head)
+                                if src.len() > PROTOCOL_LINE_BYTES
+                                    && head.size + src.len() > self.max_frame_bytes =>
+                            {
+                                // Too long to keep: skip it as it arrives.
+                                head.size += src.len();
+                                head.lines += 1;
+                                head.over_size += 1;
+                                src.clear();
+                                self.scanned = 0;
+                                self.phase = Phase::LongLine;
+                            }
+                            _ => {}
+                        }
+                        return Ok(None);
+                    };
+                    let end = self.scanned + offset + 1;
+                    self.scanned = 0;
+                    let line = src.split_to(end);
+                    let content = strip_cr(&line[..end - 1]);
+                    match self.head.as_mut() {
+                        None => {
+                            let command = Command::parse(content)
+                                .ok_or_else(|| CodecError::UnknownCommand(preview(content)))?;
+                            self.head = Some(Head::new(command, end));
+                        }
+                        Some(head) => {
+                            head.size += end;
+                            if content.is_empty() {
+                                self.start_body();
+                            } else {
+                                let mut head = self.head.take().expect("checked");
+                                let read = self.header_line(&mut head, content);
+                                self.head = Some(head);
+                                read?;
+                            }
+                        }
+                    }
                 }
-                // A lone CR may be the first half of a heart-beat.
-                if src.is_empty() || &src[..] == b"\r" {
+                Phase::LongLine => {
+                    let head = self.head.as_mut().expect("a frame is being read");
+                    match memchr::memchr(b'\n', src) {
+                        None => {
+                            head.size += src.len();
+                            src.clear();
+                            return Ok(None);
+                        }
+                        Some(offset) => {
+                            head.size += offset + 1;
+                            src.advance(offset + 1);
+                            self.phase = Phase::Lines;
+                        }
+                    }
+                }
+                Phase::Body => {
+                    let head = self.head.as_mut().expect("a frame is being read");
+                    match head.length {
+                        Some(length) => {
+                            if src.len() <= length {
+                                src.reserve(length + 1 - src.len());
+                                return Ok(None);
+                            }
+                            if src[length] != 0 {
+                                return Err(CodecError::MissingNul { length });
+                            }
+                            head.size += length + 1;
+                            let body = src.split_to(length + 1).freeze().slice(..length);
+                            return Ok(Some(self.finish(body, src)));
+                        }
+                        None => match memchr::memchr(0, &src[self.scanned..]) {
+                            Some(offset)
+                                if head.size + self.scanned + offset < self.max_frame_bytes =>
+                            {
+                                let at = self.scanned + offset;
+                                head.size += at + 1;
+                                let body = src.split_to(at + 1).freeze().slice(..at);
+                                return Ok(Some(self.finish(body, src)));
+                            }
+                            found => {
+                                // Within the limit so far: wait for more.
+                                if found.is_none() && head.size + src.len() < self.max_frame_bytes {
+                                    self.scanned = src.len();
+                                    return Ok(None);
+                                }
+                                // The body does not fit: skip it, from what is buffered on.
+                                head.oversized = true;
+                                self.scanned = 0;
+                                self.phase = Phase::SkipBody(None);
+                            }
+                        },
+                    }
+                }
+                Phase::SkipBody(Some(remaining)) => {
+                    let head = self.head.as_mut().expect("a frame is being read");
+                    let take = remaining.min(src.len());
+                    if take == remaining {
+                        if src[take - 1] != 0 {
+                            return Err(CodecError::MissingNul {
+                                length: remaining - 1,
+                            });
+                        }
+                        head.size += take;
+                        src.advance(take);
+                        return Ok(Some(self.finish(bytes::Bytes::new(), src)));
+                    }
+                    head.size += take;
+                    src.advance(take);
+                    self.phase = Phase::SkipBody(Some(remaining - take));
                     return Ok(None);
                 }
-            }
-            let Some((head_end, body_start)) = self.find_header_end(src)? else {
-                return Ok(None);
-            };
-            let mut pending = parse_head(&src[..head_end], self.max_frame_bytes)?;
-            if let Some(length) = pending.length {
-                let frame_end = body_start
-                    .checked_add(length)
-                    .and_then(|end| end.checked_add(1));
-                match frame_end {
-                    Some(end) if end <= self.max_frame_bytes => {}
-                    _ => return Err(self.too_large()),
+                Phase::SkipBody(None) => {
+                    let head = self.head.as_mut().expect("a frame is being read");
+                    match memchr::memchr(0, src) {
+                        None => {
+                            head.size += src.len();
+                            src.clear();
+                            return Ok(None);
+                        }
+                        Some(at) => {
+                            head.size += at + 1;
+                            src.advance(at + 1);
+                            return Ok(Some(self.finish(bytes::Bytes::new(), src)));
+                        }
+                    }
                 }
             }
-            pending.body_start = body_start;
-            self.pending = Some(pending);
-            self.scanned = body_start;
         }
-        Ok(self.take_body(src)?.map(Item::Frame))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Item>, CodecError> {
         if let Some(item) = self.decode(src)? {
             return Ok(Some(item));
         }
-        if src.is_empty() || &src[..] == b"\r" {
+        if self.head.is_none() && (src.is_empty() || &src[..] == b"\r") {
             src.clear();
             return Ok(None);
         }
@@ -413,7 +623,7 @@ mod tests {
     use super::*;
 
     fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<Item>, CodecError> {
-        let mut codec = StompCodec::new(max);
+        let mut codec = StompCodec::new(max, 1024);
         let mut buf = BytesMut::from(bytes);
         let mut items = Vec::new();
         while let Some(item) = codec.decode_eof(&mut buf)? {
@@ -423,14 +633,43 @@ mod tests {
     }
 
     fn frames(bytes: &[u8]) -> Vec<Frame> {
-        decode_all(bytes, 1 << 20)
-            .unwrap()
-            .into_iter()
-            .filter_map(|i| match i {
-                Item::Frame(f) => Some(f),
-                Item::Heartbeat => None,
-            })
-            .collect()
+        frames_under(bytes, 1 << 20, 1024)
+    }
+
+    fn frames_under(bytes: &[u8], max_frame_bytes: usize, max_headers: usize) -> Vec<Frame> {
+        let mut codec = StompCodec::new(max_frame_bytes, max_headers);
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(item) = codec.decode_eof(&mut buf).unwrap() {
+            if let Item::Frame(frame) = item {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    /// Feeds `stream` in chunks of `chunk` bytes as a socket would, decoding after each;
+    /// returns the frames and the most the buffer ever held.
+    fn trickle(
+        stream: &[u8],
+        chunk: usize,
+        max_frame_bytes: usize,
+        max_headers: usize,
+    ) -> (Vec<Frame>, usize) {
+        let mut codec = StompCodec::new(max_frame_bytes, max_headers);
+        let mut buf = BytesMut::new();
+        let (mut frames, mut held) = (Vec::new(), 0);
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            held = held.max(buf.len());
+            while let Some(item) = codec.decode(&mut buf).unwrap() {
+                if let Item::Frame(frame) = item {
+                    frames.push(frame);
+                }
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes left", buf.len());
+        (frames, held)
     }
 
     #[test]
@@ -444,6 +683,7 @@ mod tests {
             None,
             "the codec owns the length"
         );
+        assert_eq!(f.incomplete, None);
     }
 
     #[test]
@@ -462,9 +702,18 @@ mod tests {
     }
 
     #[test]
-    fn an_undefined_escape_is_an_error() {
-        let err = decode_all(b"MESSAGE\na:b\\t\n\n\0", 1024).unwrap_err();
-        assert!(matches!(err, CodecError::BadEscape(_)), "{err}");
+    fn unreadable_header_lines_are_dropped_and_said() {
+        let f = &frames(b"MESSAGE\nack:1\na:b\\t\nnocolon\n:v\nc:\xff\nd:ok\n\nbody\0")[0];
+        assert_eq!(
+            f.headers,
+            [("ack", "1"), ("d", "ok")].map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        assert_eq!(&f.body[..], b"body");
+        let why = f.incomplete.as_deref().expect("marked");
+        assert!(
+            why.starts_with("4 header lines could not be read and were dropped (the first: header line `a:b\\\\t` has an escape"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -482,47 +731,161 @@ mod tests {
         assert!(matches!(&items[1], Item::Frame(f) if f.command == Command::Receipt));
     }
 
-    #[test]
-    fn oversized_frames_are_refused_before_buffering_them() {
-        let err = decode_all(b"MESSAGE\ncontent-length:5000\n\n", 1024).unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { limit: 1024 }), "{err}");
-        let mut codec = StompCodec::new(64);
-        let mut buf = BytesMut::from(&b"MESSAGE\n"[..]);
-        buf.extend_from_slice(&[b'x'; 100]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(CodecError::TooLarge { .. })
-        ));
-        let mut codec = StompCodec::new(64);
-        let mut buf = BytesMut::from(&b"MESSAGE\n\n"[..]);
-        buf.extend_from_slice(&[b'x'; 100]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(CodecError::TooLarge { .. })
-        ));
+    /// The frame after an oversized one, which must come out whole.
+    const NEXT: &[u8] = b"MESSAGE\nack:2\ncontent-length:4\n\nnext\0\n";
+
+    fn assert_next(frame: &Frame) {
+        assert_eq!(frame.header("ack"), Some("2"));
+        assert_eq!(&frame.body[..], b"next");
+        assert_eq!(frame.incomplete, None);
     }
 
     #[test]
-    fn a_huge_content_length_is_refused_even_without_a_limit() {
-        let frame = format!("MESSAGE\ncontent-length:{}\n\n", usize::MAX - 1);
-        let err = decode_all(frame.as_bytes(), usize::MAX).unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { .. }), "{err}");
+    fn a_body_over_the_limit_is_skipped_as_it_arrives_and_the_frame_marked() {
+        const BODY: usize = 1 << 20;
+        for with_length in [true, false] {
+            let mut stream = b"MESSAGE\nack:1\nx:y\n".to_vec();
+            if with_length {
+                stream.extend_from_slice(format!("content-length:{BODY}\n").as_bytes());
+            }
+            stream.push(b'\n');
+            stream.extend(std::iter::repeat_n(b'b', BODY));
+            stream.extend_from_slice(b"\0\n");
+            let size = stream.len() - 1;
+            stream.extend_from_slice(NEXT);
+            let (frames, held) = trickle(&stream, 4096, 8192, 1024);
+            assert_eq!(frames.len(), 2, "{with_length}");
+            let big = &frames[0];
+            assert_eq!(big.header("ack"), Some("1"));
+            assert_eq!(big.header("x"), Some("y"));
+            assert!(big.body.is_empty());
+            assert_eq!(
+                big.incomplete.as_deref(),
+                Some(
+                    format!(
+                        "the STOMP frame is {size} bytes, more than `max_frame_bytes` (8192); \
+                         its {BODY}-byte body was dropped"
+                    )
+                    .as_str()
+                )
+            );
+            assert!(held <= 8192 + 4096, "buffered {held} bytes");
+            assert_next(&frames[1]);
+        }
+        // Whole in the buffer, past the limit, it is still not kept.
+        let mut stream = b"MESSAGE\nack:1\n\n".to_vec();
+        stream.extend_from_slice(&[b'b'; 100]);
+        stream.push(0);
+        stream.extend_from_slice(NEXT);
+        let frames = frames_under(&stream, 64, 1024);
+        assert!(frames[0].body.is_empty() && frames[0].incomplete.is_some());
+        assert_next(&frames[1]);
     }
 
     #[test]
-    fn malformed_frames_are_errors() {
+    fn the_frame_limit_is_exact() {
+        for frame in [
+            &b"MESSAGE\nack:1\n\n0123456789\0"[..],
+            b"MESSAGE\nack:1\ncontent-length:10\n\n0123456789\0",
+        ] {
+            let fits = &frames_under(frame, frame.len(), 1024)[0];
+            assert_eq!(fits.incomplete, None);
+            assert_eq!(&fits.body[..], b"0123456789");
+            let over = &frames_under(frame, frame.len() - 1, 1024)[0];
+            assert!(
+                over.incomplete.is_some() && over.body.is_empty(),
+                "{over:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_content_length_is_over_any_limit() {
+        let frame = format!("MESSAGE\nack:1\ncontent-length:{}\n\nab", usize::MAX - 1);
+        let mut codec = StompCodec::new(usize::MAX, 1024);
+        let mut buf = BytesMut::from(frame.as_bytes());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.is_empty(), "skipped, not buffered");
+    }
+
+    #[test]
+    fn fifty_thousand_headers_keep_the_first_and_the_ones_the_client_needs() {
+        let mut stream = b"MESSAGE\nsubscription:0\n".to_vec();
+        for i in 0..50_000 {
+            stream.extend_from_slice(format!("x-h{i}:{i}\n").as_bytes());
+        }
+        stream.extend_from_slice(b"ack:1\nmessage-id:m-1\nx-h0:again\n\nbody\0\n");
+        stream.extend_from_slice(NEXT);
+        let started = std::time::Instant::now();
+        let (frames, _) = trickle(&stream, 64 * 1024, 16 << 20, 1024);
+        eprintln!("{} bytes decoded in {:?}", stream.len(), started.elapsed());
+        let f = &frames[0];
+        assert_eq!(f.headers.len(), 1024 + 2);
+        assert_eq!(f.header("subscription"), Some("0"));
+        assert_eq!(f.header("x-h1022"), Some("1022"));
+        assert_eq!(f.header("x-h1023"), None);
+        assert_eq!(f.header("ack"), Some("1"));
+        assert_eq!(f.header("message-id"), Some("m-1"));
+        assert_eq!(&f.body[..], b"body", "the frame fits: its body is kept");
+        assert_eq!(
+            f.incomplete.as_deref(),
+            Some(
+                "the STOMP frame has 50004 header lines, more than `max_headers` (1024); the \
+                 48978 past the limit were dropped"
+            )
+        );
+        assert_next(&frames[1]);
+    }
+
+    #[test]
+    fn a_header_section_over_the_limit_is_read_without_being_kept() {
+        let mut stream = b"MESSAGE\n".to_vec();
+        for i in 0..10_000 {
+            stream.extend_from_slice(format!("x-h{i}:0123456789\n").as_bytes());
+        }
+        // One line longer than the whole limit, then what the client needs.
+        stream.extend_from_slice(b"x-long:");
+        stream.extend(std::iter::repeat_n(b'l', 100_000));
+        stream.extend_from_slice(b"\nack:1\ncontent-length:3\n\nabc\0");
+        stream.extend_from_slice(NEXT);
+        let (frames, held) = trickle(&stream, 4096, 8192, 100_000);
+        assert!(held <= 8192 + 4096, "buffered {held} bytes");
+        let f = &frames[0];
+        assert_eq!(f.header("ack"), Some("1"));
+        assert_eq!(f.header("x-long"), None);
+        assert!(f.body.is_empty());
+        let why = f.incomplete.as_deref().unwrap();
+        assert!(
+            why.contains("more than `max_frame_bytes` (8192); its 3-byte body and"),
+            "{why}"
+        );
+        assert!(
+            f.headers.len() < 8192 / 10,
+            "{} headers kept",
+            f.headers.len()
+        );
+        assert_next(&frames[1]);
+    }
+
+    #[test]
+    fn what_only_a_broken_peer_sends_is_an_error() {
         for (bytes, what) in [
             (&b"HELLO\n\n\0"[..], "unknown command"),
-            (b"MESSAGE\nnocolon\n\n\0", "no colon"),
-            (b"MESSAGE\n:v\n\n\0", "empty name"),
+            (&[b'M'; 100][..], "unknown command"),
             (b"MESSAGE\ncontent-length:x\n\n\0", "content-length"),
             (b"MESSAGE\ncontent-length:1\n\nab\0", "not followed by NUL"),
-            (b"MESSAGE\na:\xff\n\n\0", "not UTF-8"),
             (b"MESSAGE\na:b\n\nunfinished", "middle of a frame"),
         ] {
             let err = decode_all(bytes, 1024).unwrap_err();
             assert!(err.to_string().contains(what), "{err} for {bytes:?}");
         }
+        // Also while skipping a body too large to keep.
+        let err = decode_all(b"MESSAGE\ncontent-length:100\n\n", 64).unwrap_err();
+        assert!(err.to_string().contains("middle of a frame"), "{err}");
+        let mut frame = b"MESSAGE\ncontent-length:100\n\n".to_vec();
+        frame.extend_from_slice(&[b'x'; 101]);
+        let err = decode_all(&frame, 64).unwrap_err();
+        assert!(err.to_string().contains("not followed by NUL"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ struct RawConfig {
     receipt_timeout_ms: u64,
     #[serde(default = "default_max_frame")]
     max_frame_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    max_headers: usize,
     #[serde(default = "default_reconnect_initial")]
     reconnect_initial_ms: u64,
     #[serde(default = "default_reconnect_max")]
@@ -67,6 +69,9 @@ fn default_receipt_timeout() -> u64 {
 }
 fn default_max_frame() -> usize {
     16 * 1024 * 1024
+}
+fn default_max_headers() -> usize {
+    1024
 }
 fn default_reconnect_initial() -> u64 {
     100
@@ -111,6 +116,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub receipt_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// The most header lines of a frame kept; see [`crate::codec`].
+    pub max_headers: usize,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     /// The SUBSCRIBE header carrying the prefetch; `None` sends none.
@@ -131,6 +138,7 @@ impl fmt::Debug for Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("receipt_timeout", &self.receipt_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_headers", &self.max_headers)
             .field("reconnect_initial", &self.reconnect_initial)
             .field("reconnect_max", &self.reconnect_max)
             .field("prefetch_header", &self.prefetch_header)
@@ -142,7 +150,7 @@ impl fmt::Debug for Settings {
 /// The smallest frame limit that still leaves room for a broker's CONNECTED and ERROR
 /// frames.
 const MIN_FRAME_BYTES: usize = 4096;
-/// The largest frame limit: a frame is held in memory whole.
+/// The largest frame limit: a frame that fits is held in memory whole.
 const MAX_FRAME_BYTES: usize = 1 << 30;
 
 fn invalid(key: &str, why: impl fmt::Display) -> PluginError {
@@ -219,10 +227,16 @@ impl Settings {
             return Err(invalid(
                 "max_frame_bytes",
                 format!(
-                    "{} is outside {MIN_FRAME_BYTES}..={MAX_FRAME_BYTES} (a frame is held in \
-                     memory whole)",
+                    "{} is outside {MIN_FRAME_BYTES}..={MAX_FRAME_BYTES} (a frame that fits is \
+                     held in memory whole)",
                     raw.max_frame_bytes
                 ),
+            ));
+        }
+        if raw.max_headers == 0 {
+            return Err(invalid(
+                "max_headers",
+                "must be at least 1 (a message past it is delivered marked, not dropped)",
             ));
         }
         let prefetch_header = match raw.prefetch_header.as_str() {
@@ -270,6 +284,7 @@ impl Settings {
             connect_timeout,
             receipt_timeout,
             max_frame_bytes: raw.max_frame_bytes,
+            max_headers: raw.max_headers,
             reconnect_initial,
             reconnect_max,
             prefetch_header,
@@ -317,6 +332,8 @@ mod tests {
         assert_eq!(s.virtual_host, "/");
         assert_eq!(s.heartbeat, (10_000, 10_000));
         assert_eq!(s.prefetch_header.as_deref(), Some("prefetch-count"));
+        assert_eq!(s.max_frame_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.max_headers, 1024);
         assert!(s.login.is_none() && s.passcode.is_none());
     }
 
@@ -325,7 +342,8 @@ mod tests {
         let s = settings(
             r#"{"address": "mq.example:61614", "login": "app", "passcode": "secret",
                 "virtual_host": "prod", "heartbeat_ms": [0, 5000], "connect_timeout_ms": 1,
-                "receipt_timeout_ms": 2, "max_frame_bytes": 4096, "reconnect_initial_ms": 3,
+                "receipt_timeout_ms": 2, "max_frame_bytes": 4096, "max_headers": 7,
+                "reconnect_initial_ms": 3,
                 "reconnect_max_ms": 4, "prefetch_header": "activemq.prefetchSize"}"#,
         )
         .unwrap();
@@ -336,6 +354,7 @@ mod tests {
         assert_eq!(s.connect_timeout, Duration::from_millis(1));
         assert_eq!(s.receipt_timeout, Duration::from_millis(2));
         assert_eq!(s.max_frame_bytes, 4096);
+        assert_eq!(s.max_headers, 7);
         assert_eq!(s.reconnect_initial, Duration::from_millis(3));
         assert_eq!(s.reconnect_max, Duration::from_millis(4));
         assert_eq!(s.prefetch_header.as_deref(), Some("activemq.prefetchSize"));
@@ -371,6 +390,8 @@ mod tests {
         refused(r#"{"receipt_timeout_ms": 0}"#, "receipt_timeout_ms");
         refused(r#"{"max_frame_bytes": 100}"#, "max_frame_bytes");
         refused(r#"{"max_frame_bytes": 4294967296}"#, "max_frame_bytes");
+        refused(r#"{"max_headers": 0}"#, "max_headers");
+        refused(r#"{"max_headers": -1}"#, "max_headers");
         refused(
             r#"{"reconnect_initial_ms": 5000, "reconnect_max_ms": 100}"#,
             "reconnect_initial_ms",

@@ -4,10 +4,13 @@
 //! drains a queue of outgoing items (frames from the host's threads, heart-beats when
 //! idle) and flushes once per burst, so a stream of ACKs costs one write per burst, not
 //! one per ACK; the reader routes MESSAGE frames to the consumer's channel and RECEIPT
-//! and ERROR frames to whoever waits for them. Awaiting a full consumer channel pauses
-//! the reader, and with it TCP, which is the backpressure; the silence timer that
-//! enforces the broker's heart-beats only runs while the reader waits on the socket, so a
-//! slow host is never mistaken for a dead broker.
+//! and ERROR frames to whoever waits for them. Each MESSAGE takes a place in the
+//! consumer's inbox ([`Sink::room`], as many as the prefetch) before it is passed on, and
+//! the host frees it by taking the delivery: waiting for a place pauses the reader, and
+//! with it TCP, which is the backpressure, so the inbox never holds more than the
+//! prefetch whatever the broker sends. The silence timer that enforces the broker's
+//! heart-beats only runs while the reader waits on the socket, so a slow host is never
+//! mistaken for a dead broker.
 //!
 //! A connection fails once: the first failure (I/O error, malformed frame, ERROR frame,
 //! missed heart-beats) is recorded, every waiting request gets it, both tasks stop, and
@@ -27,7 +30,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Semaphore, TryAcquireError},
     time::timeout,
 };
 use tokio_util::{
@@ -46,9 +49,39 @@ use crate::{
 
 /// Where a consumer's connection delivers MESSAGE frames, in batches.
 pub struct Sink {
-    pub deliveries: mpsc::Sender<Vec<Incoming>>,
+    /// Unbounded because [`Sink::room`] bounds it.
+    pub deliveries: mpsc::UnboundedSender<Vec<Incoming>>,
+    /// One permit per delivery the inbox may still take; the consumer adds them back as
+    /// the host takes deliveries, and closes it when the consumer closes (then the reader
+    /// drops deliveries instead of waiting, and the broker requeues them).
+    pub room: Arc<Semaphore>,
     /// Stamped on every delivery, so the consumer can drop those of a dead connection.
     pub generation: u64,
+}
+
+impl Sink {
+    /// Waits for a place in the inbox; `false` if the consumer is closing.
+    async fn make_room(&self) -> bool {
+        match self.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A place in the inbox, if there is one now; `None` if the consumer is closing.
+    fn try_make_room(&self) -> Option<bool> {
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                Some(true)
+            }
+            Err(TryAcquireError::NoPermits) => None,
+            Err(TryAcquireError::Closed) => Some(false),
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<(), StompError>>;
@@ -204,8 +237,9 @@ impl Connection {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let connect_ms = settings.connect_timeout.as_millis() as u64;
-        let mut frames = FramedRead::new(read, StompCodec::new(settings.max_frame_bytes));
-        let mut sink_out = FramedWrite::new(write, StompCodec::new(settings.max_frame_bytes));
+        let codec = || StompCodec::new(settings.max_frame_bytes, settings.max_headers);
+        let mut frames = FramedRead::new(read, codec());
+        let mut sink_out = FramedWrite::new(write, codec());
 
         let mut connect = Frame::new(Command::Connect)
             .with_header("accept-version", "1.2")
@@ -440,6 +474,17 @@ enum Step {
 }
 
 fn handle(frame: Frame, state: &State, sink: Option<&Sink>) -> Step {
+    if let Some(why) = &frame.incomplete {
+        tracing::warn!(
+            "a {} frame did not arrive whole: {why}{}",
+            frame.command,
+            if frame.command == Command::Message {
+                "; it is handed over marked `x-golconde-transport-error`"
+            } else {
+                ""
+            }
+        );
+    }
     match frame.command {
         Command::Message => match sink {
             Some(sink) => match Incoming::from_frame(frame, sink.generation) {
@@ -512,7 +557,30 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Some(Err(e)) => break 'read Some(e.into()),
                 Some(Ok(Item::Heartbeat)) => {}
                 Some(Ok(Item::Frame(frame))) => match handle(frame, &state, sink.as_ref()) {
-                    Step::Deliver(incoming) => batch.push(incoming),
+                    Step::Deliver(incoming) => {
+                        let sink = sink
+                            .as_ref()
+                            .expect("only a consumer's connection delivers");
+                        let room = match sink.try_make_room() {
+                            Some(room) => room,
+                            None => {
+                                // The inbox is full: pass on what is batched, then wait
+                                // for the host to take some.
+                                if !batch.is_empty() && !send(sink, &mut batch) {
+                                    break 'read None;
+                                }
+                                tokio::select! {
+                                    biased;
+                                    _ = state.closed.cancelled() => break 'read None,
+                                    room = sink.make_room() => room,
+                                }
+                            }
+                        };
+                        // Without room the consumer is closing; the broker requeues it.
+                        if room {
+                            batch.push(incoming);
+                        }
+                    }
                     Step::Continue => {}
                     Step::Stop(reason) => break 'read Some(reason),
                 },
@@ -522,15 +590,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
         if let (Some(sink), false) = (&sink, batch.is_empty()) {
-            let full = std::mem::take(&mut batch);
-            tokio::select! {
-                biased;
-                _ = state.closed.cancelled() => break None,
-                sent = sink.deliveries.send(full) => if sent.is_err() { break None },
+            if !send(sink, &mut batch) {
+                break None;
             }
         }
     };
     state.fail(reason.unwrap_or(StompError::Closed));
+}
+
+/// Passes the batch on; `false` if the consumer is gone.
+fn send(sink: &Sink, batch: &mut Vec<Incoming>) -> bool {
+    sink.deliveries.send(std::mem::take(batch)).is_ok()
 }
 
 #[cfg(test)]

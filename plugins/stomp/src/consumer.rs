@@ -3,9 +3,13 @@
 //! A supervisor task owns the connection: when it is lost (socket closed, ERROR frame,
 //! missed heart-beats) the supervisor reconnects with exponential backoff and subscribes
 //! again; the broker redelivers whatever was not acknowledged. The host's threads never
-//! wait on the runtime per message: the connection's reader fills a bounded channel with
-//! batches (what one socket read brought) and `Consumer::receive` drains it in
-//! bulk, entering the runtime only to wait when the channel is empty.
+//! wait on the runtime per message: the connection's reader fills a channel with batches
+//! (what one socket read brought) and `Consumer::receive` drains it in bulk, entering the
+//! runtime only to wait when the channel is empty. **Invariant:** the inbox (that channel
+//! and what `receive` holds back of a batch) never holds more than `prefetch` deliveries:
+//! each takes a permit of [`Sink::room`] before the reader passes it on, and `receive`
+//! gives it back when the host takes it, so a broker that ignores the prefetch (or a
+//! `prefetch_header` of `""`) fills TCP buffers, not memory.
 //!
 //! Delivery tags are the consumer's, not the broker's: a counter that never restarts,
 //! assigned when a delivery is handed to the host, so tags increase in delivery order and
@@ -23,7 +27,7 @@ use std::{
 
 use golconde_plugin_api::{AckMode, ConsumeOptions, Consumer, Delivery, PluginError};
 use tokio::{
-    sync::mpsc,
+    sync::{mpsc, Semaphore},
     task::JoinHandle,
     time::{sleep, timeout},
 };
@@ -39,11 +43,6 @@ use crate::{
     message::Incoming,
     Runtime,
 };
-
-/// How many batches of deliveries (each what one socket read brought, at most 256) may
-/// wait for the host. The prefetch bounds them further: the broker never has more than
-/// that many unacknowledged deliveries out.
-const BUFFERED_BATCHES: usize = 64;
 
 /// The live connection's queue of outgoing frames, and which connection it is.
 struct Link {
@@ -201,7 +200,8 @@ struct Subscription {
     settings: Settings,
     destination: String,
     options: ConsumeOptions,
-    deliveries: mpsc::Sender<Vec<Incoming>>,
+    deliveries: mpsc::UnboundedSender<Vec<Incoming>>,
+    room: Arc<Semaphore>,
     shared: Arc<Shared>,
 }
 
@@ -209,6 +209,7 @@ impl Subscription {
     async fn open(&self, generation: u64) -> Result<Connection, StompError> {
         let sink = Sink {
             deliveries: self.deliveries.clone(),
+            room: self.room.clone(),
             generation,
         };
         let connection = Connection::open(&self.settings, Some(sink)).await?;
@@ -222,10 +223,8 @@ impl Subscription {
             .with_header("id", "0")
             .with_header("destination", self.destination.as_str())
             .with_header("ack", ack);
-        if let (Some(header), prefetch @ 1..) =
-            (&self.settings.prefetch_header, self.options.prefetch)
-        {
-            subscribe = subscribe.with_header(header.as_str(), prefetch.to_string());
+        if let Some(header) = &self.settings.prefetch_header {
+            subscribe = subscribe.with_header(header.as_str(), self.options.prefetch.to_string());
         }
         match connection
             .call(subscribe, "waiting for the receipt of SUBSCRIBE")
@@ -325,7 +324,7 @@ async fn supervise(
 /// Deliveries on their way to the host: the channel from the connection, and what is left
 /// of a batch larger than the host asked for.
 struct Inbox {
-    channel: mpsc::Receiver<Vec<Incoming>>,
+    channel: mpsc::UnboundedReceiver<Vec<Incoming>>,
     spill: VecDeque<Incoming>,
 }
 
@@ -349,6 +348,9 @@ impl Inbox {
 pub struct StompConsumer {
     runtime: Arc<Runtime>,
     inbox: Mutex<Inbox>,
+    /// The inbox's free places; see the module documentation.
+    room: Arc<Semaphore>,
+    prefetch: usize,
     shared: Arc<Shared>,
     stop: CancellationToken,
     supervisor: Mutex<Option<JoinHandle<Result<(), StompError>>>>,
@@ -365,7 +367,16 @@ impl StompConsumer {
         options: ConsumeOptions,
     ) -> Result<StompConsumer, PluginError> {
         let place = format!("`{destination}` on {}", settings.address);
-        let (sender, channel) = mpsc::channel(BUFFERED_BATCHES);
+        if options.prefetch == 0 {
+            return Err(PluginError::config(format!(
+                "consuming {place}: a `prefetch` of 0 (no limit) is refused: the consumer \
+                 holds at most `prefetch` deliveries the host has not taken yet, so it must be \
+                 at least 1; set the pipeline's `prefetch`"
+            )));
+        }
+        let prefetch = options.prefetch as usize;
+        let room = Arc::new(Semaphore::new(prefetch));
+        let (sender, channel) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             ledger: Mutex::new(Ledger {
                 next_tag: 1,
@@ -383,6 +394,7 @@ impl StompConsumer {
             destination,
             options,
             deliveries: sender,
+            room: room.clone(),
             shared: shared.clone(),
         };
         let connection = runtime
@@ -398,11 +410,19 @@ impl StompConsumer {
                 channel,
                 spill: VecDeque::new(),
             }),
+            room,
+            prefetch,
             shared,
             stop,
             supervisor: Mutex::new(Some(supervisor)),
             close_limit,
         })
+    }
+
+    /// How many deliveries have come from the broker and wait for the host to take them:
+    /// never more than the prefetch.
+    pub fn waiting(&self) -> usize {
+        self.prefetch.saturating_sub(self.room.available_permits())
     }
 
     fn stopped(&self) -> PluginError {
@@ -423,6 +443,8 @@ impl Consumer for StompConsumer {
         let mut items = Vec::new();
         loop {
             inbox.drain_into(&mut items, max);
+            // Taken off the inbox, whether handed over or dropped as a dead connection's.
+            self.room.add_permits(items.len());
             let handed = self.shared.hand_over(&mut items);
             if !handed.is_empty() {
                 return Ok(handed);
@@ -460,6 +482,8 @@ impl Consumer for StompConsumer {
     /// Says DISCONNECT and waits for its receipt, so every acknowledgement sent before has
     /// taken effect; unacknowledged messages go back to the queue.
     fn close(&self) -> Result<(), PluginError> {
+        // The reader must not wait for room while DISCONNECT's receipt is on its way.
+        self.room.close();
         self.stop.cancel();
         let Some(supervisor) = lock(&self.supervisor).take() else {
             return Ok(());
@@ -485,6 +509,7 @@ impl Consumer for StompConsumer {
 impl Drop for StompConsumer {
     fn drop(&mut self) {
         // The supervisor says DISCONNECT on its own; nothing waits for it.
+        self.room.close();
         self.stop.cancel();
     }
 }

@@ -94,6 +94,10 @@ pub struct Frame {
     /// In wire order, repetitions included; never `content-length`.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Set by the decoder when it had to leave something out (a body over
+    /// `max_frame_bytes`, headers past `max_headers`, unreadable header lines): what, in
+    /// words. Never encoded.
+    pub incomplete: Option<String>,
 }
 
 impl Frame {
@@ -102,6 +106,7 @@ impl Frame {
             command,
             headers: Vec::new(),
             body: Bytes::new(),
+            incomplete: None,
         }
     }
 

@@ -37,9 +37,10 @@
 //! | `heartbeat_ms` | `[10000, 10000]` | `[send, receive]`: we send a heart-beat at least every `send` ms and want one from the broker every `receive` ms; 0 turns a direction off. The broker's wishes are merged in as STOMP says; a broker silent for twice the agreed period is taken for dead and the connection re-established |
 //! | `connect_timeout_ms` | `10000` | for TCP connect plus CONNECTED |
 //! | `receipt_timeout_ms` | `30000` | for the receipt of a SUBSCRIBE, of a published batch, of DISCONNECT |
-//! | `max_frame_bytes` | `16777216` | the largest frame accepted from the broker (4096 to 1 GiB); a larger one drops the connection rather than memory |
+//! | `max_frame_bytes` | `16777216` | the largest frame held in memory (4096 to 1 GiB). A larger MESSAGE is not buffered: its body is skipped as it arrives and it is delivered empty, marked `x-golconde-transport-error` (see Headers) |
+//! | `max_headers` | `1024` | the most header lines of a frame kept (at least 1); a MESSAGE with more is delivered with the first ones (and those the client needs, such as `ack`), marked `x-golconde-transport-error` |
 //! | `reconnect_initial_ms`, `reconnect_max_ms` | `100`, `30000` | a lost consumer connection is re-established after `initial`, doubling up to `max` between failed attempts |
-//! | `prefetch_header` | `"prefetch-count"` | the SUBSCRIBE header carrying the pipeline's prefetch: `prefetch-count` for RabbitMQ, `activemq.prefetchSize` for ActiveMQ, `""` for none. A prefetch of 0 (unlimited) sends no header |
+//! | `prefetch_header` | `"prefetch-count"` | the SUBSCRIBE header carrying the pipeline's prefetch: `prefetch-count` for RabbitMQ, `activemq.prefetchSize` for ActiveMQ, `""` for none. Whatever the broker does with it, the consumer holds at most the prefetch in deliveries the host has not taken, and refuses a prefetch of 0 |
 //! | `tls` | `false` | connect with TLS (rustls): RabbitMQ's `stomp.listeners.ssl`, ActiveMQ's `stomp+ssl` |
 //! | `tls_ca_file` | none | with `tls`: PEM file of certificate authorities trusted besides the system's roots |
 //! | `tls_cert_file`, `tls_key_file` | none | with `tls`: client certificate (PEM, chain allowed) and its unencrypted key (PEM), for a broker that requires one; both or neither |
@@ -68,6 +69,7 @@
 //!
 //! - The broker refuses CONNECT (an ERROR frame: wrong login or passcode, unknown virtual
 //!   host), or does not speak STOMP 1.2: a configuration error, with the broker's words.
+//!   So is a consumer asked for a prefetch of 0.
 //! - The broker answers a request with ERROR (SUBSCRIBE to a destination it refuses, SEND
 //!   to a missing exchange, a header it does not allow): a permanent error with the
 //!   broker's message. RabbitMQ's ERROR frames never name the receipt they answer, so an
@@ -90,6 +92,16 @@
 //! `redelivered`. Names are kept as they are, which is how RabbitMQ spells the AMQP
 //! properties (`correlation-id`, `content-type`, `timestamp`, ...), with one exception:
 //! the message id (see [`message`] for why `message-id` travels as `amqp-message-id`).
+//!
+//! A MESSAGE the consumer could not take whole is delivered anyway, so that it costs only
+//! itself: dropping the connection would have the broker redeliver it first, for ever. It
+//! carries what was kept and the header `x-golconde-transport-error`, whose value says what
+//! was left out and which key to raise, e.g. "the STOMP frame is 20971790 bytes, more than
+//! `max_frame_bytes` (16777216); its 20971520-byte body was dropped". That happens to a
+//! frame over `max_frame_bytes` (its body is dropped), to one with more header lines than
+//! `max_headers` (the ones past it are dropped) and to header lines that cannot be read (not
+//! UTF-8, a bad escape). The host dead-letters such a delivery. The header is the plugin's
+//! own: one the broker sends under that name is dropped.
 
 pub mod codec;
 pub mod config;

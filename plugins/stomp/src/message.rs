@@ -8,6 +8,12 @@
 //! the host's `message-id` is sent as `amqp-message-id`, and on delivery
 //! `amqp-message-id` becomes `message-id` again, replacing the broker's own id. ActiveMQ
 //! keeps `amqp-message-id` as an ordinary header, so the same mapping round-trips there.
+//!
+//! A MESSAGE the codec could not take whole (see [`crate::codec`]) is handed over with
+//! what was kept and the [`INCOMPLETE`] header saying what was left out, so that the
+//! host dead-letters it; that header is the plugin's own, never one the broker sent.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use golconde_plugin_api::{Header, Message, RString, RVec};
@@ -19,6 +25,11 @@ use crate::{
 
 /// The header RabbitMQ uses for the AMQP `message_id` property.
 const AMQP_MESSAGE_ID: &str = "amqp-message-id";
+
+/// The header of a delivery that did not arrive whole (a frame over `max_frame_bytes`
+/// without its body, headers past `max_headers` dropped): its value says what was left
+/// out and which limit to raise. The host dead-letters such a delivery.
+pub const INCOMPLETE: &str = golconde_plugin_api::TRANSPORT_ERROR_HEADER;
 
 /// Headers of a MESSAGE that only mean something on the connection that received it
 /// (RabbitMQ also echoes the sender's `receipt`); they are not passed to the host.
@@ -79,9 +90,14 @@ impl Incoming {
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|n| n > 0);
         let has_app_id = frame.header(AMQP_MESSAGE_ID).is_some();
-        let mut headers: Vec<Header> = Vec::with_capacity(frame.headers.len());
+        let mut headers: Vec<Header> = Vec::with_capacity(frame.headers.len() + 1);
+        // Hashed: a frame may carry up to `max_headers` of them.
+        let mut seen: HashSet<String> = HashSet::with_capacity(frame.headers.len());
         for (name, value) in frame.headers {
-            if CONNECTION_HEADERS.contains(&name.as_str()) || (has_app_id && name == "message-id") {
+            if CONNECTION_HEADERS.contains(&name.as_str())
+                || (has_app_id && name == "message-id")
+                || name == INCOMPLETE
+            {
                 continue;
             }
             let name = if name == AMQP_MESSAGE_ID {
@@ -90,12 +106,18 @@ impl Incoming {
                 name
             };
             // The first of repeated headers wins, as STOMP reads them.
-            if headers.iter().any(|h| h.name.as_str() == name) {
+            if !seen.insert(name.clone()) {
                 continue;
             }
             headers.push(Header {
                 name: RString::from(name),
                 value: RString::from(value),
+            });
+        }
+        if let Some(why) = frame.incomplete {
+            headers.push(Header {
+                name: INCOMPLETE.into(),
+                value: why.into(),
             });
         }
         Ok(Incoming {
@@ -116,6 +138,7 @@ pub fn send_frame(destination: &str, message: &Message) -> Result<Frame, String>
     let mut frame = Frame::new(Command::Send)
         .with_header("destination", destination)
         .with_header("persistent", "true");
+    let mut seen: HashSet<&str> = HashSet::with_capacity(message.headers.len());
     for header in message.headers.iter() {
         let name = header.name.as_str();
         if name.is_empty() {
@@ -129,7 +152,8 @@ pub fn send_frame(destination: &str, message: &Message) -> Result<Frame, String>
         } else {
             name
         };
-        if frame.header(name).is_some() {
+        // The first of repeated headers wins.
+        if !seen.insert(name) {
             continue;
         }
         frame
@@ -194,6 +218,44 @@ mod tests {
         assert!(Incoming::from_frame(frame, 1).unwrap().redelivered);
         let frame = Frame::new(Command::Message).with_header("message-id", "m");
         assert!(Incoming::from_frame(frame, 1).is_err());
+    }
+
+    #[test]
+    fn an_incomplete_frame_is_marked_by_the_plugin_alone() {
+        let mut frame = Frame::new(Command::Message)
+            .with_header("ack", "a")
+            .with_header(INCOMPLETE, "forged by a producer")
+            .with_header("x-a", "1");
+        let whole = Incoming::from_frame(frame.clone(), 1).unwrap().message;
+        assert_eq!(whole.header(INCOMPLETE), None);
+        assert_eq!(whole.header("x-a"), Some("1"));
+        frame.incomplete = Some("its body was dropped".into());
+        let cut = Incoming::from_frame(frame, 1).unwrap().message;
+        assert_eq!(cut.header(INCOMPLETE), Some("its body was dropped"));
+        assert_eq!(
+            cut.headers.iter().filter(|h| h.name == INCOMPLETE).count(),
+            1
+        );
+    }
+
+    /// Repeated names are found by hashing: comparing each header with every earlier one
+    /// took seconds for a frame like this.
+    #[test]
+    fn many_headers_cost_linear_time_both_ways() {
+        const N: usize = 100_000;
+        let mut frame = Frame::new(Command::Message).with_header("ack", "a");
+        let mut message = Message::new(&b""[..]);
+        for i in 0..N {
+            frame = frame.with_header(format!("x-{}", i % (N / 2)), i.to_string());
+            message.push_header(format!("x-{}", i % (N / 2)), i.to_string());
+        }
+        let started = std::time::Instant::now();
+        let incoming = Incoming::from_frame(frame, 1).unwrap();
+        assert_eq!(incoming.message.headers.len(), N / 2);
+        assert_eq!(incoming.message.header("x-7"), Some("7"));
+        let sent = send_frame("/queue/q", &message).unwrap();
+        assert_eq!(sent.headers.len(), 2 + N / 2);
+        eprintln!("{N} headers each way in {:?}", started.elapsed());
     }
 
     #[test]

@@ -162,3 +162,41 @@ fn activemq_individual_acknowledgement() {
     let left = consume_all(&transport, &queue);
     assert_eq!(left.iter().map(id).collect::<Vec<_>>(), ["i-1"]);
 }
+
+#[test]
+fn activemq_a_message_over_the_frame_limit_costs_only_itself() {
+    let test = "activemq_a_message_over_the_frame_limit_costs_only_itself";
+    let Some(transport) = activemq(test) else {
+        return;
+    };
+    let address = std::env::var("GOLCONDE_ACTIVEMQ_STOMP").expect("checked by activemq()");
+    let small_frames = transport_at(
+        &address,
+        r#""login": null, "passcode": null, "prefetch_header": "activemq.prefetchSize",
+           "max_frame_bytes": 4096"#,
+    );
+    let queue = unique("activemq-oversized");
+    transport
+        .publish(
+            &queue,
+            &[message("big", &[b'x'; 10_000]), message("small", b"small")],
+        )
+        .expect("published");
+    let consumer = small_frames
+        .consume(&queue, options(10, AckMode::Cumulative))
+        .expect("consumer");
+    let got = receive_n(&consumer, 2, Duration::from_secs(10));
+    assert_eq!(id(&got[0]), "big");
+    assert!(got[0].message.body.is_empty());
+    let mark = got[0]
+        .message
+        .header("x-golconde-transport-error")
+        .expect("marked");
+    assert!(mark.contains("its 10000-byte body was dropped"), "{mark}");
+    assert_eq!(id(&got[1]), "small");
+    assert_eq!(&got[1].message.body[..], b"small");
+    assert!(!got[1].redelivered, "no reconnection redelivered it");
+    consumer.ack(got[1].tag, true).expect("ack");
+    consumer.close().expect("close");
+    assert!(consume_all(&transport, &queue).is_empty());
+}

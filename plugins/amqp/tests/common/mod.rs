@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::{
     process::Command,
     sync::{

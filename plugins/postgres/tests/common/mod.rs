@@ -1,9 +1,13 @@
 //! Helpers for the tests against the real PostgreSQL on 127.0.0.1:5432: a schema of the
-//! test's own (dropped at the end), the plugin pointed at it, and changes written as
-//! Golconde messages through the `autosql` processor.
+//! test's own (dropped at the end, with the schema of its applied-change table), the
+//! plugin pointed at it, changes written as Golconde messages through the `autosql`
+//! processor, and, for the tests that need them, a role or a database of the test's own.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Mutex,
+};
 
 use golconde_plugin_api::{
     sdk::parse_config, Action, Applied, Change, Column, Database, ErrorKind, Operation,
@@ -23,6 +27,8 @@ pub struct Db {
     client: Client,
     /// The schema's name, unique to this test run.
     pub schema: String,
+    roles: Mutex<Vec<String>>,
+    databases: Mutex<Vec<String>>,
 }
 
 impl Db {
@@ -45,24 +51,47 @@ impl Db {
             runtime,
             client,
             schema,
+            roles: Mutex::new(Vec::new()),
+            databases: Mutex::new(Vec::new()),
         };
         db.exec(&format!("CREATE SCHEMA {}", db.schema));
         db
     }
 
-    /// Runs SQL; `{s}` stands for the schema.
+    /// The schema of the applied-change table (`dedupe_schema`), beside the test's own.
+    pub fn dedupe_schema(&self) -> String {
+        format!("{}_dd", self.schema)
+    }
+
+    /// `{s}` stands for the schema, `{d}` for the dedupe schema.
+    fn expand(&self, sql: &str) -> String {
+        sql.replace("{s}", &self.schema)
+            .replace("{d}", &self.dedupe_schema())
+    }
+
+    /// Runs SQL; `{s}` stands for the schema, `{d}` for the dedupe schema.
     pub fn exec(&self, sql: &str) {
-        let sql = sql.replace("{s}", &self.schema);
+        let sql = self.expand(sql);
         self.runtime
             .block_on(self.client.batch_execute(&sql))
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     pub fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<Row> {
-        let sql = sql.replace("{s}", &self.schema);
+        let sql = self.expand(sql);
         self.runtime
             .block_on(self.client.query(&sql, params))
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    }
+
+    /// A query that may fail, and the server's error if it does.
+    pub fn try_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let sql = self.expand(sql);
+        self.runtime.block_on(self.client.query(&sql, params))
     }
 
     /// The first column of the first row, as text (`NULL` as "NULL").
@@ -77,14 +106,46 @@ impl Db {
         self.query(sql, &[])[0].get(0)
     }
 
+    /// Runs SQL and answers the error it fails with.
+    pub fn fails(&self, sql: &str) -> tokio_postgres::Error {
+        let sql = self.expand(sql);
+        match self.runtime.block_on(self.client.batch_execute(&sql)) {
+            Ok(()) => panic!("{sql} succeeded"),
+            Err(e) => e,
+        }
+    }
+
     /// The plugin, pointed at the test database, with extra configuration keys.
     pub fn plugin(&self, extra: &str) -> Postgres {
-        // The applied-change table goes into the test's schema, and is dropped with it.
+        self.plugin_at(DSN, extra)
+    }
+
+    /// The plugin, pointed at `dsn`, with extra configuration keys.
+    pub fn plugin_at(&self, dsn: &str, extra: &str) -> Postgres {
+        // The applied-change table goes into a schema of the test's own, dropped with it.
         let json = format!(
-            r#"{{"dsn": "{DSN}", "dedupe_schema": "{}"{extra}}}"#,
-            self.schema
+            r#"{{"dsn": "{dsn}", "dedupe_schema": "{}"{extra}}}"#,
+            self.dedupe_schema()
         );
         Postgres::from_config(parse_config::<Config>(&json).unwrap()).unwrap()
+    }
+
+    /// A login role of this test's own, dropped with the schema; `{r}` in `grants` stands
+    /// for its name.
+    pub fn role(&self, tag: &str, grants: &str) -> String {
+        let role = format!("{}_{tag}", self.schema);
+        self.exec(&format!("CREATE ROLE {role} LOGIN"));
+        self.roles.lock().unwrap().push(role.clone());
+        self.exec(&grants.replace("{r}", &role));
+        role
+    }
+
+    /// A database of this test's own, dropped with the schema; answers its name.
+    pub fn database(&self, tag: &str) -> String {
+        let name = format!("{}_{tag}", self.schema);
+        self.exec(&format!("CREATE DATABASE {name}"));
+        self.databases.lock().unwrap().push(name.clone());
+        name
     }
 
     /// A table name in this test's schema.
@@ -101,6 +162,21 @@ impl Db {
         .unwrap()
     }
 
+    /// Runs SQL in `database` (one of [`Db::database`]) through a connection of its own.
+    pub fn exec_in(&self, database: &str, sql: &str) {
+        let dsn = format!("host=127.0.0.1 port=5432 user=postgres dbname={database}");
+        self.runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+            let connection = tokio::spawn(connection);
+            client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            drop(client);
+            let _ = connection.await;
+        });
+    }
+
     /// Terminates the server processes of `pid`.
     pub fn terminate(&self, pid: i32) {
         self.query("SELECT pg_terminate_backend($1)", &[&pid]);
@@ -109,8 +185,19 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        let mut sql = format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE;",
+            self.schema,
+            self.dedupe_schema()
+        );
+        for role in self.roles.lock().unwrap().iter() {
+            sql.push_str(&format!("DROP OWNED BY {role}; DROP ROLE {role};"));
+        }
         let _ = self.runtime.block_on(self.client.batch_execute(&sql));
+        for database in self.databases.lock().unwrap().iter() {
+            let sql = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+            let _ = self.runtime.block_on(self.client.batch_execute(&sql));
+        }
     }
 }
 
