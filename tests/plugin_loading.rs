@@ -17,7 +17,7 @@ fn plugins_lists_every_plugin_with_its_file_version_and_abi() {
     let queue = line("fixture-queue");
     assert!(queue.starts_with("transport"), "{queue}");
     assert!(
-        queue.contains(" 0.1.0 ") && queue.contains(" 1.0 "),
+        queue.contains(" 0.1.0 ") && queue.contains(" 1.1 "),
         "{queue}"
     );
     assert!(queue.contains("libgolconde_fixture_plugins.so"), "{queue}");

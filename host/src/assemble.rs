@@ -7,13 +7,17 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
+
+use abi_stable::std_types::RResult;
 
 use abi_stable::std_types::{RStr, RString};
 use golconde_plugin_api::{
     abi::{Constructor, DatabaseBox, HostContext, PluginKind, ProcessorBox, TransportBox},
-    PluginError,
+    ext::{construct::Built, HostServices},
+    ErrorKind, PluginError,
 };
 
 use crate::{
@@ -33,8 +37,7 @@ pub struct Instance<T> {
     /// The section's name (`rabbit` for `[transports.rabbit]`).
     pub name: String,
     pub plugin: PluginInfo,
-    settings: String,
-    construct: Construct<T>,
+    recipe: Recipe,
     current: Mutex<Current<T>>,
 }
 
@@ -60,7 +63,7 @@ impl<T> std::ops::Deref for Current<T> {
     }
 }
 
-impl<T> Instance<T> {
+impl<T: Kind> Instance<T> {
     /// The instance as it is now.
     pub fn get(&self) -> Current<T> {
         self.current
@@ -77,12 +80,7 @@ impl<T> Instance<T> {
         if current.generation != broken.generation {
             return Ok(());
         }
-        let value = (self.construct)(
-            self.plugin.constructor,
-            RStr::from_str(&self.settings),
-            context(&self.plugin, &self.name),
-        )
-        .expect("the registry returned a plugin of the kind asked for")?;
+        let value = self.recipe.build::<T>()?;
         tracing::warn!(
             "plugin `{}` of `{}` panicked; its instance was built anew",
             self.plugin.name,
@@ -96,24 +94,120 @@ impl<T> Instance<T> {
     }
 }
 
-/// How to build a pipeline's processor, again after it panicked.
+/// How to build a plugin instance, and build it again after it panicked.
 #[derive(Clone)]
-pub struct ProcessorRecipe {
-    pub pipeline: String,
+pub struct Recipe {
     pub plugin: PluginInfo,
+    /// The instance's name: the section's, or for a processor its pipeline's.
+    pub instance: String,
+    /// The plugin's section, as JSON text.
     pub settings: String,
+    /// The configuration file's folder, absolute: what relative paths in `settings` mean.
+    pub config_dir: PathBuf,
 }
 
-impl ProcessorRecipe {
-    pub fn build(&self) -> Result<ProcessorBox, PluginError> {
-        let Constructor::Processor(construct) = self.plugin.constructor else {
-            unreachable!("the registry returned a processor plugin");
+impl Recipe {
+    /// Builds the instance: through `golconde.construct` 1 (ABI 1.1) when the plugin has it,
+    /// handing over the host's services, else through its ABI 1.0 constructor.
+    pub fn build<T: Kind>(&self) -> Result<T, PluginError> {
+        let json = RStr::from_str(&self.settings);
+        let context = HostContext {
+            instance: RString::from(self.instance.as_str()),
+            log: logging::sink_for(&self.plugin.name, &self.instance),
         };
-        construct(
-            RStr::from_str(&self.settings),
-            context(&self.plugin, &self.pipeline),
-        )
-        .into_result()
+        let Some(construct) = self.plugin.construct_v1 else {
+            return T::construct_v0(self.plugin.constructor, json, context)
+                .expect("the registry returned a plugin of the kind asked for")
+                .into_result();
+        };
+        let services = HostServices {
+            config_dir: RString::from(self.config_dir.to_string_lossy().as_ref()),
+            log_filter: logging::filter_for_plugins(),
+            library_log: logging::library_sink_for(&self.plugin.name),
+        };
+        let built = (construct.construct)(json, context, &services).into_result()?;
+        T::from_v1(built).ok_or_else(|| {
+            PluginError::new(
+                ErrorKind::Panic,
+                format!(
+                    "{} plugin `{}` built an instance of another kind",
+                    self.plugin.kind, self.plugin.name
+                ),
+            )
+        })
+    }
+}
+
+/// The three kinds of instance, built alike.
+pub trait Kind: Sized {
+    /// By the ABI 1.0 constructor; `None` if it is of another kind.
+    fn construct_v0(
+        constructor: Constructor,
+        json: RStr<'_>,
+        context: HostContext,
+    ) -> Option<RResult<Self, PluginError>>;
+
+    /// What `golconde.construct` built, if it is of this kind.
+    fn from_v1(built: Built) -> Option<Self>;
+}
+
+impl Kind for TransportBox {
+    fn construct_v0(
+        c: Constructor,
+        json: RStr<'_>,
+        context: HostContext,
+    ) -> Option<RResult<Self, PluginError>> {
+        match c {
+            Constructor::Transport(f) => Some(f(json, context)),
+            _ => None,
+        }
+    }
+
+    fn from_v1(built: Built) -> Option<Self> {
+        match built {
+            Built::Transport(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for ProcessorBox {
+    fn construct_v0(
+        c: Constructor,
+        json: RStr<'_>,
+        context: HostContext,
+    ) -> Option<RResult<Self, PluginError>> {
+        match c {
+            Constructor::Processor(f) => Some(f(json, context)),
+            _ => None,
+        }
+    }
+
+    fn from_v1(built: Built) -> Option<Self> {
+        match built {
+            Built::Processor(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for DatabaseBox {
+    fn construct_v0(
+        c: Constructor,
+        json: RStr<'_>,
+        context: HostContext,
+    ) -> Option<RResult<Self, PluginError>> {
+        match c {
+            Constructor::Database(f) => Some(f(json, context)),
+            _ => None,
+        }
+    }
+
+    fn from_v1(built: Built) -> Option<Self> {
+        match built {
+            Built::Database(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
@@ -122,7 +216,7 @@ pub struct PipelineParts {
     pub config: PipelineConfig,
     pub transport: Arc<Instance<TransportBox>>,
     pub database: Arc<Instance<DatabaseBox>>,
-    pub processor: ProcessorRecipe,
+    pub processor: Recipe,
     pub dead_letter: Option<(Arc<Instance<TransportBox>>, String)>,
     pub fan_out: Vec<(Arc<Instance<TransportBox>>, String)>,
 }
@@ -159,7 +253,6 @@ impl Assembly {
             PluginKind::Transport,
             registry,
             &mut problems,
-            construct_transport,
         );
         let databases = build_connections(
             file,
@@ -168,7 +261,6 @@ impl Assembly {
             PluginKind::Database,
             registry,
             &mut problems,
-            construct_database,
         );
 
         let mut pipelines = Vec::new();
@@ -199,7 +291,7 @@ impl Assembly {
             if database.is_none() {
                 missing.push(format!("database `{}`", p.database));
             }
-            let processor = build_processor(p, registry);
+            let processor = build_processor(file, p, registry);
             if let Err(message) = &processor {
                 problems.push(Problem {
                     location: location.clone(),
@@ -241,49 +333,17 @@ impl Assembly {
     }
 }
 
-fn context(plugin: &PluginInfo, instance: &str) -> HostContext {
-    HostContext {
-        instance: RString::from(instance),
-        log: logging::sink_for(&plugin.name, instance),
-    }
-}
-
-type Construct<T> = fn(Constructor, RStr<'_>, HostContext) -> Option<Result<T, PluginError>>;
-
-fn construct_transport(
-    c: Constructor,
-    json: RStr<'_>,
-    ctx: HostContext,
-) -> Option<Result<TransportBox, PluginError>> {
-    match c {
-        Constructor::Transport(f) => Some(f(json, ctx).into_result()),
-        _ => None,
-    }
-}
-
-fn construct_database(
-    c: Constructor,
-    json: RStr<'_>,
-    ctx: HostContext,
-) -> Option<Result<DatabaseBox, PluginError>> {
-    match c {
-        Constructor::Database(f) => Some(f(json, ctx).into_result()),
-        _ => None,
-    }
-}
-
-fn build_connections<T>(
+fn build_connections<T: Kind>(
     file: &ConfigFile,
     sections: &BTreeMap<String, toml::Spanned<Connection>>,
     table: &str,
     kind: PluginKind,
     registry: &Registry,
     problems: &mut Vec<Problem>,
-    construct: Construct<T>,
 ) -> BTreeMap<String, Arc<Instance<T>>> {
     let mut built = BTreeMap::new();
     for (name, section) in sections {
-        match build_connection(file, name, section, table, kind, registry, construct) {
+        match build_connection(file, name, section, table, kind, registry) {
             Ok(instance) => {
                 built.insert(name.clone(), Arc::new(instance));
             }
@@ -315,18 +375,16 @@ pub fn build_transport(
         "transports",
         PluginKind::Transport,
         registry,
-        construct_transport,
     )
 }
 
-fn build_connection<T>(
+fn build_connection<T: Kind>(
     file: &ConfigFile,
     name: &str,
     section: &toml::Spanned<Connection>,
     table: &str,
     kind: PluginKind,
     registry: &Registry,
-    construct: Construct<T>,
 ) -> Result<Instance<T>, Problem> {
     let connection = section.get_ref();
     let problem = |message: String| Problem {
@@ -337,19 +395,19 @@ fn build_connection<T>(
     let plugin = registry
         .require(kind, &connection.plugin)
         .map_err(|unknown| problem(unknown.to_string()))?;
-    let json = settings_json(&connection.settings);
-    let value = construct(
-        plugin.constructor,
-        RStr::from_str(&json),
-        context(plugin, name),
-    )
-    .expect("the registry returned a plugin of the kind asked for")
-    .map_err(|e| problem(describe_build_error(&e)))?;
+    let recipe = Recipe {
+        plugin: plugin.clone(),
+        instance: name.to_string(),
+        settings: settings_json(&connection.settings),
+        config_dir: file.dir(),
+    };
+    let value = recipe
+        .build::<T>()
+        .map_err(|e| problem(describe_build_error(&e)))?;
     Ok(Instance {
         name: name.to_string(),
         plugin: plugin.clone(),
-        settings: json,
-        construct,
+        recipe,
         current: Mutex::new(Current {
             generation: 0,
             value: Arc::new(value),
@@ -358,9 +416,10 @@ fn build_connection<T>(
 }
 
 fn build_processor(
+    file: &ConfigFile,
     p: &PipelineConfig,
     registry: &Registry,
-) -> Result<(ProcessorRecipe, ProcessorBox), String> {
+) -> Result<(Recipe, ProcessorBox), String> {
     let plugin = registry
         .require(PluginKind::Processor, &p.processor.plugin)
         .map_err(|e| e.to_string())?;
@@ -377,12 +436,15 @@ fn build_processor(
             toml::Value::Array(exact.into_iter().map(toml::Value::String).collect()),
         );
     }
-    let recipe = ProcessorRecipe {
-        pipeline: p.name.clone(),
+    let recipe = Recipe {
         plugin: plugin.clone(),
+        instance: p.name.clone(),
         settings: settings_json(&settings),
+        config_dir: file.dir(),
     };
-    let instance = recipe.build().map_err(|e| describe_build_error(&e))?;
+    let instance = recipe
+        .build::<ProcessorBox>()
+        .map_err(|e| describe_build_error(&e))?;
     Ok((recipe, instance))
 }
 
@@ -393,7 +455,7 @@ pub fn allowed_tables(p: &PipelineConfig) -> AllowedTables {
 
 fn describe_build_error(e: &PluginError) -> String {
     match e.kind {
-        golconde_plugin_api::ErrorKind::Config => {
+        ErrorKind::Config => {
             format!("the plugin refused its configuration: {}", e.message)
         }
         _ => format!("the plugin could not be built: {e}"),

@@ -325,6 +325,15 @@ impl ConfigFile {
         }
     }
 
+    /// The folder of the file, absolute: what relative paths in it mean.
+    pub fn dir(&self) -> PathBuf {
+        let base = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf())
+    }
+
     /// The plugin directories: those of the file (relative to its folder), then those of
     /// `$GOLCONDE_PLUGIN_PATH`.
     pub fn plugin_dirs(&self) -> Vec<PathBuf> {

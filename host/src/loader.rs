@@ -15,9 +15,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
 use golconde_plugin_api::{
     abi::{Constructor, PluginKind, PluginLibRef},
+    ext::{construct::ConstructV1, Extension, ExtensionHeader, EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL},
     AbiVersion,
 };
 
@@ -30,7 +31,11 @@ pub struct PluginInfo {
     pub version: String,
     pub description: String,
     pub abi: AbiVersion,
+    /// The ABI 1.0 constructor, which every plugin has.
     pub constructor: Constructor,
+    /// `golconde.construct` 1 (ABI 1.1), when the plugin implements it: what the host
+    /// builds instances with, handing over its services.
+    pub construct_v1: Option<&'static ConstructV1>,
 }
 
 /// A library that was found but cannot be used, and why.
@@ -227,24 +232,36 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
         Ok(module) => module,
         Err(LibraryError::IncompatibleVersionNumber { .. })
         | Err(LibraryError::ParseVersionError(_)) => {
+            let which = match plugin_abi {
+                Some(plugin) if plugin.major > host_abi.major => format!(
+                    "the plugin is newer than this golconde: upgrade golconde to one that \
+                     speaks ABI {}.x, or rebuild the plugin against golconde-plugin-api {}.x",
+                    plugin.major, host_abi.major
+                ),
+                _ => format!(
+                    "the plugin is older than this golconde: rebuild it against \
+                     golconde-plugin-api {}.x (plugins of ABI {}.0 and later keep loading in \
+                     every golconde of ABI {}.x)",
+                    host_abi.major, host_abi.major, host_abi.major
+                ),
+            };
             return Err(refuse(
                 format!(
                     "it was built for Golconde plugin ABI {abi_text}, and this host speaks ABI \
-                     {host_abi}; rebuild it against golconde-plugin-api {}.x, or use a golconde \
-                     that speaks ABI {abi_text}",
-                    host_abi.major
+                     {host_abi}; {which}"
                 ),
                 None,
-            ))
+            ));
         }
         Err(e @ LibraryError::AbiInstability(_)) => {
             return Err(refuse(
                 format!(
-                    "it claims Golconde plugin ABI {abi_text}, but its types differ from this \
-                     host's ABI {host_abi} (it was built against a modified or unreleased \
-                     golconde-plugin-api); rebuild it against a released golconde-plugin-api \
-                     {}.x. Run with `RUST_LOG=golconde=debug` for the full layout report",
-                    host_abi.major
+                    "it claims Golconde plugin ABI {abi_text}, but its types differ from those \
+                     of ABI {abi_text} as released (a released golconde-plugin-api {}.x never \
+                     changes a type, so it was built against a modified copy); rebuild it \
+                     against a released golconde-plugin-api {}.x. Run with \
+                     `RUST_LOG=golconde=debug` for the full layout report",
+                    host_abi.major, host_abi.major
                 ),
                 Some(e.to_string()),
             ))
@@ -260,21 +277,77 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
         }
     };
     let abi = plugin_abi.unwrap_or(host_abi);
+    let extensions = extensions(file).map_err(|reason| refuse(reason, None))?;
     let entries = (module.plugins())();
-    Ok(Some(
-        entries
-            .iter()
-            .map(|entry| PluginInfo {
+    entries
+        .iter()
+        .map(|entry| {
+            let kind = entry.constructor.kind();
+            let name = entry.name.as_str();
+            let construct_v1 = extensions
+                .iter()
+                .filter(|e| e.plugin.as_str() == name && e.kind.as_str() == kind.as_str())
+                .find_map(|e| e.get::<ConstructV1>())
+                .transpose()
+                .map_err(|detail| {
+                    refuse(
+                        format!(
+                            "its interface `golconde.construct` 1 for {kind} `{name}` differs \
+                             from this host's (it was built against a modified \
+                             golconde-plugin-api); rebuild it against a released one. Run with \
+                             `RUST_LOG=golconde=debug` for the layout report"
+                        ),
+                        Some(detail),
+                    )
+                })?;
+            Ok(PluginInfo {
                 file: file.to_path_buf(),
-                kind: entry.constructor.kind(),
-                name: entry.name.as_str().to_string(),
+                kind,
+                name: name.to_string(),
                 version: entry.version.as_str().to_string(),
                 description: entry.description.as_str().to_string(),
                 abi,
                 constructor: entry.constructor,
+                construct_v1,
             })
-            .collect(),
-    ))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// The interfaces a library offers beyond ABI 1.0 ([`golconde_plugin_api::ext`]): none for
+/// a library built before them. `Err` says why the list cannot be trusted.
+fn extensions(file: &Path) -> Result<Vec<Extension>, String> {
+    let library = RawLibrary::load_at(file).map_err(|e| format!("cannot be opened: {e}"))?;
+    let symbol = format!("{EXTENSIONS_SYMBOL}\0");
+    // SAFETY: a library exporting this symbol exports an `ExtensionHeader` under it; its
+    // magic is checked before anything else is read.
+    let header: &'static ExtensionHeader = match unsafe {
+        library.get::<&'static ExtensionHeader>(symbol.as_bytes())
+    } {
+        Ok(header) => *header,
+        Err(_) => return Ok(Vec::new()),
+    };
+    // Libraries are never unloaded: the header and every table it lists stay valid.
+    std::mem::forget(library);
+    if header.magic != EXTENSIONS_MAGIC {
+        return Err(format!(
+            "it exports `{EXTENSIONS_SYMBOL}`, but not as a Golconde plugin library does; \
+             rebuild it with `export_plugins!`"
+        ));
+    }
+    abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+        <golconde_plugin_api::ext::ExtensionList as abi_stable::StableAbi>::LAYOUT,
+        header.layout,
+    )
+    .map_err(|e| {
+        format!(
+            "its list of ABI extensions differs from this host's (it was built against a \
+             modified golconde-plugin-api): {}",
+            first_line(&e.to_string())
+        )
+    })?;
+    Ok((header.list)().extensions.into_iter().collect())
 }
 
 /// Whether a library can unwind a panic, as far as its file tells: a Rust library built with

@@ -27,6 +27,7 @@
 pub mod abi;
 pub mod data;
 pub mod error;
+pub mod ext;
 pub mod log;
 pub mod sdk;
 

@@ -4,9 +4,14 @@
 //! plugin emits would otherwise go nowhere. The host hands every instance it builds a
 //! [`LogSinkBox`]; on the plugin side the SDK wraps it in a `tracing` subscriber
 //! ([`dispatch_for`]) that formats each event (span scope, message, fields) and calls the
-//! sink, honouring the host's level. The SDK runs every call into an instance under that
-//! instance's dispatcher, and makes the first one the library's global default so that
-//! threads a plugin spawns are heard too.
+//! sink with the event's own target, so the host can filter by it. The SDK runs every call
+//! into an instance under that instance's dispatcher.
+//!
+//! Threads the library starts itself (a runtime's workers, a client's I/O thread) run under
+//! the library's global default. A host of ABI 1.1 or later hands over a sink for them that
+//! names the plugin and no instance, and a filter asked once per callsite, so that only what
+//! the host will write is formatted ([`crate::ext::HostServices`]). With a 1.0 host the first
+//! instance's dispatcher is the default, and its level the most verbose the host has.
 
 // `#[sabi_trait]` expands to impls inside a const block.
 #![allow(non_local_definitions)]
@@ -19,6 +24,8 @@ use abi_stable::{
     StableAbi,
 };
 use tracing::{field::Field, level_filters::LevelFilter, Dispatch, Event, Level, Subscriber};
+
+use crate::ext::{HostServices, LogFilterBox};
 use tracing_subscriber::{
     layer::{Context, SubscriberExt},
     registry::LookupSpan,
@@ -90,25 +97,50 @@ pub trait FfiLogSink: Send + Sync + Clone {
 
 pub type LogSinkBox = FfiLogSink_TO<'static, RArc<()>>;
 
-/// A `tracing` dispatcher that forwards to `sink`. The first one built in a library also
-/// becomes the library's global default.
-pub fn dispatch_for(sink: &LogSinkBox) -> Dispatch {
-    let max = sink.max_level().to_filter();
-    let dispatch = Dispatch::new(Registry::default().with(Forwarder {
-        sink: sink.clone(),
-        max,
-    }));
+/// A `tracing` dispatcher that forwards to `sink`, filtered by the host's `services` when
+/// it offers them. The first one built in a library also sets the library's global
+/// default (see the module's documentation).
+pub fn dispatch_for(sink: &LogSinkBox, services: Option<&HostServices>) -> Dispatch {
+    let filter = services.map(|s| s.log_filter.clone());
+    let dispatch = forwarding(sink, filter.clone());
     static GLOBAL: OnceLock<()> = OnceLock::new();
     GLOBAL.get_or_init(|| {
+        let global = match services {
+            Some(services) => forwarding(&services.library_log, filter),
+            None => dispatch.clone(),
+        };
         // Fails only if the plugin author installed a subscriber of their own: theirs wins.
-        let _ = tracing::dispatcher::set_global_default(dispatch.clone());
+        let _ = tracing::dispatcher::set_global_default(global);
     });
     dispatch
 }
 
+fn forwarding(sink: &LogSinkBox, filter: Option<LogFilterBox>) -> Dispatch {
+    Dispatch::new(Registry::default().with(Forwarder {
+        sink: sink.clone(),
+        max: sink.max_level().to_filter(),
+        filter,
+    }))
+}
+
 struct Forwarder {
     sink: LogSinkBox,
+    /// The most verbose level the host writes for any target.
     max: LevelFilter,
+    /// The host's filter by target, when it has given one.
+    filter: Option<LogFilterBox>,
+}
+
+impl Forwarder {
+    fn wanted(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= self.max
+            && self.filter.as_ref().is_none_or(|filter| {
+                filter.enabled(
+                    LogLevel::from_level(*metadata.level()),
+                    RStr::from_str(metadata.target()),
+                )
+            })
+    }
 }
 
 /// The formatted fields of a span, kept in the registry's extensions.
@@ -118,8 +150,20 @@ impl<S> Layer<S> for Forwarder
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Asked once per callsite: the host's filter does not change while it runs.
+        if self.wanted(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-        *metadata.level() <= self.max
+        self.wanted(metadata)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {

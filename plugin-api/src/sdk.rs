@@ -8,9 +8,11 @@
 
 use std::{
     cell::{Cell, RefCell},
+    marker::PhantomData,
     mem::ManuallyDrop,
     ops::Deref,
     panic::{catch_unwind, AssertUnwindSafe},
+    path::{Path, PathBuf},
     sync::Once,
     time::Duration,
 };
@@ -32,6 +34,10 @@ use crate::{
     },
     data::{Applied, Change, ConsumeOptions, Delivery, Message},
     error::{ErrorKind, PluginError},
+    ext::{
+        construct::{Built, ConstructV1},
+        Extension, ExtensionHeader, ExtensionList, HostServices, EXTENSIONS_MAGIC,
+    },
     log::dispatch_for,
 };
 
@@ -101,12 +107,38 @@ pub trait Session: Send + 'static {
 pub struct Host {
     instance: String,
     dispatch: Dispatch,
+    config_dir: Option<PathBuf>,
 }
 
 impl Host {
     /// The instance's name in the configuration file.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The folder of the host's configuration file, against which relative paths in a
+    /// plugin's section are meant. `None` in a host older than ABI 1.1, which does not say.
+    pub fn config_dir(&self) -> Option<&Path> {
+        self.config_dir.as_deref()
+    }
+
+    /// `path`, given by configuration key `key`, made absolute against
+    /// [`Host::config_dir`]. An absolute path comes back as it is; a relative one in a host
+    /// too old to say where its configuration is, as a [`ErrorKind::Config`] error naming
+    /// the key and what to do.
+    pub fn resolve(&self, key: &str, path: &Path) -> Result<PathBuf, PluginError> {
+        if path.is_absolute() {
+            return Ok(path.to_path_buf());
+        }
+        match &self.config_dir {
+            Some(dir) => Ok(dir.join(path)),
+            None => Err(PluginError::config(format!(
+                "`{key}` = {} is a relative path, and this golconde is older than plugin ABI \
+                 1.1, so it does not say which folder that is relative to: give an absolute \
+                 path, or run the plugin in golconde 1.1 or newer",
+                path.display()
+            ))),
+        }
     }
 
     /// The `tracing` dispatcher that reaches the host's log. Calls into the plugin already
@@ -161,10 +193,28 @@ macro_rules! export_plugins {
                 )
             }
         };
+
+        /// The interfaces added to the ABI after 1.0 ([`$crate::ext`]), which a host of
+        /// ABI 1.1 or later looks up here.
+        #[doc(hidden)]
+        #[export_name = "golconde_plugin_extensions"]
+        pub static __GOLCONDE_PLUGIN_EXTENSIONS: $crate::ext::ExtensionHeader = {
+            extern "C" fn list() -> $crate::ext::ExtensionList {
+                let mut extensions = ::std::vec::Vec::new();
+                $(extensions.extend($crate::export_plugins!(@extensions $kind $ty));)+
+                $crate::ext::ExtensionList {
+                    extensions: $crate::RVec::from(extensions),
+                }
+            }
+            $crate::sdk::extension_header(list)
+        };
     };
     (@entry transport $ty:ty) => { $crate::sdk::transport_entry::<$ty>() };
     (@entry processor $ty:ty) => { $crate::sdk::processor_entry::<$ty>() };
     (@entry database $ty:ty) => { $crate::sdk::database_entry::<$ty>() };
+    (@extensions transport $ty:ty) => { $crate::sdk::transport_extensions::<$ty>() };
+    (@extensions processor $ty:ty) => { $crate::sdk::processor_extensions::<$ty>() };
+    (@extensions database $ty:ty) => { $crate::sdk::database_extensions::<$ty>() };
 }
 
 #[doc(hidden)]
@@ -200,40 +250,48 @@ extern "C" fn construct_transport<T: Transport>(
     config: RStr<'_>,
     host: HostContext,
 ) -> RResult<TransportBox, PluginError> {
-    construct::<T, _>(config, host, |value| {
-        FfiTransport_TO::from_ptr(RArc::new(value), TD_Opaque)
-    })
+    construct::<T, _>(config, host, None, erase_transport)
 }
 
 extern "C" fn construct_processor<T: Processor>(
     config: RStr<'_>,
     host: HostContext,
 ) -> RResult<ProcessorBox, PluginError> {
-    construct::<T, _>(config, host, |value| {
-        FfiProcessor_TO::from_ptr(RArc::new(value), TD_Opaque)
-    })
+    construct::<T, _>(config, host, None, erase_processor)
 }
 
 extern "C" fn construct_database<T: Database>(
     config: RStr<'_>,
     host: HostContext,
 ) -> RResult<DatabaseBox, PluginError> {
-    construct::<T, _>(config, host, |value| {
-        FfiDatabase_TO::from_ptr(RArc::new(value), TD_Opaque)
-    })
+    construct::<T, _>(config, host, None, erase_database)
+}
+
+fn erase_transport<T: Transport>(value: Guarded<T>) -> TransportBox {
+    FfiTransport_TO::from_ptr(RArc::new(value), TD_Opaque)
+}
+
+fn erase_processor<T: Processor>(value: Guarded<T>) -> ProcessorBox {
+    FfiProcessor_TO::from_ptr(RArc::new(value), TD_Opaque)
+}
+
+fn erase_database<T: Database>(value: Guarded<T>) -> DatabaseBox {
+    FfiDatabase_TO::from_ptr(RArc::new(value), TD_Opaque)
 }
 
 fn construct<T: Plugin, B>(
     config: RStr<'_>,
     host: HostContext,
+    services: Option<&HostServices>,
     erase: impl FnOnce(Guarded<T>) -> B,
 ) -> RResult<B, PluginError> {
     let built = catch_unwind(AssertUnwindSafe(|| {
         install_panic_hook();
-        let dispatch = dispatch_for(&host.log);
+        let dispatch = dispatch_for(&host.log, services);
         let host = Host {
             instance: host.instance.into_string(),
             dispatch,
+            config_dir: services.map(|s| PathBuf::from(s.config_dir.as_str())),
         };
         let plugin = guard(&host.dispatch, "building the plugin", || {
             T::new(parse_config::<T::Config>(config.as_str())?, &host)
@@ -243,6 +301,94 @@ fn construct<T: Plugin, B>(
     match built {
         Ok(result) => result.into(),
         Err(payload) => RResult::RErr(panic_error("building the plugin", &*payload, None)),
+    }
+}
+
+/// The ABI 1.1 interfaces, implemented for plugin `T`: constants, so that each table is a
+/// `'static` the library can hand out.
+struct Tables<T>(PhantomData<T>);
+
+impl<T: Transport> Tables<T> {
+    const CONSTRUCT_TRANSPORT: ConstructV1 = ConstructV1 {
+        construct: construct_v1_transport::<T>,
+    };
+}
+
+impl<T: Processor> Tables<T> {
+    const CONSTRUCT_PROCESSOR: ConstructV1 = ConstructV1 {
+        construct: construct_v1_processor::<T>,
+    };
+}
+
+impl<T: Database> Tables<T> {
+    const CONSTRUCT_DATABASE: ConstructV1 = ConstructV1 {
+        construct: construct_v1_database::<T>,
+    };
+}
+
+extern "C" fn construct_v1_transport<T: Transport>(
+    config: RStr<'_>,
+    host: HostContext,
+    services: &HostServices,
+) -> RResult<Built, PluginError> {
+    construct::<T, _>(config, host, Some(services), |v| {
+        Built::Transport(erase_transport(v))
+    })
+}
+
+extern "C" fn construct_v1_processor<T: Processor>(
+    config: RStr<'_>,
+    host: HostContext,
+    services: &HostServices,
+) -> RResult<Built, PluginError> {
+    construct::<T, _>(config, host, Some(services), |v| {
+        Built::Processor(erase_processor(v))
+    })
+}
+
+extern "C" fn construct_v1_database<T: Database>(
+    config: RStr<'_>,
+    host: HostContext,
+    services: &HostServices,
+) -> RResult<Built, PluginError> {
+    construct::<T, _>(config, host, Some(services), |v| {
+        Built::Database(erase_database(v))
+    })
+}
+
+#[doc(hidden)]
+pub fn transport_extensions<T: Transport>() -> Vec<Extension> {
+    vec![Extension::new(
+        T::NAME,
+        "transport",
+        &Tables::<T>::CONSTRUCT_TRANSPORT,
+    )]
+}
+
+#[doc(hidden)]
+pub fn processor_extensions<T: Processor>() -> Vec<Extension> {
+    vec![Extension::new(
+        T::NAME,
+        "processor",
+        &Tables::<T>::CONSTRUCT_PROCESSOR,
+    )]
+}
+
+#[doc(hidden)]
+pub fn database_extensions<T: Database>() -> Vec<Extension> {
+    vec![Extension::new(
+        T::NAME,
+        "database",
+        &Tables::<T>::CONSTRUCT_DATABASE,
+    )]
+}
+
+#[doc(hidden)]
+pub const fn extension_header(list: extern "C" fn() -> ExtensionList) -> ExtensionHeader {
+    ExtensionHeader {
+        magic: EXTENSIONS_MAGIC,
+        layout: <ExtensionList as abi_stable::StableAbi>::LAYOUT,
+        list,
     }
 }
 
