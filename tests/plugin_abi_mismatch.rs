@@ -19,7 +19,10 @@ fn plugins_names_the_file_and_both_abis_of_a_refused_library() {
         "{refused}"
     );
     assert!(refused.contains("this host speaks ABI 1.1"), "{refused}");
-    assert!(refused.contains("the plugin is newer than this golconde"), "{refused}");
+    assert!(
+        refused.contains("the plugin is newer than this golconde"),
+        "{refused}"
+    );
 
     let skewed = text
         .lines()

@@ -86,7 +86,10 @@ fn a_plugin_of_abi_1_1_works_in_a_host_of_abi_1_0_without_the_new_services() {
     let config = serde_json::json!({ "path": absolute }).to_string();
     let (ok, text) = host_v1(&[library, "database", "fixture-table", &config, "k", "v"]);
     assert!(ok, "{text}");
-    assert_eq!(scratch.rows("rows.jsonl").get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        scratch.rows("rows.jsonl").get("k").map(String::as_str),
+        Some("v")
+    );
 
     // A relative path needs to know the configuration's folder, which only 1.1 tells.
     let (ok, text) = host_v1(&[
@@ -108,8 +111,10 @@ fn a_plugin_of_abi_1_1_works_in_a_host_of_abi_1_0_without_the_new_services() {
 fn a_plugin_of_abi_1_1_resolves_paths_against_the_configuration_folder() {
     let scratch = Scratch::new();
     scratch.enqueue("relative", &[("a", "1")]);
-    let text = fixture_config("relative", "rows.jsonl", "", "")
-        .replace("path = \"{dir}/rows.jsonl\"", "path = \"relative-rows.jsonl\"");
+    let text = fixture_config("relative", "rows.jsonl", "", "").replace(
+        "path = \"{dir}/rows.jsonl\"",
+        "path = \"relative-rows.jsonl\"",
+    );
     let config = scratch.config(&text);
     // The daemon runs in the tests' folder: the path must not be taken relative to that.
     let daemon = Daemon::start(&config);
@@ -117,7 +122,10 @@ fn a_plugin_of_abi_1_1_resolves_paths_against_the_configuration_folder() {
     let (status, log) = daemon.stop();
     assert!(done && status.success(), "{log}");
     assert_eq!(
-        scratch.rows("relative-rows.jsonl").get("a").map(String::as_str),
+        scratch
+            .rows("relative-rows.jsonl")
+            .get("a")
+            .map(String::as_str),
         Some("1")
     );
 }

@@ -82,8 +82,10 @@ fn plugin_events_are_filtered_by_their_own_target() {
     // Debug for a module of the host only: the plugin's debug events stay out.
     let scratch = Scratch::new();
     scratch.enqueue("hostonly", &[("a", "1")]);
-    let text = fixture_config("hostonly", "rows.jsonl", "", "")
-        .replace("level = \"info\"", "level = \"info,golconde::loader=debug\"");
+    let text = fixture_config("hostonly", "rows.jsonl", "", "").replace(
+        "level = \"info\"",
+        "level = \"info,golconde::loader=debug\"",
+    );
     let daemon = Daemon::start(&scratch.config(&text));
     assert!(golconde_e2e::eventually(
         std::time::Duration::from_secs(20),

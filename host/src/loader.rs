@@ -18,7 +18,9 @@ use std::{
 use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
 use golconde_plugin_api::{
     abi::{Constructor, PluginKind, PluginLibRef},
-    ext::{construct::ConstructV1, Extension, ExtensionHeader, EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL},
+    ext::{
+        construct::ConstructV1, Extension, ExtensionHeader, EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL,
+    },
     AbiVersion,
 };
 
@@ -322,12 +324,11 @@ fn extensions(file: &Path) -> Result<Vec<Extension>, String> {
     let symbol = format!("{EXTENSIONS_SYMBOL}\0");
     // SAFETY: a library exporting this symbol exports an `ExtensionHeader` under it; its
     // magic is checked before anything else is read.
-    let header: &'static ExtensionHeader = match unsafe {
-        library.get::<&'static ExtensionHeader>(symbol.as_bytes())
-    } {
-        Ok(header) => *header,
-        Err(_) => return Ok(Vec::new()),
-    };
+    let header: &'static ExtensionHeader =
+        match unsafe { library.get::<&'static ExtensionHeader>(symbol.as_bytes()) } {
+            Ok(header) => *header,
+            Err(_) => return Ok(Vec::new()),
+        };
     // Libraries are never unloaded: the header and every table it lists stay valid.
     std::mem::forget(library);
     if header.magic != EXTENSIONS_MAGIC {

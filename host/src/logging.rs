@@ -114,16 +114,18 @@ impl FfiLogSink for PluginSink {
             }
             let fields = metadata.fields();
             let field = |name| fields.field(name).expect("the callsite has it");
-            let (message, plugin, instance) = (field("message"), field("plugin"), field("instance"));
+            let (message, plugin, instance) =
+                (field("message"), field("plugin"), field("instance"));
             let text = record.message.as_str();
             let values = [
-                (&message, Some(&format_args!("{text}") as &dyn tracing::Value)),
+                (
+                    &message,
+                    Some(&format_args!("{text}") as &dyn tracing::Value),
+                ),
                 (&plugin, Some(&self.plugin.as_str() as &dyn tracing::Value)),
                 (
                     &instance,
-                    self.instance
-                        .as_ref()
-                        .map(|i| i as &dyn tracing::Value),
+                    self.instance.as_ref().map(|i| i as &dyn tracing::Value),
                 ),
             ];
             dispatch.event(&tracing::Event::new(metadata, &fields.value_set(&values)));
@@ -171,8 +173,7 @@ const FIELDS: &[&str] = &["message", "plugin", "instance"];
 
 /// The callsite of `level` and `target`, made on first use; `None` for `Off`.
 fn callsite(level: LogLevel, target: &str) -> Option<&'static PluginCallsite> {
-    static MADE: OnceLock<Mutex<HashMap<(u8, String), &'static PluginCallsite>>> =
-        OnceLock::new();
+    static MADE: OnceLock<Mutex<HashMap<(u8, String), &'static PluginCallsite>>> = OnceLock::new();
     let level = match level {
         LogLevel::Off => return None,
         LogLevel::Error => Level::ERROR,

@@ -13,6 +13,7 @@ mod logging;
 mod pipeline;
 mod pool;
 mod route;
+mod scaffold;
 mod send;
 mod stats;
 mod tables;
@@ -93,11 +94,32 @@ enum Command {
     },
     /// List the plugins found in plugin directories, and the libraries that were refused.
     ///
-    /// Searches each --plugin-dir, then $GOLCONDE_PLUGIN_PATH, then the folder the
-    /// golconde executable is in. Starts nothing.
+    /// Searches each --plugin-dir, then the `plugin_dirs` of --config FILE (if given), then
+    /// $GOLCONDE_PLUGIN_PATH, then the folder the golconde executable is in: the same
+    /// folders, in the same order, as `run` and `check` with that file. Starts nothing.
     Plugins {
+        /// Also search the `plugin_dirs` of this configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
+    },
+    /// Write a new plugin crate, ready to build out of tree.
+    ///
+    /// Creates DIR/NAME (DIR defaults to the current folder) holding a Cargo project for a
+    /// KIND plugin named NAME: a minimal implementation, a test that runs the conformance
+    /// suite of `golconde_plugin_api::testing`, and a README saying how to build, test and
+    /// load it. Refuses to write into an existing folder.
+    NewPlugin {
+        /// transport, processor or database.
+        #[arg(value_name = "KIND")]
+        kind: String,
+        /// The plugin's name, as configuration files will say `plugin = "NAME"`.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where to create the crate's folder.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        path: PathBuf,
     },
 }
 
@@ -113,7 +135,19 @@ fn main() -> ExitCode {
             connect,
             plugin_dirs,
         } => check(&config, connect, plugin_dirs),
-        Command::Plugins { plugin_dirs } => plugins(plugin_dirs),
+        Command::Plugins {
+            config,
+            plugin_dirs,
+        } => plugins(config.as_deref(), plugin_dirs),
+        Command::NewPlugin { kind, name, path } => {
+            scaffold::new_plugin(&kind, &name, &path).map(|dir| {
+                println!(
+                    "wrote {kind} plugin `{name}` to {}; see its README.md",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
         Command::Send {
             config,
             transport,
@@ -148,25 +182,31 @@ fn search_path(cli_dirs: Vec<PathBuf>, file: Option<&ConfigFile>) -> Vec<PathBuf
     dirs
 }
 
-fn plugins(cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
-    let registry = Registry::discover(&search_path(cli_dirs, None));
+fn plugins(config: Option<&Path>, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let file = config.map(ConfigFile::load).transpose()?;
+    let registry = Registry::discover(&search_path(cli_dirs, file.as_ref()));
     let mut plugins = registry.plugins.clone();
     plugins.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-    println!(
-        "{:<10} {:<16} {:<9} {:<5} {:<36} DESCRIPTION",
-        "KIND", "NAME", "VERSION", "ABI", "FILE"
+    let rows: Vec<[String; 6]> = plugins
+        .iter()
+        .map(|p| {
+            [
+                p.kind.to_string(),
+                p.name.clone(),
+                p.version.clone(),
+                p.abi.to_string(),
+                p.description.clone(),
+                p.file.display().to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            ["KIND", "NAME", "VERSION", "ABI", "DESCRIPTION", "FILE"],
+            &rows
+        )
     );
-    for p in &plugins {
-        println!(
-            "{:<10} {:<16} {:<9} {:<5} {:<36} {}",
-            p.kind,
-            p.name,
-            p.version,
-            p.abi.to_string(),
-            p.file.display(),
-            p.description
-        );
-    }
     for refused in &registry.refused {
         println!(
             "{}: incompatible: {}",
@@ -183,6 +223,30 @@ fn plugins(cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         println!("no plugin libraries found in [{}]", searched.join(", "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows under a header, each column as wide as its widest cell; the last column, which may
+/// be long (a path), is not padded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn load(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<(ConfigFile, Registry)> {

@@ -1,9 +1,9 @@
 //! The ABI proper: the root module every plugin library exports, the constructors it lists,
 //! and the FFI traits of the three plugin kinds.
 //!
-//! **Invariant:** everything reachable from [`PluginLib`] is frozen for ABI major 1. New
-//! trait methods may only be added after a `#[sabi(last_prefix_field)]` method (older
-//! plugins then lack them, and callers must check); anything else needs ABI 2.
+//! **Invariant:** everything reachable from [`PluginLib`] is frozen for ABI major 1, down
+//! to the last field and method: a plugin built against 1.0.0 must load in every 1.x host.
+//! What later minors add comes as interfaces beside it ([`crate::ext`]).
 //!
 //! Plugin authors never use these traits directly: [`crate::sdk`] implements them around
 //! ordinary Rust traits and catches every panic on the way.
@@ -37,7 +37,9 @@ pub const ABI_VERSION: &str = "1.1.0";
 /// A parsed ABI version, for messages such as "built for ABI 2.0, host speaks 1.0".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbiVersion {
+    /// The major version: plugins and hosts of one major work together.
     pub major: u32,
+    /// The minor version: what the crate added within the major.
     pub minor: u32,
 }
 
@@ -47,6 +49,7 @@ impl AbiVersion {
         AbiVersion::parse(ABI_VERSION).expect("ABI_VERSION is well formed")
     }
 
+    /// Reads `major.minor[.patch]`; `None` if it is not that.
     pub fn parse(text: &str) -> Option<AbiVersion> {
         let mut parts = text.trim().split('.');
         let major = parts.next()?.parse().ok()?;
@@ -83,11 +86,13 @@ impl RootModule for PluginLibRef {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]
 pub struct PluginEntry {
+    /// The name configuration files use (`plugin = "NAME"`).
     pub name: RStr<'static>,
     /// The plugin's own version (its crate version), not the ABI's.
     pub version: RStr<'static>,
     /// One line for `golconde plugins`.
     pub description: RStr<'static>,
+    /// Builds an instance.
     pub constructor: Constructor,
 }
 
@@ -99,12 +104,16 @@ pub struct PluginEntry {
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy)]
 pub enum Constructor {
+    /// Builds a transport.
     Transport(extern "C" fn(RStr<'_>, HostContext) -> RResult<TransportBox, PluginError>),
+    /// Builds a processor.
     Processor(extern "C" fn(RStr<'_>, HostContext) -> RResult<ProcessorBox, PluginError>),
+    /// Builds a database.
     Database(extern "C" fn(RStr<'_>, HostContext) -> RResult<DatabaseBox, PluginError>),
 }
 
 impl Constructor {
+    /// The kind of plugin it builds.
     pub fn kind(&self) -> PluginKind {
         match self {
             Constructor::Transport(_) => PluginKind::Transport,
@@ -117,12 +126,16 @@ impl Constructor {
 /// The three kinds of plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PluginKind {
+    /// Speaks a queuing protocol.
     Transport,
+    /// Turns messages into changes.
     Processor,
+    /// Applies changes.
     Database,
 }
 
 impl PluginKind {
+    /// The word used in messages and configuration: `transport`, `processor`, `database`.
     pub fn as_str(self) -> &'static str {
         match self {
             PluginKind::Transport => "transport",
@@ -190,6 +203,7 @@ pub trait FfiConsumer: Send + Sync {
 /// Turns messages into database changes.
 #[sabi_trait]
 pub trait FfiProcessor: Send + Sync {
+    /// The change a message asks for; see [`crate::sdk::Processor::process`].
     fn process(&self, message: &Message) -> RResult<Change, PluginError>;
 
     /// The copy of `message` to fan out once its change committed, enriched with what the
@@ -201,6 +215,7 @@ pub trait FfiProcessor: Send + Sync {
 /// A database, shared by every pipeline that names it. Each worker opens its own session.
 #[sabi_trait]
 pub trait FfiDatabase: Send + Sync {
+    /// Opens a session; see [`crate::sdk::Database::connect`].
     fn connect(&self) -> RResult<SessionBox, PluginError>;
 
     /// The columns that identify a row of `table` (its primary key), so that the host can
@@ -224,8 +239,13 @@ pub trait FfiSession: Send {
     ) -> RResult<RVec<RResult<Applied, PluginError>>, PluginError>;
 }
 
+/// A transport instance, as the host holds it.
 pub type TransportBox = FfiTransport_TO<'static, RArc<()>>;
+/// A consumer, as the host holds it.
 pub type ConsumerBox = FfiConsumer_TO<'static, RArc<()>>;
+/// A processor instance, as the host holds it.
 pub type ProcessorBox = FfiProcessor_TO<'static, RArc<()>>;
+/// A database instance, as the host holds it.
 pub type DatabaseBox = FfiDatabase_TO<'static, RArc<()>>;
+/// A session, as a database worker holds it.
 pub type SessionBox = FfiSession_TO<'static, RBox<()>>;

@@ -22,7 +22,9 @@ pub const TRANSPORT_ERROR_HEADER: &str = "x-golconde-transport-error";
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The header's name, as the transport gave it.
     pub name: RString,
+    /// Its value, as text.
     pub value: RString,
 }
 
@@ -30,11 +32,14 @@ pub struct Header {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
+    /// The payload, as the producer sent it.
     pub body: RVec<u8>,
+    /// Headers and protocol properties (`message-id`, `content-type`, …), in order.
     pub headers: RVec<Header>,
 }
 
 impl Message {
+    /// A message with `body` and no headers.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
         Message {
             body: RVec::from(body.into()),
@@ -49,6 +54,7 @@ impl Message {
         self
     }
 
+    /// Adds a header after the others.
     pub fn push_header(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.headers.push(Header {
             name: RString::from(name.into()),
@@ -75,6 +81,7 @@ pub struct Delivery {
     pub tag: u64,
     /// The broker says it delivered this message before.
     pub redelivered: bool,
+    /// What was delivered.
     pub message: Message,
 }
 
@@ -95,6 +102,7 @@ pub enum AckMode {
 pub struct ConsumeOptions {
     /// The most unacknowledged deliveries the broker may hand over at once.
     pub prefetch: u32,
+    /// How deliveries will be acknowledged.
     pub ack_mode: AckMode,
 }
 
@@ -104,17 +112,24 @@ pub struct ConsumeOptions {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub enum Value {
+    /// SQL `NULL`.
     Null,
+    /// A boolean.
     Bool(bool),
+    /// An integer that fits 64 bits.
     Int(i64),
+    /// A number with at most 15 significant digits, which an `f64` holds exactly.
     Float(f64),
     /// A number kept as its decimal text, for values that `Int` and `Float` cannot hold
     /// exactly (large integers, `numeric` with many digits).
     Numeric(RString),
+    /// A string.
     Text(RString),
+    /// Raw bytes (a `bytea` or `blob` column).
     Bytes(RVec<u8>),
     /// A JSON document, as text (objects, and anything meant for a `json` column).
     Json(RString),
+    /// An array of values (a PostgreSQL array column).
     Array(RVec<Value>),
 }
 
@@ -122,11 +137,14 @@ pub enum Value {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub struct Column {
+    /// The column's name, unquoted.
     pub name: RString,
+    /// The value to write or to compare with.
     pub value: Value,
 }
 
 impl Column {
+    /// A column named `name` with `value`.
     pub fn new(name: impl Into<String>, value: Value) -> Self {
         Column {
             name: RString::from(name.into()),
@@ -153,6 +171,7 @@ pub enum Action {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
 pub struct Operation {
+    /// What the operation does.
     pub action: Action,
     /// `schema.table` or `table`, unquoted; the database quotes it.
     pub table: RString,
@@ -170,6 +189,7 @@ pub struct Change {
     /// An idempotency key. A database that records applied ids skips a change whose id it
     /// has seen, so a redelivered message is harmless.
     pub id: ROption<RString>,
+    /// The operations, applied in order in one transaction.
     pub operations: RVec<Operation>,
 }
 
@@ -178,6 +198,7 @@ pub struct Change {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Default)]
 pub struct Applied {
+    /// Per operation, in order: the columns the database generated (the key of an `Insert`), empty for the others.
     pub returned: RVec<RVec<Column>>,
     /// The change's id was seen before, so nothing was written.
     pub duplicate: bool,

@@ -48,11 +48,14 @@ impl fmt::Display for ErrorKind {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct PluginError {
+    /// What the host should do about it.
     pub kind: ErrorKind,
+    /// For the operator: what failed, where, and what to do.
     pub message: RString,
 }
 
 impl PluginError {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         PluginError {
             kind,
@@ -60,18 +63,22 @@ impl PluginError {
         }
     }
 
+    /// Might pass later: the host retries.
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
     }
 
+    /// Can never succeed for this input: the host sets the message aside.
     pub fn permanent(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Permanent, message)
     }
 
+    /// The configuration is wrong: name the key.
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, message)
     }
 
+    /// Whether the host would retry it.
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }

@@ -62,6 +62,7 @@ pub struct ExtensionHeader {
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct ExtensionList {
+    /// The interfaces, in no particular order.
     pub extensions: RVec<Extension>,
 }
 
@@ -91,7 +92,9 @@ unsafe impl Sync for Extension {}
 
 /// An interface the host knows: its name, version and table type.
 pub trait Interface: StableAbi + 'static {
+    /// Its name, such as `golconde.construct`.
     const NAME: &'static str;
+    /// Its version.
     const VERSION: u32;
 }
 
@@ -139,6 +142,7 @@ pub mod construct {
     #[repr(C)]
     #[derive(StableAbi)]
     pub struct ConstructV1 {
+        /// Builds an instance from its configuration section (JSON text), the 1.0 context and the host's services.
         pub construct: extern "C" fn(
             config: RStr<'_>,
             host: HostContext,
@@ -155,8 +159,11 @@ pub mod construct {
     #[repr(u8)]
     #[derive(StableAbi)]
     pub enum Built {
+        /// A transport.
         Transport(TransportBox),
+        /// A processor.
         Processor(ProcessorBox),
+        /// A database.
         Database(DatabaseBox),
     }
 }
@@ -180,6 +187,7 @@ pub struct HostServices {
 #[sabi_trait]
 pub trait FfiLogFilter: Send + Sync + Clone {
     #[sabi(last_prefix_field)]
+    /// Whether the host writes events of `level` from `target`.
     fn enabled(&self, level: LogLevel, target: RStr<'_>) -> bool;
 }
 

@@ -16,13 +16,21 @@
 //!   panic, so the SDK ([`sdk`]) catches every panic on the plugin side and turns it into a
 //!   [`PluginError`] of kind [`ErrorKind::Panic`].
 //! - **Everything reachable from the root module is frozen within an ABI major**
-//!   ([`ABI_VERSION`]). `abi_stable` refuses a plugin whose root module has fewer fields than
-//!   the host's, so additions go through new trait methods after the
-//!   `#[sabi(last_prefix_field)]` markers (callers check for them) or a new major.
+//!   ([`ABI_VERSION`]), so that a plugin built against 1.0.0 loads in every 1.x host.
+//!   `abi_stable` would accept a root module or trait with *more* fields than the host knows,
+//!   but not with fewer, which is the direction plugins need (hosts are upgraded under
+//!   shipped plugin binaries). What a minor adds comes as named, versioned interfaces
+//!   beside the root module ([`ext`]), checked one by one and looked up by the host, which
+//!   does without those a plugin lacks.
+//!
+//! Writing a plugin: [`sdk`] (the traits and [`export_plugins!`]), testing it:
+//! `testing` (with the `testing` feature), and `docs/plugins.md` in the repository.
 //!
 //! May depend on: `abi_stable`, `serde` (only for decoding a plugin's own configuration,
 //! never in an ABI type), `tracing` (the log bridge). **Invariant:** no tokio, no
 //! `Serialize` type and no host type in the ABI.
+
+#![deny(missing_docs)]
 
 pub mod abi;
 pub mod data;
@@ -30,6 +38,8 @@ pub mod error;
 pub mod ext;
 pub mod log;
 pub mod sdk;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use abi::{AbiVersion, ABI_VERSION};
 pub use data::{

@@ -36,15 +36,22 @@ use tracing_subscriber::{
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    /// Nothing.
     Off,
+    /// Something failed.
     Error,
+    /// Something is wrong but handled.
     Warn,
+    /// What an operator wants to see.
     Info,
+    /// What a developer wants to see.
     Debug,
+    /// Everything.
     Trace,
 }
 
 impl LogLevel {
+    /// The most verbose level `filter` lets through.
     pub fn from_filter(filter: LevelFilter) -> LogLevel {
         match filter.into_level() {
             None => LogLevel::Off,
@@ -52,6 +59,7 @@ impl LogLevel {
         }
     }
 
+    /// The same level as `tracing`'s.
     pub fn from_level(level: Level) -> LogLevel {
         match level {
             Level::ERROR => LogLevel::Error,
@@ -62,6 +70,7 @@ impl LogLevel {
         }
     }
 
+    /// A `tracing` filter letting this level and the more severe ones through.
     pub fn to_filter(self) -> LevelFilter {
         match self {
             LogLevel::Off => LevelFilter::OFF,
@@ -78,6 +87,7 @@ impl LogLevel {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct LogRecord<'a> {
+    /// How severe it is.
     pub level: LogLevel,
     /// The module path the event came from, inside the plugin.
     pub target: RStr<'a>,
@@ -92,9 +102,11 @@ pub trait FfiLogSink: Send + Sync + Clone {
     fn max_level(&self) -> LogLevel;
 
     #[sabi(last_prefix_field)]
+    /// Writes one event.
     fn log(&self, record: &LogRecord<'_>);
 }
 
+/// The host's sink, as a plugin holds it.
 pub type LogSinkBox = FfiLogSink_TO<'static, RArc<()>>;
 
 /// A `tracing` dispatcher that forwards to `sink`, filtered by the host's `services` when

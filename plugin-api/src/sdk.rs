@@ -42,6 +42,18 @@ use crate::{
 };
 
 /// What every plugin declares about itself, and how it is built from its configuration.
+///
+/// Every method of every plugin trait is called from a thread the host owns, and blocks:
+/// a plugin that needs async I/O runs a runtime of its own inside. The SDK catches every
+/// panic at the boundary and reports it as [`ErrorKind::Panic`]; what the host does then is
+/// said per method below. The error kinds mean:
+///
+/// | kind | means | the host |
+/// |---|---|---|
+/// | [`ErrorKind::Transient`] | might pass if tried again later | backs off and retries, acknowledging nothing |
+/// | [`ErrorKind::Permanent`] | this input can never succeed | sets the message aside (dead letter) |
+/// | [`ErrorKind::Config`] | the configuration is wrong; name the key | refuses to start the pieces that use it |
+/// | [`ErrorKind::Panic`] | the plugin panicked (the SDK reports it) | builds the instance anew |
 pub trait Plugin: Sized + Send + Sync + 'static {
     /// The name configuration files use (`plugin = "amqp"`).
     const NAME: &'static str;
@@ -51,51 +63,156 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     const DESCRIPTION: &'static str;
 
     /// The plugin's configuration section. Use `#[serde(deny_unknown_fields)]` so that a
-    /// misspelt key is an error naming it.
+    /// misspelt key is an error naming it. A processor's section also holds the pipeline's
+    /// `table` and `tables` (exact table names; absent when the pipeline allows patterns).
     type Config: DeserializeOwned;
 
-    /// Validates the configuration and builds the instance, without connecting to
-    /// anything.
+    /// Validates the configuration and builds the instance, without connecting to anything:
+    /// `golconde check` builds every plugin offline, and the host builds a new instance
+    /// after a panic. Return [`ErrorKind::Config`] naming the key for a bad value; resolve
+    /// relative paths with [`Host::resolve`].
     fn new(config: Self::Config, host: &Host) -> Result<Self, PluginError>;
 }
 
-/// A queuing protocol. See [`crate::abi::FfiTransport`] for the contract of each method.
+/// A queuing protocol: consumes with acknowledgements, publishes with confirmation. One
+/// instance per `[transports.NAME]` section, shared by every pipeline that names it.
 pub trait Transport: Plugin {
+    /// A subscription to one queue.
     type Consumer: Consumer;
+
+    /// Starts consuming `queue`. Called by a pipeline's dispatcher thread when it starts,
+    /// and again after each restart. `options.prefetch` is at least 1 (refuse 0 with
+    /// [`ErrorKind::Config`] anyway: brokers read it as "no limit"); pipelines use
+    /// [`crate::AckMode::Cumulative`]. Bound the time it takes (connect with a timeout).
+    ///
+    /// Any error restarts the dispatcher after a backoff (a panic also rebuilds the
+    /// transport); nothing is lost, since nothing was acknowledged.
     fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Self::Consumer, PluginError>;
+
+    /// Publishes persistent messages to `queue` and returns once the broker has confirmed
+    /// every one: fan-out copies, dead letters, `golconde send`. Called from a dispatcher
+    /// thread. Carry every header; one that the protocol cannot hold as it is should travel
+    /// another way (a plain header), never fail the publish.
+    ///
+    /// - [`ErrorKind::Transient`] (broker gone, confirmation timed out): the host backs off
+    ///   and publishes the whole slice again, so a message may arrive twice.
+    /// - [`ErrorKind::Permanent`]: one of these messages can never be published. The host
+    ///   publishes them one by one and sets aside only those refused alone, so return it
+    ///   only for something a message carries, never for the broker's state.
+    /// - [`ErrorKind::Config`] (a queue name the protocol refuses, no permission): the
+    ///   pipeline pauses and retries.
+    /// - Panic: the transport is rebuilt and the slice published again; after three, one
+    ///   by one.
     fn publish(&self, queue: &str, messages: &[Message]) -> Result<(), PluginError>;
+
+    /// Connects and disconnects: what `golconde check --connect` calls. Say in the error
+    /// what to change (address, credentials, certificate).
     fn ping(&self) -> Result<(), PluginError>;
 }
 
-/// A subscription; see [`crate::abi::FfiConsumer`].
+/// A subscription to one queue, used by one pipeline's dispatcher thread.
+///
+/// Tags increase in delivery order. A tag from before a reconnection must never be
+/// acknowledged on the new connection: the broker redelivers those messages, which is what
+/// the host relies on. A delivery that could not be received whole (a frame over a size
+/// limit) is handed over with its headers and [`crate::TRANSPORT_ERROR_HEADER`] saying why;
+/// the host dead-letters it.
 pub trait Consumer: Send + Sync + 'static {
+    /// Waits up to `timeout` for a first delivery and returns at most `max`; empty when the
+    /// time ran out. Hold at most the prefetch in memory. An error restarts the dispatcher:
+    /// it closes this consumer and opens another, and the broker redelivers what was not
+    /// acknowledged.
     fn receive(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, PluginError>;
+
+    /// Acknowledges `tag` and, with `multiple`, every earlier delivery. Pipelines call it
+    /// with `multiple = true`, in delivery order, after a batch committed and its fan-out
+    /// was confirmed. An error restarts the dispatcher; the batch is delivered again.
     fn ack(&self, tag: u64, multiple: bool) -> Result<(), PluginError>;
+
+    /// Gives deliveries back, to be redelivered (`requeue`) or dropped. Pipelines do not
+    /// call it (they close the consumer instead); tools may.
     fn nack(&self, tag: u64, multiple: bool, requeue: bool) -> Result<(), PluginError>;
+
+    /// Stops consuming; what was not acknowledged goes back to the broker. Called when the
+    /// dispatcher stops or restarts. Errors are logged.
     fn close(&self) -> Result<(), PluginError> {
         Ok(())
     }
 }
 
-/// A message format; see [`crate::abi::FfiProcessor`].
+/// A message format: turns each message into the database operations it asks for. One
+/// instance per pipeline, called from its dispatcher thread, message by message in queue
+/// order. Keep it free of side effects: the same message may be processed again.
 pub trait Processor: Plugin {
+    /// The change `message` asks for: its operations are applied together, in one
+    /// transaction. An `Update` or `Delete` must have a non-empty restriction. The host
+    /// refuses a change touching a table outside the pipeline's `tables`, whatever you say.
+    ///
+    /// - [`ErrorKind::Permanent`] or [`ErrorKind::Config`]: the message is dead-lettered with
+    ///   your message as the reason (say what is wrong and where: field, column).
+    /// - [`ErrorKind::Transient`]: the host backs off and processes the same message again;
+    ///   the pipeline waits.
+    /// - Panic: a new instance is built and the message tried again; at the third panic it
+    ///   is dead-lettered.
     fn process(&self, message: &Message) -> Result<Change, PluginError>;
 
-    /// By default the fan-out copy is the message itself.
+    /// The copy of `message` to publish to the fan-out queues once its change committed,
+    /// with what the database reported ([`Applied::returned`]: generated keys), so that a
+    /// replica makes the same rows. By default the message itself. The change is committed
+    /// already, so no error sends the batch back: [`ErrorKind::Transient`] is retried in
+    /// place, a permanent error or a third panic dead-letters the message ("applied, but its
+    /// fan-out copy could not be made").
     fn enrich(&self, message: &Message, _applied: &Applied) -> Result<Message, PluginError> {
         Ok(message.clone())
     }
 }
 
-/// A database; see [`crate::abi::FfiDatabase`].
+/// A database: one instance per `[databases.NAME]` section, shared by every pipeline that
+/// names it; each database worker of a pipeline opens a [`Session`] of its own.
 pub trait Database: Plugin {
+    /// One connection.
     type Session: Session;
+
+    /// Opens a session. Called by a worker thread when it has none: at start, and after the
+    /// previous session failed or panicked. Whatever the error, the host takes it for the
+    /// database's problem, never a message's: it backs off and tries again, and the pipeline
+    /// waits (a panic also rebuilds this instance). Bound the time it takes.
     fn connect(&self) -> Result<Self::Session, PluginError>;
+
+    /// The columns that identify a row of `table` (its primary key), so that the host can
+    /// send every change of one row through the same worker, in queue order. Called by a
+    /// dispatcher thread the first time a table appears in a batch, only when the pipeline
+    /// has more than one worker; the answer is kept for the life of the pipeline.
+    ///
+    /// An empty list (no key), a change without every key value (an insert whose key the
+    /// database generates) or an error makes that batch run alone on one worker: correct,
+    /// only slower. An error is not remembered (the next batch asks again); a panic also
+    /// rebuilds this instance.
     fn key_columns(&self, table: &str) -> Result<Vec<String>, PluginError>;
 }
 
-/// One connection; see [`crate::abi::FfiSession`].
+/// One connection to a database, used by one worker thread at a time.
 pub trait Session: Send + 'static {
+    /// Applies `changes` in one transaction, all of each change or none of it.
+    ///
+    /// `Ok` holds exactly one result per change, in order (any other count is taken for a
+    /// bug, as a panic). A change that can never apply (constraint violation, a value that
+    /// does not fit its column, a missing table) is reported alone as a permanent error,
+    /// naming table and column, and the others are committed: the host dead-letters it,
+    /// whatever the error's kind. [`Applied::returned`] holds, per operation, the columns
+    /// the database generated (the key of an `Insert`), and [`Applied::duplicate`] says the
+    /// change was skipped as already applied.
+    ///
+    /// `Err` means nothing was committed:
+    /// - [`ErrorKind::Transient`] (connection lost, serialization failure, deadlock): the
+    ///   host drops this session, backs off and applies the same batch on a new one, for as
+    ///   long as it takes. An error that may be one change's fault but may also pass (a
+    ///   missing privilege, a statement timeout) should be retried a bounded number of
+    ///   times, then reported for that change alone.
+    /// - [`ErrorKind::Permanent`] or [`ErrorKind::Config`]: the host applies the batch
+    ///   again change by change, to find the bad ones.
+    /// - Panic: this session is dropped (the [`Database`] instance is kept) and the batch
+    ///   applied on a new one; at the third panic, change by change.
     #[allow(clippy::type_complexity)]
     fn apply(
         &mut self,
@@ -146,6 +263,18 @@ impl Host {
     /// (`tracing::dispatcher::with_default`) to have its events tagged with this instance.
     pub fn dispatch(&self) -> &Dispatch {
         &self.dispatch
+    }
+}
+
+// For `crate::testing`, which hands plugins a host outside the host.
+#[cfg(feature = "testing")]
+impl Host {
+    pub(crate) fn new(instance: String, dispatch: Dispatch, config_dir: Option<PathBuf>) -> Host {
+        Host {
+            instance,
+            dispatch,
+            config_dir,
+        }
     }
 }
 
@@ -395,9 +524,25 @@ pub const fn extension_header(list: extern "C" fn() -> ExtensionList) -> Extensi
 /// Decodes a configuration section given as JSON text. Decoding from a JSON value rather
 /// than from text keeps positions out of the messages: the host knows where the section is
 /// in the file, the JSON text is the host's own rendering of it.
+///
+/// A section is always a table of keys: anything else (`[]`, `42`) is refused here, since
+/// serde would read an array as a struct's fields in order and take `[]` for "all defaults".
 pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, PluginError> {
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| PluginError::config(format!("configuration is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(PluginError::config(format!(
+            "the configuration section must be a table of keys, not {}",
+            match value {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => unreachable!("checked above"),
+            }
+        )));
+    }
     C::deserialize(value).map_err(|e| PluginError::config(e.to_string()))
 }
 
@@ -540,7 +685,7 @@ fn install_panic_hook() {
             } else {
                 let thread = std::thread::current();
                 tracing::error!(
-                    "plugin thread `{}` panicked: {text}",
+                    "thread `{}` panicked: {text}",
                     thread.name().unwrap_or("unnamed")
                 );
             }
@@ -776,5 +921,10 @@ mod tests {
         assert!(err.message.contains("missing field `url`"), "{err}");
         let err = parse_config::<Sample>(r#"{"url": "x", "prefetch": "many"}"#).unwrap_err();
         assert!(err.message.contains("many"), "{err}");
+        for shape in [r#"["x"]"#, "[]", "42", "null", r#""x""#] {
+            let err = parse_config::<Sample>(shape).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Config);
+            assert!(err.message.contains("must be a table of keys"), "{err}");
+        }
     }
 }
