@@ -23,8 +23,8 @@
 //!   beside the root module ([`ext`]), checked one by one and looked up by the host, which
 //!   does without those a plugin lacks.
 //!
-//! Writing a plugin: [`sdk`] (the traits and [`export_plugins!`]), testing it:
-//! `testing` (with the `testing` feature), and `docs/plugins.md` in the repository.
+//! Writing a plugin: [`sdk`] (the traits and [`export_plugins!`]); testing it: `testing`
+//! (with the `testing` feature); the guide: `docs/plugins.md` in the repository.
 //!
 //! May depend on: `abi_stable`, `serde` (only for decoding a plugin's own configuration,
 //! never in an ABI type), `tracing` (the log bridge). **Invariant:** no tokio, no

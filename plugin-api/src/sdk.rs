@@ -1,4 +1,4 @@
-//! What plugin authors write against: ordinary Rust traits, and [`export_plugins!`], which
+//! What plugin authors write against: ordinary Rust traits, and [`export_plugins!`](crate::export_plugins), which
 //! turns implementations of them into the library's root module.
 //!
 //! A minimal processor plugin is one `impl Plugin`, one `impl Processor` and one macro
