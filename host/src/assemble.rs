@@ -151,65 +151,35 @@ pub trait Kind: Sized {
     fn from_v1(built: Built) -> Option<Self>;
 }
 
-impl Kind for TransportBox {
-    fn construct_v0(
-        c: Constructor,
-        json: RStr<'_>,
-        context: HostContext,
-    ) -> Option<RResult<Self, PluginError>> {
-        match c {
-            Constructor::Transport(f) => Some(f(json, context)),
-            _ => None,
-        }
-    }
+/// Implements [`Kind`] for the box of one kind: the same variant name in [`Constructor`]
+/// and [`Built`].
+macro_rules! kind {
+    ($box:ty, $variant:ident) => {
+        impl Kind for $box {
+            fn construct_v0(
+                c: Constructor,
+                json: RStr<'_>,
+                context: HostContext,
+            ) -> Option<RResult<Self, PluginError>> {
+                match c {
+                    Constructor::$variant(f) => Some(f(json, context)),
+                    _ => None,
+                }
+            }
 
-    fn from_v1(built: Built) -> Option<Self> {
-        match built {
-            Built::Transport(t) => Some(t),
-            _ => None,
+            fn from_v1(built: Built) -> Option<Self> {
+                match built {
+                    Built::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Kind for ProcessorBox {
-    fn construct_v0(
-        c: Constructor,
-        json: RStr<'_>,
-        context: HostContext,
-    ) -> Option<RResult<Self, PluginError>> {
-        match c {
-            Constructor::Processor(f) => Some(f(json, context)),
-            _ => None,
-        }
-    }
-
-    fn from_v1(built: Built) -> Option<Self> {
-        match built {
-            Built::Processor(p) => Some(p),
-            _ => None,
-        }
-    }
-}
-
-impl Kind for DatabaseBox {
-    fn construct_v0(
-        c: Constructor,
-        json: RStr<'_>,
-        context: HostContext,
-    ) -> Option<RResult<Self, PluginError>> {
-        match c {
-            Constructor::Database(f) => Some(f(json, context)),
-            _ => None,
-        }
-    }
-
-    fn from_v1(built: Built) -> Option<Self> {
-        match built {
-            Built::Database(d) => Some(d),
-            _ => None,
-        }
-    }
-}
+kind!(TransportBox, Transport);
+kind!(ProcessorBox, Processor);
+kind!(DatabaseBox, Database);
 
 /// A pipeline with every piece it needs.
 pub struct PipelineParts {
@@ -244,11 +214,47 @@ pub struct Assembly {
 }
 
 impl Assembly {
+    /// Pipeline `name` alone, with its connections: what its own process builds.
+    pub fn build_pipeline(file: &ConfigFile, registry: &Registry, name: &str) -> Assembly {
+        Assembly::build_selected(file, registry, |p| p.name == name, false)
+    }
+
+    /// Everything the file declares, used or not: what `golconde check` builds.
     pub fn build(file: &ConfigFile, registry: &Registry) -> Assembly {
+        Assembly::build_selected(file, registry, |_| true, true)
+    }
+
+    /// The pipelines `keep` keeps, and the connections they use (or every connection, with
+    /// `all_connections`): the daemon builds those of thread isolation, a pipeline's own
+    /// process its own.
+    pub fn build_selected(
+        file: &ConfigFile,
+        registry: &Registry,
+        keep: impl Fn(&PipelineConfig) -> bool,
+        all_connections: bool,
+    ) -> Assembly {
+        let kept: Vec<&toml::Spanned<PipelineConfig>> = file
+            .config
+            .pipelines
+            .iter()
+            .filter(|p| keep(p.get_ref()))
+            .collect();
+        let used_transport = |name: &String| {
+            all_connections
+                || kept.iter().any(|p| {
+                    let p = p.get_ref();
+                    p.transport == *name
+                        || p.dead_letter.as_ref().is_some_and(|t| t.transport == *name)
+                        || p.fan_out.iter().any(|t| t.transport == *name)
+                })
+        };
+        let used_database =
+            |name: &String| all_connections || kept.iter().any(|p| p.get_ref().database == *name);
         let mut problems = Vec::new();
         let transports = build_connections(
             file,
             &file.config.transports,
+            used_transport,
             "transports",
             PluginKind::Transport,
             registry,
@@ -257,6 +263,7 @@ impl Assembly {
         let databases = build_connections(
             file,
             &file.config.databases,
+            used_database,
             "databases",
             PluginKind::Database,
             registry,
@@ -264,8 +271,7 @@ impl Assembly {
         );
 
         let mut pipelines = Vec::new();
-        let ConfigFile { config, .. } = &file;
-        for section in &config.pipelines {
+        for section in kept {
             let location = file.locate(section).to_string();
             let p = section.get_ref();
             let subject = format!("pipeline `{}`", p.name);
@@ -336,13 +342,14 @@ impl Assembly {
 fn build_connections<T: Kind>(
     file: &ConfigFile,
     sections: &BTreeMap<String, toml::Spanned<Connection>>,
+    used: impl Fn(&String) -> bool,
     table: &str,
     kind: PluginKind,
     registry: &Registry,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, Arc<Instance<T>>> {
     let mut built = BTreeMap::new();
-    for (name, section) in sections {
+    for (name, section) in sections.iter().filter(|(name, _)| used(name)) {
         match build_connection(file, name, section, table, kind, registry) {
             Ok(instance) => {
                 built.insert(name.clone(), Arc::new(instance));

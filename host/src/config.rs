@@ -63,6 +63,10 @@ pub struct Config {
     /// How long, at most, a stopping daemon waits for in-flight batches.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Whether pipelines run as threads of this process or each in a process of its own;
+    /// a pipeline may say otherwise for itself.
+    #[serde(default)]
+    pub isolation: Isolation,
     #[serde(default)]
     pub transports: BTreeMap<String, Spanned<Connection>>,
     #[serde(default)]
@@ -95,6 +99,19 @@ impl Default for LogConfig {
 pub struct StatsConfig {
     /// `host:port` to serve `/stats`, `/metrics` and `/health` on; off when absent.
     pub listen: Option<String>,
+}
+
+/// Where a pipeline runs.
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Threads of the daemon's process: the cheapest, but a plugin that crashes natively
+    /// (a segmentation fault, an abort) takes every pipeline down with it.
+    #[default]
+    Thread,
+    /// A child process of the same binary, supervised and restarted by the daemon: a
+    /// native crash costs that pipeline a restart.
+    Process,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,6 +196,11 @@ pub struct PipelineConfig {
     /// A message body larger than this is set aside (dead letter) without being processed.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Where this pipeline runs; the file's `isolation` when absent.
+    pub isolation: Option<Isolation>,
+    /// With process isolation: the most memory the pipeline's process may hold (its data
+    /// segment, `RLIMIT_DATA`), in MiB.
+    pub memory_limit_mb: Option<u64>,
     #[serde(default = "defaults::workers")]
     pub workers: usize,
     #[serde(default)]
@@ -325,6 +347,11 @@ impl ConfigFile {
         }
     }
 
+    /// Where pipeline `p` runs.
+    pub fn isolation(&self, p: &PipelineConfig) -> Isolation {
+        p.isolation.unwrap_or(self.config.isolation)
+    }
+
     /// The folder of the file, absolute: what relative paths in it mean.
     pub fn dir(&self) -> PathBuf {
         let base = match self.path.parent() {
@@ -431,6 +458,17 @@ impl ConfigFile {
                     section,
                     "`max_message_bytes` must be at least 1".into(),
                 ));
+            }
+            if p.memory_limit_mb.is_some() && self.isolation(p) != Isolation::Process {
+                return Err(fail(
+                    section,
+                    "`memory_limit_mb` limits a pipeline's own process: set `isolation = \
+                     \"process\"` for it too"
+                        .into(),
+                ));
+            }
+            if p.memory_limit_mb == Some(0) {
+                return Err(fail(section, "`memory_limit_mb` must be at least 1".into()));
             }
             if p.table.is_none() && p.tables.is_empty() {
                 return Err(fail(
@@ -833,6 +871,30 @@ table = "public.users"
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn isolation_is_the_files_unless_a_pipeline_says_otherwise() {
+        let file = parse(MINIMAL).unwrap();
+        let p = file.config.pipelines[0].get_ref();
+        assert_eq!(file.isolation(p), Isolation::Thread);
+        let file = parse(&format!("isolation = \"process\"\n{MINIMAL}")).unwrap();
+        let p = file.config.pipelines[0].get_ref();
+        assert_eq!(file.isolation(p), Isolation::Process);
+        let text = MINIMAL.replace("table = ", "isolation = \"process\"\ntable = ");
+        let file = parse(&text).unwrap();
+        assert_eq!(
+            file.isolation(file.config.pipelines[0].get_ref()),
+            Isolation::Process
+        );
+        let err = parse(&MINIMAL.replace("table = ", "memory_limit_mb = 64\ntable = "))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set `isolation = \"process\"`"), "{err}");
+        let err = parse(&MINIMAL.replace("table = ", "isolation = \"fork\"\ntable = "))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `fork`"), "{err}");
     }
 
     #[test]

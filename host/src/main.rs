@@ -7,6 +7,7 @@
 //! (running threads). `anyhow` stops here: the modules return their own errors.
 
 mod assemble;
+mod child;
 mod config;
 mod loader;
 mod logging;
@@ -16,6 +17,7 @@ mod route;
 mod scaffold;
 mod send;
 mod stats;
+mod supervise;
 mod tables;
 
 use std::{
@@ -28,8 +30,12 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    assemble::Assembly, config::ConfigFile, loader::Registry, pipeline::RunningPipeline,
+    assemble::Assembly,
+    config::{ConfigFile, Isolation},
+    loader::Registry,
+    pipeline::RunningPipeline,
     pool::Shutdown,
+    supervise::Supervisor,
 };
 
 /// Golconde moves data changes from message queues into databases.
@@ -104,6 +110,17 @@ enum Command {
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
     },
+    /// Run one pipeline of a configuration file in this process, for a daemon supervising
+    /// it (`isolation = "process"`): it talks to the daemon over standard output.
+    #[command(hide = true)]
+    RunPipeline {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        pipeline: String,
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
     /// Write a new plugin crate, ready to build out of tree.
     ///
     /// Creates DIR/NAME (DIR defaults to the current folder) holding a Cargo project for a
@@ -139,6 +156,13 @@ fn main() -> ExitCode {
             config,
             plugin_dirs,
         } => plugins(config.as_deref(), plugin_dirs),
+        Command::RunPipeline {
+            config,
+            pipeline,
+            plugin_dirs,
+        } => Ok(child::run(&config, &pipeline, |file| {
+            search_path(plugin_dirs, Some(file))
+        })),
         Command::NewPlugin { kind, name, path } => {
             scaffold::new_plugin(&kind, &name, &path).map(|dir| {
                 println!(
@@ -342,26 +366,58 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     // graceful one: the pipelines start, see the shutdown, and the process exits 0.
     let shutdown = Shutdown::default();
     let signals = watch_signals(shutdown.clone())?;
-    let registry = Registry::discover(&search_path(cli_dirs, Some(&file)));
-    let assembly = Assembly::build(&file, &registry);
-    for problem in &assembly.problems {
-        tracing::error!("{problem}");
-    }
     let stats = stats::Stats::default();
     if let Some(listen) = &file.config.stats.listen {
         let address = stats::serve(listen, stats.clone(), shutdown.clone())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         tracing::info!("serving counters on http://{address}/stats and /metrics");
     }
+    let grace = Duration::from_millis(file.config.shutdown_grace_ms);
+    let in_threads = |p: &config::PipelineConfig| file.isolation(p) == Isolation::Thread;
+
+    // Plugin code is loaded here only for pipelines that run in this process.
     let mut running = Vec::new();
-    for parts in assembly.pipelines {
-        let name = parts.config.name.clone();
-        running.push(
-            RunningPipeline::start(parts, &shutdown, stats.register(&name))
-                .with_context(|| format!("starting the threads of pipeline `{name}`"))?,
+    if file
+        .config
+        .pipelines
+        .iter()
+        .any(|p| in_threads(p.get_ref()))
+    {
+        let registry = Registry::discover(&search_path(cli_dirs.clone(), Some(&file)));
+        let assembly = Assembly::build_selected(&file, &registry, in_threads, false);
+        for problem in &assembly.problems {
+            tracing::error!("{problem}");
+        }
+        for parts in assembly.pipelines {
+            let name = parts.config.name.clone();
+            running.push(
+                RunningPipeline::start(parts, &shutdown, stats.register(&name), None)
+                    .with_context(|| format!("starting the threads of pipeline `{name}`"))?,
+            );
+        }
+    }
+    let config_path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut supervised = Vec::new();
+    for section in &file.config.pipelines {
+        let p = section.get_ref();
+        if in_threads(p) {
+            continue;
+        }
+        let spec = supervise::ChildSpec {
+            pipeline: p.name.clone(),
+            config: config_path.clone(),
+            plugin_dirs: cli_dirs.clone(),
+            retry: p.retry,
+            memory_limit_mb: p.memory_limit_mb,
+            grace,
+            log_format: file.config.log.format,
+        };
+        supervised.push(
+            Supervisor::start(spec, &shutdown, stats.register(&p.name))
+                .with_context(|| format!("starting the supervisor of pipeline `{}`", p.name))?,
         );
     }
-    if running.is_empty() {
+    if running.is_empty() && supervised.is_empty() {
         bail!(
             "{}: no pipeline could be started{}",
             path.display(),
@@ -372,17 +428,29 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    tracing::info!("{} pipeline(s) running", running.len());
+    tracing::info!(
+        "{} pipeline(s) running{}",
+        running.len() + supervised.len(),
+        if supervised.is_empty() {
+            String::new()
+        } else {
+            format!(", {} in processes of their own", supervised.len())
+        }
+    );
 
-    while !shutdown.is_triggered() && !running.iter().all(RunningPipeline::is_finished) {
+    let all_finished = |running: &[RunningPipeline], supervised: &[Supervisor]| {
+        running.iter().all(RunningPipeline::is_finished)
+            && supervised.iter().all(Supervisor::is_finished)
+    };
+    while !shutdown.is_triggered() && !all_finished(&running, &supervised) {
         shutdown.sleep(Duration::from_millis(200));
     }
-    let grace = Duration::from_millis(file.config.shutdown_grace_ms);
     if shutdown.is_triggered() {
         tracing::info!("stopping: finishing batches in flight (for at most {grace:.0?})");
     }
-    let deadline = Instant::now() + grace;
-    while !running.iter().all(RunningPipeline::is_finished) {
+    // Supervisors give their children the same grace, and a moment to report.
+    let deadline = Instant::now() + grace + Duration::from_secs(2);
+    while !all_finished(&running, &supervised) {
         if Instant::now() >= deadline {
             tracing::warn!(
                 "grace period over with batches still in flight; their messages stay on the \
@@ -393,9 +461,12 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut failed = 0;
-    for pipeline in running {
-        let name = pipeline.name.clone();
-        if let Err(e) = pipeline.join() {
+    let outcomes = running
+        .into_iter()
+        .map(|p| (p.name.clone(), p.join()))
+        .chain(supervised.into_iter().map(|s| (s.name.clone(), s.join())));
+    for (name, outcome) in outcomes {
+        if let Err(e) = outcome {
             failed += 1;
             tracing::error!("pipeline `{name}` stopped: {e}");
         }

@@ -83,8 +83,27 @@ impl Failure {
     }
 }
 
+/// How many times a pipeline's process may die with a message in flight before the message
+/// is taken to be the cause, and set aside unprocessed.
+const CRASH_LIMIT: u32 = 3;
+
+/// Who watches a pipeline from outside its process: with process isolation, the supervisor
+/// in the parent (`crate::supervise`), which counts the native crashes (a segmentation
+/// fault, an abort) of the child per message in flight, since a crash leaves nothing inside
+/// the process to count with.
+pub trait Watcher: Send + Sync {
+    /// These deliveries are about to be processed and applied, as batch `batch`.
+    fn started(&self, batch: u64, deliveries: &[Delivery]);
+    /// Batch `batch` is done with: acknowledged, or left to the broker.
+    fn finished(&self, batch: u64);
+    /// How often the process died with `message` in flight, and how it died last.
+    fn crashes(&self, message: &Message) -> Option<(u32, String)>;
+}
+
 /// A batch whose changes are with the appliers.
 struct InFlight {
+    /// Its number, for the [`Watcher`].
+    id: u64,
     batch: Vec<Delivery>,
     outcomes: Vec<Outcome>,
     results: mpsc::Receiver<JobResult>,
@@ -159,6 +178,7 @@ impl RunningPipeline {
         parts: PipelineParts,
         shutdown: &Shutdown,
         stats: Arc<PipelineStats>,
+        watcher: Option<Arc<dyn Watcher>>,
     ) -> std::io::Result<RunningPipeline> {
         let name = parts.config.name.clone();
         let retry = parts.config.retry;
@@ -192,6 +212,8 @@ impl RunningPipeline {
             parts,
             senders,
             processor: None,
+            watcher,
+            batches: 0,
             shutdown: shutdown.clone(),
             stats,
         });
@@ -421,6 +443,9 @@ struct Dispatcher {
     senders: Vec<mpsc::SyncSender<Job>>,
     /// Built on first use, and again after it panicked.
     processor: Option<ProcessorBox>,
+    watcher: Option<Arc<dyn Watcher>>,
+    /// Batches started so far: the next one's number.
+    batches: u64,
     shutdown: Shutdown,
     stats: Arc<PipelineStats>,
 }
@@ -497,6 +522,9 @@ impl Dispatcher {
                 }
             }
         };
+        for abandoned in &in_flight {
+            self.watch_finished(abandoned.id);
+        }
         // Unacknowledged deliveries go back to the broker.
         if let Err(e) = consumer.close().into_result() {
             tracing::warn!("closing the consumer of `{}`: {e}", self.parts.config.queue);
@@ -580,13 +608,44 @@ impl Dispatcher {
         batch: Vec<Delivery>,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), Stop> {
+        let suspect = |d: &Delivery| {
+            self.watcher
+                .as_ref()
+                .is_some_and(|w| w.crashes(&d.message).is_some())
+        };
+        if batch.len() > 1 && batch.iter().any(suspect) {
+            // The process died with some of these in flight: one at a time, each alone, so
+            // that another crash names its message and spares the others.
+            self.finish_all(consumer, in_flight)?;
+            for delivery in batch {
+                self.start_batch(consumer, vec![delivery], in_flight)?;
+                self.finish_all(consumer, in_flight)?;
+            }
+            return Ok(());
+        }
+        self.start_batch(consumer, batch, in_flight)
+    }
+
+    fn start_batch(
+        &mut self,
+        consumer: &ConsumerBox,
+        batch: Vec<Delivery>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), Stop> {
         PipelineStats::add(&self.stats.received, batch.len());
+        let id = self.batches;
+        self.batches += 1;
+        if let Some(watcher) = &self.watcher {
+            watcher.started(id, &batch);
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in &batch {
             match self.process(delivery) {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(stop) => {
-                    // Finish what is in flight, so that only this batch is redelivered.
+                    // Left to the broker, which redelivers it; finish what is in flight
+                    // before, so that only this batch comes again.
+                    self.watch_finished(id);
                     self.finish_all(consumer, in_flight)?;
                     return Err(stop);
                 }
@@ -604,8 +663,11 @@ impl Dispatcher {
         if routes.alone || in_flight.back().is_some_and(|b| b.alone) {
             self.finish_all(consumer, in_flight)?;
         }
-        let (results, jobs) = self.send(&mut outcomes, routes.workers)?;
+        let (results, jobs) = self.send(&mut outcomes, routes.workers).inspect_err(|_| {
+            self.watch_finished(id);
+        })?;
         in_flight.push_back(InFlight {
+            id,
             batch,
             outcomes,
             results,
@@ -629,7 +691,24 @@ impl Dispatcher {
 
     /// Waits for a batch's commits, fans it out, dead-letters what cannot apply, and
     /// acknowledges it. `Err` stops the worker.
-    fn finish(&mut self, consumer: &ConsumerBox, mut in_flight: InFlight) -> Result<(), Stop> {
+    fn finish(&mut self, consumer: &ConsumerBox, in_flight: InFlight) -> Result<(), Stop> {
+        let id = in_flight.id;
+        let finished = self.finish_batch(consumer, in_flight);
+        self.watch_finished(id);
+        finished
+    }
+
+    fn watch_finished(&self, id: u64) {
+        if let Some(watcher) = &self.watcher {
+            watcher.finished(id);
+        }
+    }
+
+    fn finish_batch(
+        &mut self,
+        consumer: &ConsumerBox,
+        mut in_flight: InFlight,
+    ) -> Result<(), Stop> {
         in_flight.wait()?;
         let InFlight {
             batch, outcomes, ..
@@ -792,6 +871,26 @@ impl Dispatcher {
     /// Turns one delivery into a change, or into the reason it has none. A processor that
     /// panics is built anew and tried again, up to [`PANIC_LIMIT`] times for one message.
     fn process(&mut self, delivery: &Delivery) -> Result<Outcome, Stop> {
+        if let Some((crashes, how)) = self
+            .watcher
+            .as_ref()
+            .and_then(|w| w.crashes(&delivery.message))
+        {
+            if crashes >= CRASH_LIMIT {
+                return Ok(Outcome::Failed(Failure {
+                    error: PluginError::new(
+                        ErrorKind::Panic,
+                        format!(
+                            "the pipeline's process crashed {crashes} times while this message \
+                             was being processed or applied (it {how}); set aside unprocessed. \
+                             A plugin crashes on it: report it to the plugin's authors with the \
+                             log"
+                        ),
+                    ),
+                    attempts: crashes,
+                }));
+            }
+        }
         if let Some(why) = delivery.message.header(TRANSPORT_ERROR_HEADER) {
             return Ok(Outcome::Failed(Failure::once(PluginError::permanent(
                 format!("the transport could not deliver this message whole: {why}"),

@@ -38,6 +38,23 @@ pub struct PipelineStats {
     /// Transient failures retried (database, broker, processor).
     pub retries: AtomicU64,
     last_error: Mutex<Option<(SystemTime, String)>>,
+    /// For a pipeline in a process of its own: that process, as its supervisor sees it.
+    pub process: Mutex<Option<ProcessInfo>>,
+}
+
+/// What `/stats` shows of a pipeline's own process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// The running child, if one is.
+    pub pid: Option<u32>,
+    /// How often it was started again after it ended on its own.
+    pub restarts: u64,
+    /// How the last child ended ("killed by SIGSEGV", "exit status 3").
+    pub last_exit: Option<String>,
+    /// Children keep dying soon after they start.
+    pub crash_looping: bool,
+    /// The last lines the last dead child wrote to its log.
+    pub last_stderr: Vec<String>,
 }
 
 impl PipelineStats {
@@ -56,6 +73,72 @@ impl PipelineStats {
     pub fn error(&self, message: &str) {
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         *last = Some((SystemTime::now(), message.to_string()));
+    }
+
+    fn cells(&self) -> [&AtomicU64; 8] {
+        [
+            &self.received,
+            &self.applied,
+            &self.duplicates,
+            &self.dead_lettered,
+            &self.fanned_out,
+            &self.acknowledged,
+            &self.batches,
+            &self.retries,
+        ]
+    }
+
+    /// The counters and the latest error as one line of JSON: what a pipeline's own process
+    /// reports to its supervisor ([`PipelineStats::absorb`]).
+    pub fn report(&self) -> String {
+        let counters: Vec<u64> = self
+            .cells()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .map(|(at, message)| {
+                let ms = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                serde_json::json!([ms, message])
+            });
+        serde_json::json!({ "counters": counters, "last_error": last }).to_string()
+    }
+
+    /// Takes a child's [`PipelineStats::report`]: the counters become `base` (what the
+    /// children before it counted) plus the child's; its latest error is kept if newer.
+    /// `None` for a line that is not a report.
+    pub fn absorb(&self, base: &[u64; 8], report: &str) -> Option<[u64; 8]> {
+        let value: serde_json::Value = serde_json::from_str(report).ok()?;
+        let mut counted = [0u64; 8];
+        for (slot, value) in counted.iter_mut().zip(value["counters"].as_array()?.iter()) {
+            *slot = value.as_u64()?;
+        }
+        for ((cell, base), counted) in self.cells().iter().zip(base).zip(&counted) {
+            cell.store(base + counted, Ordering::Relaxed);
+        }
+        if let (Some(ms), Some(message)) = (
+            value["last_error"][0].as_u64(),
+            value["last_error"][1].as_str(),
+        ) {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_ref().is_none_or(|(seen, _)| *seen < at) {
+                *last = Some((at, message.to_string()));
+            }
+        }
+        Some(counted)
+    }
+
+    /// The counters as they are now.
+    #[cfg(test)]
+    pub fn totals(&self) -> [u64; 8] {
+        self.cells().map(|c| c.load(Ordering::Relaxed))
     }
 
     fn counters(&self) -> [(&'static str, &'static str, u64); 8] {
@@ -145,6 +228,19 @@ impl Stats {
                         None => serde_json::Value::Null,
                     },
                 );
+                let process = p.process.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(process) = process {
+                    object.insert(
+                        "process".into(),
+                        serde_json::json!({
+                            "pid": process.pid,
+                            "restarts": process.restarts,
+                            "last_exit": process.last_exit,
+                            "crash_looping": process.crash_looping,
+                            "last_stderr": process.last_stderr,
+                        }),
+                    );
+                }
                 serde_json::Value::Object(object)
             })
             .collect();
@@ -157,13 +253,37 @@ impl Stats {
         let Some(first) = pipelines.first() else {
             return out;
         };
+        let label = |p: &PipelineStats| p.name.replace('\\', "\\\\").replace('"', "\\\"");
         for (index, (key, help, _)) in first.counters().iter().enumerate() {
             let _ = writeln!(out, "# HELP golconde_{key}_total {help}");
             let _ = writeln!(out, "# TYPE golconde_{key}_total counter");
             for p in &pipelines {
-                let name = p.name.replace('\\', "\\\\").replace('"', "\\\"");
                 let value = p.counters()[index].2;
-                let _ = writeln!(out, "golconde_{key}_total{{pipeline=\"{name}\"}} {value}");
+                let _ = writeln!(
+                    out,
+                    "golconde_{key}_total{{pipeline=\"{}\"}} {value}",
+                    label(p)
+                );
+            }
+        }
+        let restarts: Vec<(String, u64)> = pipelines
+            .iter()
+            .filter_map(|p| {
+                let process = p.process.lock().unwrap_or_else(|e| e.into_inner());
+                process.as_ref().map(|info| (label(p), info.restarts))
+            })
+            .collect();
+        if !restarts.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP golconde_restarts_total times a pipeline's own process was started again"
+            );
+            let _ = writeln!(out, "# TYPE golconde_restarts_total counter");
+            for (name, value) in restarts {
+                let _ = writeln!(
+                    out,
+                    "golconde_restarts_total{{pipeline=\"{name}\"}} {value}"
+                );
             }
         }
         out
