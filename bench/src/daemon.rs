@@ -1,14 +1,18 @@
 //! Runs the real `golconde run` process with the real plugin libraries: writes its
 //! configuration, watches its log for the moment it starts consuming and for errors,
-//! samples its peak RSS, and stops it with SIGTERM.
+//! samples the peak RSS of the daemon and of its child processes (a pipeline in process
+//! isolation), and stops it with SIGTERM.
 //!
 //! Depends on the standard library and libc (for SIGTERM). Key decision: the daemon is a
 //! child process like in production, not the pipeline called in-process, so the figures
-//! include plugin loading across the ABI, the real threads and the real shutdown.
+//! include plugin loading across the ABI, the real threads, the pipeline's own process
+//! when it has one, and the real shutdown.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +28,8 @@ pub struct Setup<'a> {
     pub dsn: &'a str,
     /// `batch.max_messages`; Golconde's default (500) when `None`.
     pub batch: Option<u32>,
+    /// The pipeline runs in a process of its own (`isolation = "process"`).
+    pub process: bool,
 }
 
 pub fn config(setup: &Setup, plugin_dir: &Path) -> String {
@@ -54,16 +60,112 @@ processor = {{ plugin = "autosql" }}
 database = "bench"
 table = "public.{table}"
 workers = {workers}
-{batch}"#,
+{isolation}{batch}"#,
         dir = plugin_dir.display().to_string(),
         dsn = setup.dsn,
         queue = setup.queue,
         table = setup.table,
         workers = setup.workers,
+        // Written only when wanted: a Golconde older than process isolation refuses the key.
+        isolation = if setup.process {
+            "isolation = \"process\"\n"
+        } else {
+            ""
+        },
         batch = setup.batch.map_or(String::new(), |n| format!(
             "batch = {{ max_messages = {n} }}\n"
         )),
     )
+}
+
+/// How often the memory of the daemon and its children is sampled. VmHWM is a high-water
+/// mark, so sampling only has to catch each process alive; a child of a pipeline in process
+/// isolation exits when the daemon stops, so it cannot be read afterwards.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Peak resident memory (VmHWM) of a daemon and of its child processes, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rss {
+    pub daemon: u64,
+    /// The highest peak among the daemon's child processes (a pipeline in process
+    /// isolation: the bench runs one pipeline, so one child at a time); `None` without any.
+    pub child: Option<u64>,
+}
+
+impl Rss {
+    /// What the pipeline costs in memory: the daemon's peak plus its child's.
+    pub fn total(&self) -> u64 {
+        self.daemon + self.child.unwrap_or(0)
+    }
+}
+
+/// The peaks seen so far, by pid.
+#[derive(Default)]
+struct Peaks {
+    daemon: u64,
+    children: HashMap<u32, u64>,
+}
+
+impl Peaks {
+    /// Reads the VmHWM of `pid` and of its children now. Fails only if the daemon's own
+    /// cannot be read; a child may exit between finding it and reading it.
+    fn sample(&mut self, pid: u32) -> Result<()> {
+        self.daemon = self.daemon.max(vm_hwm(pid)?);
+        for child in children(pid) {
+            if let Ok(bytes) = vm_hwm(child) {
+                let peak = self.children.entry(child).or_default();
+                *peak = (*peak).max(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    fn rss(&self) -> Rss {
+        Rss {
+            daemon: self.daemon,
+            child: self.children.values().copied().max(),
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of process `pid` so far, in bytes.
+fn vm_hwm(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .with_context(|| format!("no VmHWM in {path}"))?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unreadable `{line}` in {path}"))?;
+    Ok(kb * 1024)
+}
+
+/// The pids whose parent is `pid`, from /proc/*/stat (`/proc/PID/task/*/children` needs a
+/// kernel option that is often off).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|candidate| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{candidate}/stat")) else {
+                return false;
+            };
+            parent_of(&stat) == Some(pid)
+        })
+        .collect()
+}
+
+/// The ppid field of a /proc/PID/stat line. The command name before it is in parentheses
+/// and may itself hold spaces and parentheses, so fields are counted after the last `)`.
+fn parent_of(stat: &str) -> Option<u32> {
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A running `golconde run`; killed if dropped without [`Daemon::stop`].
@@ -73,6 +175,9 @@ pub struct Daemon {
     consuming: Arc<OnceLock<Instant>>,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
+    peaks: Arc<Mutex<Peaks>>,
+    sampling: Arc<AtomicBool>,
+    sampler: Option<JoinHandle<()>>,
     config_path: PathBuf,
 }
 
@@ -106,12 +211,27 @@ impl Daemon {
                 }
             })
         };
+        let peaks = Arc::new(Mutex::new(Peaks::default()));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (peaks, sampling, pid) = (peaks.clone(), sampling.clone(), child.id());
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    // The daemon may be gone already; its last sample stands.
+                    let _ = lock(&peaks).sample(pid);
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            })
+        };
         Ok(Daemon {
             child: Some(child),
             spawned,
             consuming,
             log,
             reader: Some(reader),
+            peaks,
+            sampling,
+            sampler: Some(sampler),
             config_path: config_path.to_path_buf(),
         })
     }
@@ -159,25 +279,24 @@ impl Daemon {
         log[log.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Peak resident memory so far (VmHWM), in bytes.
-    pub fn peak_rss(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .with_context(|| format!("no VmHWM in {path}"))?;
-        let kb: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("unreadable `{line}` in {path}"))?;
-        Ok(kb * 1024)
+    /// Peak resident memory so far of the daemon and of its child, sampled once more now.
+    pub fn peak_rss(&self) -> Result<Rss> {
+        let mut peaks = lock(&self.peaks);
+        peaks.sample(self.pid())?;
+        Ok(peaks.rss())
+    }
+
+    fn stop_sampling(&mut self) {
+        self.sampling.store(false, Ordering::Relaxed);
+        if let Some(sampler) = self.sampler.take() {
+            let _ = sampler.join();
+        }
     }
 
     /// SIGTERM, then waits for a clean exit; fails on a non-zero exit, a timeout or an
     /// error or warning in the log.
     pub fn stop(mut self) -> Result<()> {
+        self.stop_sampling();
         let mut child = self.child.take().expect("stopped once");
         // SAFETY: kill(2) on our own child's pid has no memory-safety requirement.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -211,9 +330,45 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop_sampling();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(parent_of("42 (golconde) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parent_of("42 (a) b (c) R 9 42 42 0 -1"), Some(9));
+        assert_eq!(parent_of("42 (golconde"), None);
+    }
+
+    #[test]
+    fn a_child_process_is_found_and_its_peak_read() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut peaks = Peaks::default();
+        let sampled = peaks.sample(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        sampled.unwrap();
+        let rss = peaks.rss();
+        assert!(rss.daemon > 0);
+        assert!(
+            peaks.children.contains_key(&child.id()),
+            "{:?}",
+            peaks.children
+        );
+        assert!(rss.child.is_some_and(|c| c > 0));
+        assert_eq!(rss.total(), rss.daemon + rss.child.unwrap());
     }
 }

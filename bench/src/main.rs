@@ -1,7 +1,8 @@
 //! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP and
-//! STOMP -> autosql -> postgres) against the limits of the broker alone (ceiling A) and
-//! of the database alone (ceiling B), against the first Golconde's one-message-at-a-time
-//! model (the baseline), its publish-to-commit latency at half load and its peak memory.
+//! STOMP -> autosql -> postgres, and AMQP with the pipeline in a process of its own)
+//! against the limits of the broker alone (ceiling A) and of the database alone
+//! (ceiling B), against the first Golconde's one-message-at-a-time model (the baseline),
+//! its publish-to-commit latency at half load and its peak memory.
 //! `scripts/bench` builds everything in release and runs it; see bench/README.md.
 //!
 //! Depends on lapin, tokio-postgres and the release `golconde` binary and plugin
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::daemon::{Daemon, Setup};
+use crate::daemon::{Daemon, Rss, Setup};
 use crate::report::{Figure, Report};
 use crate::workload::{Expected, Workload};
 
@@ -30,7 +31,9 @@ use crate::workload::{Expected, Workload};
 /// (2 x batch.max_messages x workers).
 const PREFETCH: u16 = 1000;
 
-const PARTS: [&str; 6] = ["amqp", "stomp", "ceilings", "baseline", "latency", "memory"];
+const PARTS: [&str; 7] = [
+    "amqp", "process", "stomp", "ceilings", "baseline", "latency", "memory",
+];
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Golconde end to end against the broker's and the database's limits")]
@@ -62,7 +65,8 @@ struct Args {
     /// Golconde's `batch.max_messages` (default: Golconde's own default, 500).
     #[arg(long)]
     batch: Option<u32>,
-    /// Parts to run, comma-separated: amqp, stomp, ceilings, baseline, latency, memory.
+    /// Parts to run, comma-separated: amqp, process (AMQP with the pipeline in a process of
+    /// its own), stomp, ceilings, baseline, latency, memory.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -233,6 +237,16 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The name of an end-to-end figure; the report and the targets find figures by their
+/// fields, not by this.
+fn figure_name(transport: &str, process: bool, workers: u32) -> String {
+    if process {
+        format!("golconde {transport} (process isolation), workers={workers}")
+    } else {
+        format!("golconde {transport}, workers={workers}")
+    }
+}
+
 /// One line per run on stderr, so a long bench shows it is alive.
 fn progress(line: &str) {
     eprintln!("  {line}");
@@ -316,22 +330,60 @@ impl Bench {
             }
             self.report.add(figure);
         }
-        for transport in ["amqp", "stomp"] {
-            if !self.plan.wants(transport) {
-                continue;
+        // Thread and process mode take turns, run by run, so that whatever else the shared
+        // machine does weighs on both alike and their ratio holds.
+        let modes: Vec<bool> = [("amqp", false), ("process", true)]
+            .into_iter()
+            .filter(|(part, _)| self.plan.wants(part))
+            .map(|(_, process)| process)
+            .collect();
+        for workers in self.plan.workers.clone() {
+            if modes.is_empty() {
+                break;
             }
+            let mut figures: Vec<Figure> = modes
+                .iter()
+                .map(|&process| {
+                    let mut figure =
+                        Figure::new(&figure_name("amqp", process, workers), workload.messages);
+                    figure.golconde = Some("amqp".into());
+                    figure.process = process;
+                    figure.workers = workers;
+                    figure
+                })
+                .collect();
+            for run in 0..runs {
+                let mut order: Vec<usize> = (0..figures.len()).collect();
+                if run % 2 == 1 {
+                    order.reverse();
+                }
+                for i in order {
+                    let figure = &mut figures[i];
+                    let (t, rss) = self
+                        .golconde("amqp", figure.process, workers, workload, &expected)
+                        .await
+                        .with_context(|| figure.name.clone())?;
+                    figure.rate(workload.messages, t);
+                    figure.rss(&rss);
+                }
+            }
+            for figure in figures {
+                self.report.add(figure);
+            }
+        }
+        if self.plan.wants("stomp") {
             for workers in self.plan.workers.clone() {
-                let name = format!("golconde {transport}, workers={workers}");
+                let name = figure_name("stomp", false, workers);
                 let mut figure = Figure::new(&name, workload.messages);
                 for _ in 0..runs {
                     let (t, rss) = self
-                        .golconde(transport, workers, workload, &expected)
+                        .golconde("stomp", false, workers, workload, &expected)
                         .await
                         .with_context(|| name.clone())?;
                     figure.rate(workload.messages, t);
-                    figure.rss(rss);
+                    figure.rss(&rss);
                 }
-                figure.golconde = Some(transport.to_string());
+                figure.golconde = Some("stomp".into());
                 figure.workers = workers;
                 self.report.add(figure);
             }
@@ -351,11 +403,11 @@ impl Bench {
                 let mut figure = Figure::new(&name, messages);
                 for _ in 0..runs {
                     let (t, rss) = self
-                        .golconde("amqp", workers, w, &e)
+                        .golconde("amqp", false, workers, w, &e)
                         .await
                         .with_context(|| format!("{name}, {messages} messages"))?;
                     figure.rate(messages, t);
-                    figure.rss(rss);
+                    figure.rss(&rss);
                 }
                 figure.memory = true;
                 figure.workers = workers;
@@ -403,7 +455,14 @@ impl Bench {
         Ok(())
     }
 
-    fn start(&self, transport: &str, queue: &str, table: &str, workers: u32) -> Result<Daemon> {
+    fn start(
+        &self,
+        transport: &str,
+        process: bool,
+        queue: &str,
+        table: &str,
+        workers: u32,
+    ) -> Result<Daemon> {
         let setup = Setup {
             transport,
             queue,
@@ -411,6 +470,7 @@ impl Bench {
             workers,
             dsn: &self.db.dsn,
             batch: self.plan.batch,
+            process,
         };
         let path = self.scratch.join(format!("{queue}.toml"));
         Daemon::start(
@@ -420,19 +480,21 @@ impl Bench {
         )
     }
 
-    /// One Golconde run over a pre-loaded queue: the time from the daemon starting to
-    /// consume until the queue is empty and the table holds the final state, and the
-    /// daemon's peak RSS. Fails unless every row is right and every message acknowledged.
+    /// One Golconde run over a pre-loaded queue: the time from the pipeline starting to
+    /// consume until the queue is empty and the table holds the final state, and the peak
+    /// RSS of the daemon and of the pipeline's process (with `process`, the pipeline runs in
+    /// one). Fails unless every row is right and every message acknowledged.
     async fn golconde(
         &mut self,
         transport: &str,
+        process: bool,
         workers: u32,
         workload: Workload,
         expected: &Expected,
-    ) -> Result<(Duration, u64)> {
+    ) -> Result<(Duration, Rss)> {
         db::truncate(&self.client).await?;
         let queue = self.loaded_queue(workload).await?;
-        let mut daemon = self.start(transport, &queue, "users", workers)?;
+        let mut daemon = self.start(transport, process, &queue, "users", workers)?;
         let limit = Duration::from_secs(60 + workload.messages / 500);
         loop {
             daemon.check_alive()?;
@@ -452,13 +514,30 @@ impl Bench {
         let end = Instant::now();
         let start = daemon.consuming_since().unwrap_or(daemon.spawned);
         let rss = daemon.peak_rss()?;
+        let mb = |bytes: u64| bytes as f64 / 1048576.0;
+        let child = rss.child.map_or(String::new(), |child| {
+            format!(
+                " (daemon {:.1} MB + child {:.1} MB)",
+                mb(rss.daemon),
+                mb(child)
+            )
+        });
+        if process && rss.child.is_none() {
+            bail!(
+                "the pipeline ran in process isolation but the daemon (pid {}) had no child \
+                 process to measure; its log ends:\n{}",
+                daemon.pid(),
+                daemon.tail()
+            );
+        }
         progress(&format!(
-            "golconde {transport} workers={workers}: {} messages in {:.3} s ({:.0}/s; startup {} ms), peak RSS {:.1} MB",
+            "golconde {transport}{} workers={workers}: {} messages in {:.3} s ({:.0}/s; startup {} ms), peak RSS {:.1} MB{child}",
+            if process { " (process)" } else { "" },
             workload.messages,
             (end - start).as_secs_f64(),
             workload.messages as f64 / (end - start).as_secs_f64(),
             (start - daemon.spawned).as_millis(),
-            rss as f64 / 1048576.0
+            mb(rss.total()),
         ));
         daemon.stop()?;
         db::verify(&self.client, &workload, expected).await?;
@@ -508,7 +587,7 @@ impl Bench {
         for _ in 0..self.plan.runs {
             db::truncate(&self.client).await?;
             let queue = self.fresh_queue().await?;
-            let mut daemon = self.start("amqp", &queue, "users_latency", workers)?;
+            let mut daemon = self.start("amqp", false, &queue, "users_latency", workers)?;
             while daemon.consuming_since().is_none() {
                 daemon.check_alive()?;
                 if daemon.spawned.elapsed() > Duration::from_secs(30) {

@@ -1,6 +1,6 @@
 //! The figures of one bench run: medians with min and max over the runs, ratios to the
-//! ceilings and the baseline, the targets of issue 6, printed as one table and written
-//! as JSON.
+//! ceilings and the baseline, the targets of issue 6 and of process isolation, printed as
+//! one table and written as JSON.
 //!
 //! Depends on serde_json. Key decision: ratios are computed from medians measured in the
 //! same run on the same machine, never from figures remembered from elsewhere.
@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+
+use crate::daemon::Rss;
 
 pub const CEILING_A: &str = "ceiling A: broker, ack each";
 pub const CEILING_A_CUMULATIVE: &str = "ceiling A: broker, ack every 100";
@@ -21,12 +23,18 @@ pub struct Figure {
     pub name: String,
     pub messages: u64,
     pub rates: Vec<f64>,
+    /// Peak RSS in MiB: the daemon's plus its child's, when the pipeline has a process.
     pub rss: Vec<f64>,
+    pub rss_daemon: Vec<f64>,
+    /// The pipeline's own process (process isolation); empty in thread mode.
+    pub rss_child: Vec<f64>,
     pub p50: Vec<f64>,
     pub p99: Vec<f64>,
     pub max: Vec<f64>,
     /// The transport, for Golconde's throughput figures.
     pub golconde: Option<String>,
+    /// The pipeline ran in a process of its own (`isolation = "process"`).
+    pub process: bool,
     pub workers: u32,
     pub memory: bool,
 }
@@ -79,8 +87,13 @@ impl Figure {
         self.rates.push(messages as f64 / elapsed.as_secs_f64());
     }
 
-    pub fn rss(&mut self, bytes: u64) {
-        self.rss.push(bytes as f64 / (1024.0 * 1024.0));
+    pub fn rss(&mut self, rss: &Rss) {
+        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        self.rss.push(mb(rss.total()));
+        self.rss_daemon.push(mb(rss.daemon));
+        if let Some(child) = rss.child {
+            self.rss_child.push(mb(child));
+        }
     }
 
     /// One latency run's sorted latencies, in ms.
@@ -117,11 +130,12 @@ impl Report {
         spread(&f.rates).map(|s| s.median)
     }
 
-    /// The best median end-to-end rate over `transport` and its worker count.
+    /// The best median end-to-end rate over `transport`, in thread mode (the default), and
+    /// its worker count.
     pub fn best_golconde(&self, transport: &str) -> Option<(f64, u32)> {
         self.figures
             .iter()
-            .filter(|f| f.golconde.as_deref() == Some(transport))
+            .filter(|f| f.golconde.as_deref() == Some(transport) && !f.process)
             .filter_map(|f| spread(&f.rates).map(|s| (s.median, f.workers)))
             .max_by(|a, b| a.0.total_cmp(&b.0))
     }
@@ -196,6 +210,7 @@ impl Report {
             ),
             peak.map(|p| p < 150.0),
         ));
+        out.extend(self.isolation_targets());
         let memory: Vec<(u64, f64)> = self
             .figures
             .iter()
@@ -217,12 +232,48 @@ impl Report {
         out
     }
 
+    /// Process isolation against thread mode, per worker count measured in both, over AMQP.
+    fn isolation_targets(&self) -> Vec<(String, Option<bool>)> {
+        let amqp = |process: bool| {
+            self.figures
+                .iter()
+                .filter(move |f| f.golconde.as_deref() == Some("amqp") && f.process == process)
+                .filter_map(|f| spread(&f.rates).map(|s| (f.workers, s.median)))
+        };
+        let thread: Vec<(u32, f64)> = amqp(false).collect();
+        let pairs: Vec<(u32, f64)> = amqp(true)
+            .filter_map(|(workers, process)| {
+                let (_, thread) = thread.iter().find(|(w, _)| *w == workers)?;
+                Some((workers, process / thread))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return vec![(
+                "AMQP in process isolation >= 0.95 x thread mode: not measured (needs the \
+                 amqp and process parts, same worker counts)"
+                    .into(),
+                None,
+            )];
+        }
+        pairs
+            .into_iter()
+            .map(|(workers, ratio)| {
+                (
+                    format!(
+                        "AMQP in process isolation >= 0.95 x thread mode, workers={workers}: {ratio:.2}"
+                    ),
+                    Some(ratio >= 0.95),
+                )
+            })
+            .collect()
+    }
+
     pub fn print(&self, plan: &Value) {
         println!();
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20}",
+            "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20} {:>15}",
             "part",
             "messages",
             "msgs/s median [min-max]",
@@ -234,14 +285,19 @@ impl Report {
             "p50 ms",
             "p99 ms",
             "max ms",
-            "peak RSS MB"
+            "peak RSS MB",
+            "daemon+child MB"
         );
         for f in &self.figures {
             let ratios = self.ratios(f);
             let g = |k: &str| fmt_ratio(ratios.get(k).and_then(Value::as_f64));
             let golconde = f.golconde.is_some() || f.memory;
+            let split = match (spread(&f.rss_daemon), spread(&f.rss_child)) {
+                (Some(d), Some(c)) => format!("{:.1}+{:.1}", d.median, c.median),
+                _ => "-".into(),
+            };
             println!(
-                "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20}",
+                "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20} {:>15}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
@@ -274,10 +330,11 @@ impl Report {
                 fmt_spread(spread(&f.p99), 1),
                 spread(&f.max).map_or("-".into(), |s| format!("{:.1}", s.median)),
                 fmt_spread(spread(&f.rss), 1),
+                split,
             );
         }
         println!();
-        println!("targets (issue 6):");
+        println!("targets (issue 6, and process isolation):");
         for (text, met) in self.targets() {
             let mark = match met {
                 Some(true) => "met   ",
@@ -311,6 +368,9 @@ impl Report {
                     "p99_ms": s(&f.p99),
                     "max_ms": s(&f.max),
                     "peak_rss_mb": s(&f.rss),
+                    "peak_rss_daemon_mb": s(&f.rss_daemon),
+                    "peak_rss_child_mb": s(&f.rss_child),
+                    "isolation": f.golconde.as_ref().map(|_| if f.process { "process" } else { "thread" }),
                 })
             })
             .collect();
@@ -340,5 +400,58 @@ mod tests {
         assert_eq!(percentile(&sorted, 50.0), 50.0);
         assert_eq!(percentile(&sorted, 99.0), 99.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+
+    fn amqp(process: bool, workers: u32, rates: &[f64]) -> Figure {
+        let mut f = Figure::new("f", 1);
+        f.rates = rates.to_vec();
+        f.golconde = Some("amqp".into());
+        f.process = process;
+        f.workers = workers;
+        f
+    }
+
+    #[test]
+    fn process_isolation_is_compared_with_thread_mode_per_worker_count() {
+        let mut report = Report::default();
+        report.add(amqp(false, 1, &[100.0, 90.0, 110.0]));
+        report.add(amqp(false, 4, &[200.0]));
+        assert_eq!(report.isolation_targets().len(), 1);
+        assert_eq!(report.isolation_targets()[0].1, None);
+        assert!(report.isolation_targets()[0].0.contains("not measured"));
+        report.add(amqp(true, 1, &[96.0]));
+        report.add(amqp(true, 4, &[180.0]));
+        let targets = report.isolation_targets();
+        assert_eq!(targets.len(), 2);
+        assert!(
+            targets[0].0.ends_with("workers=1: 0.96"),
+            "{}",
+            targets[0].0
+        );
+        assert_eq!(targets[0].1, Some(true));
+        assert!(
+            targets[1].0.ends_with("workers=4: 0.90"),
+            "{}",
+            targets[1].0
+        );
+        assert_eq!(targets[1].1, Some(false));
+        // Process mode never stands in for thread mode's best rate.
+        assert_eq!(report.best_golconde("amqp"), Some((200.0, 4)));
+    }
+
+    #[test]
+    fn rss_is_kept_in_total_and_per_process() {
+        let mut f = Figure::new("f", 1);
+        f.rss(&Rss {
+            daemon: 10 << 20,
+            child: Some(30 << 20),
+        });
+        f.rss(&Rss {
+            daemon: 12 << 20,
+            child: None,
+        });
+        assert_eq!(f.rss, [40.0, 12.0]);
+        assert_eq!(f.rss_daemon, [10.0, 12.0]);
+        assert_eq!(f.rss_child, [30.0]);
     }
 }
