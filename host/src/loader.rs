@@ -357,14 +357,17 @@ fn extensions(file: &Path) -> Result<Vec<Extension>, String> {
 /// check is then skipped; `export_plugins!` refuses to build an aborting plugin anyway).
 fn unwinds(file: &Path) -> Option<bool> {
     use object::{Object, ObjectSymbol};
-    let bytes = std::fs::read(file).ok()?;
-    let object = object::File::parse(&*bytes).ok()?;
+    // Read through a cache, so that only the headers and the dynamic symbol table come off
+    // the disk: a plugin with debug information is tens of MB, which every start (and every
+    // pipeline process) would otherwise hold at once.
+    let cache = object::ReadCache::new(std::fs::File::open(file).ok()?);
+    let object = object::File::parse(&cache).ok()?;
     if object.format() != object::BinaryFormat::Elf {
         return None;
     }
+    // The unwinder is a shared library, so a plugin that unwinds imports it.
     let found = object
         .dynamic_symbols()
-        .chain(object.symbols())
         .any(|symbol| symbol.name() == Ok("_Unwind_RaiseException"));
     Some(found)
 }

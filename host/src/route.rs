@@ -298,8 +298,14 @@ impl Hash for Decimal<'_> {
     fn hash<H: Hasher>(&self, hasher: &mut H) {
         5u8.hash(hasher);
         self.negative.hash(hasher);
-        for b in self.digits.bytes().filter(|b| *b != b'.') {
-            hasher.write_u8(b);
+        // The digits without the point, in as few writes as the hasher can take: this runs
+        // for every message of a pipeline with several workers.
+        match self.digits.split_once('.') {
+            Some((whole, fraction)) => {
+                hasher.write(whole.as_bytes());
+                hasher.write(fraction.as_bytes());
+            }
+            None => hasher.write(self.digits.as_bytes()),
         }
         self.exponent.hash(hasher);
     }

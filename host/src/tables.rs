@@ -78,8 +78,11 @@ impl TablePattern {
 /// `information_schema`), compared as PostgreSQL folds unquoted names.
 fn system_schema(table: &str) -> Option<&str> {
     let (schema, _) = table.split_once('.')?;
-    let folded = schema.trim_matches('"').to_ascii_lowercase();
-    (folded.starts_with("pg_") || SYSTEM_SCHEMAS.contains(&folded.as_str())).then_some(schema)
+    // Checked for every operation: no allocation.
+    let bare = schema.trim_matches('"');
+    let system = bare.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("pg_"))
+        || SYSTEM_SCHEMAS.iter().any(|s| bare.eq_ignore_ascii_case(s));
+    system.then_some(schema)
 }
 
 /// A pipeline's allow-list, ready to check changes against.
