@@ -7,6 +7,13 @@
 //! carries lapin's internal tasks and one task per consumer. Host threads enter it with
 //! `block_on`; no future, waker or runtime handle ever leaves the plugin.
 //!
+//! With several brokers in `url` (a cluster's nodes), connecting is a round: the brokers
+//! are tried in turn, from the one after the connection owner's last (see [`Connector::connect`]),
+//! until one answers; the owner's backoff comes between rounds, never between the brokers
+//! of one round, so losing one node costs at most one connect attempt per dead node. The
+//! list is shuffled once per transport ([`Engine::new`]), so that many Golconde processes
+//! with the same configuration spread over the nodes instead of all crowding the first.
+//!
 //! Every connection reads through `src/screen.rs`, so that what lapin parses on its I/O
 //! thread can be neither nested deep enough to overflow that thread's stack nor a frame
 //! lapin refuses (which would close the connection on the same message again and again).
@@ -16,16 +23,16 @@ use std::{future::Future, sync::OnceLock, time::Duration};
 use lapin::{
     options::QueueDeclareOptions,
     tcp::{AMQPUriTcpExt, AsyncTcpStream},
-    types::FieldTable,
-    types::ShortString,
+    types::{FieldTable, ShortString},
     uri::AMQPUri,
     Channel, Connection, ConnectionProperties,
 };
 use tokio::runtime::{Handle, Runtime};
 
 use crate::{
-    config::{Declare, Settings},
+    config::{Address, Declare, Settings},
     error::{classify, connect_hint, describe, Error},
+    queues,
     screen::{Kit, Screened},
 };
 
@@ -40,7 +47,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(settings: Settings) -> Engine {
+    pub fn new(mut settings: Settings) -> Engine {
+        if settings.shuffle {
+            fastrand::shuffle(&mut settings.brokers);
+        }
         Engine {
             settings: std::sync::Arc::new(settings),
             runtime: OnceLock::new(),
@@ -97,19 +107,75 @@ pub struct Connector {
     pub handle: Handle,
 }
 
+/// A connection, and which broker it is to.
+pub struct Connected {
+    pub connection: Connection,
+    /// The broker's address as it may be shown (password redacted).
+    pub endpoint: String,
+}
+
 impl Connector {
-    /// Connects; `role` ends up in the connection's name on the broker, after the
-    /// configured `connection_name`, so operators (and tests) can tell connections apart.
-    pub async fn connect(&self, role: &str) -> Result<Connection, Error> {
+    /// Connects to the first broker that answers, trying each once, from the one at
+    /// `*next` in the (shuffled) list; on success `*next` becomes the one after it, so
+    /// that an owner whose connection is lost starts its next round on another node.
+    /// `role` ends up in the connection's name on the broker, after the configured
+    /// `connection_name` (and, with several brokers, `@ host:port`), so operators and tests
+    /// can tell connections apart.
+    ///
+    /// With one broker its error is returned as it is; with several, each failure is
+    /// logged as it happens and the error lists them all.
+    pub async fn connect(&self, role: &str, next: &mut usize) -> Result<Connected, Error> {
+        let brokers = &self.settings.brokers;
+        let count = brokers.len();
+        let start = *next % count;
+        let mut failures = Vec::new();
+        for step in 0..count {
+            let index = (start + step) % count;
+            let broker = &brokers[index];
+            match self.connect_to(broker, role).await {
+                Ok(connection) => {
+                    if !failures.is_empty() {
+                        tracing::info!(
+                            "connected to {} ({role}) after {} other broker(s) failed",
+                            broker.endpoint,
+                            failures.len()
+                        );
+                    }
+                    *next = (index + 1) % count;
+                    return Ok(Connected {
+                        connection,
+                        endpoint: broker.endpoint.clone(),
+                    });
+                }
+                Err(e) if count == 1 => return Err(e),
+                Err(e) => {
+                    let left = count - step - 1;
+                    if left > 0 {
+                        tracing::warn!("{role}: {e}; trying the next broker ({left} left)");
+                    } else {
+                        tracing::warn!("{role}: {e}; that was the last broker of the round");
+                    }
+                    failures.push(e);
+                }
+            }
+        }
+        Err(Error::Unreachable { failures })
+    }
+
+    async fn connect_to(&self, broker: &Address, role: &str) -> Result<Connection, Error> {
         let settings = &self.settings;
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("{} {role}", settings.connection_name).into());
+        let name = if settings.brokers.len() > 1 {
+            format!("{} {role} @ {}", settings.connection_name, broker.node)
+        } else {
+            format!("{} {role}", settings.connection_name)
+        };
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let tls = settings.tls.lapin();
-        let frame_max = settings.frame_max as usize;
+        let frame_max = broker.frame_max as usize;
         let tokio = async_rs::Runtime::tokio_with_handle(self.handle.clone());
         // What `Connection::connect_uri_with_config` does, with the stream screened.
         let connecting = Connection::connector(
-            settings.uri.clone(),
+            broker.uri.clone(),
             async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
             async move |uri: AMQPUri, _| {
                 let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
@@ -121,20 +187,22 @@ impl Connector {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => {
                 let reason = describe(&e);
-                let tls = settings.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+                let tls = broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
                 Err(Error::Connect {
-                    endpoint: settings.endpoint.clone(),
+                    endpoint: broker.endpoint.clone(),
                     hint: connect_hint(&reason, tls, settings.tls.has_identity()),
                     reason,
                 })
             }
-            Err(_) => Err(self.timeout("connecting", settings.connect_timeout)),
+            Err(_) => Err(self.timeout(&broker.endpoint, "connecting", settings.connect_timeout)),
         }
     }
 
-    /// Runs one broker operation about `queue` with the connect timeout.
+    /// Runs one broker operation about `queue` on the broker at `endpoint` with the
+    /// connect timeout.
     pub async fn step<T>(
         &self,
+        endpoint: &str,
         action: &str,
         queue: &str,
         operation: impl Future<Output = lapin::Result<T>>,
@@ -142,37 +210,67 @@ impl Connector {
         let limit = self.settings.connect_timeout;
         match tokio::time::timeout(limit, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(classify(action, queue, &self.settings.endpoint, &e)),
-            Err(_) => Err(self.timeout(action, limit)),
+            Ok(Err(e)) => Err(classify(action, queue, endpoint, &e)),
+            Err(_) => Err(self.timeout(endpoint, action, limit)),
         }
     }
 
-    /// Declares `queue` durable, or checks that it exists, as configured.
-    pub async fn declare(&self, channel: &Channel, queue: &ShortString) -> Result<(), Error> {
-        let options = match self.settings.declare {
-            Declare::Durable => QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            Declare::Passive => QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
+    /// Declares `queue` durable with its type and arguments, or checks that it exists, as
+    /// configured. A refusal because the queue exists otherwise says what differs and what
+    /// to set.
+    pub async fn declare(
+        &self,
+        endpoint: &str,
+        channel: &Channel,
+        queue: &ShortString,
+    ) -> Result<(), Error> {
+        let spec = self.settings.queues.spec(queue.as_str());
+        let (options, arguments) = match self.settings.declare {
+            Declare::Durable => (
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                spec.table(),
+            ),
+            Declare::Passive => (
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
         };
         let action = format!("declaring queue `{queue}`");
-        self.step(
-            &action,
-            queue.as_str(),
-            channel.queue_declare(queue.clone(), options, FieldTable::default()),
-        )
-        .await
-        .map(drop)
+        let declared = self
+            .step(
+                endpoint,
+                &action,
+                queue.as_str(),
+                channel.queue_declare(queue.clone(), options, arguments),
+            )
+            .await;
+        match declared {
+            Ok(_) => Ok(()),
+            Err(Error::QueueMismatch {
+                queue,
+                endpoint,
+                reason,
+                ..
+            }) if self.settings.declare == Declare::Durable => Err(Error::QueueMismatch {
+                detail: queues::explain(spec, &queue, &reason),
+                queue,
+                endpoint,
+                reason,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
-    pub fn timeout(&self, action: &str, limit: Duration) -> Error {
+    pub fn timeout(&self, endpoint: &str, action: &str, limit: Duration) -> Error {
         Error::Timeout {
             action: action.to_string(),
-            endpoint: self.settings.endpoint.clone(),
+            endpoint: endpoint.to_string(),
             ms: limit.as_millis(),
             hint: ", or raise `connect_timeout_ms`",
         }

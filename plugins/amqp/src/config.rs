@@ -12,7 +12,7 @@ use lapin::uri::AMQPUri;
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::Value;
 
-use crate::tls::TlsFiles;
+use crate::{queues::Queues, tls::TlsFiles};
 
 /// The section as written in the configuration file. Unknown keys are refused by name. Not
 /// `Debug`: `url` holds the password.
@@ -20,9 +20,14 @@ use crate::tls::TlsFiles;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     url: Option<Value>,
+    urls: Option<Value>,
+    shuffle_urls: Option<Value>,
     connection_name: Option<Value>,
     heartbeat_s: Option<Value>,
     declare: Option<Value>,
+    queue_type: Option<Value>,
+    arguments: Option<Value>,
+    queues: Option<Value>,
     connect_timeout_ms: Option<Value>,
     publish_timeout_ms: Option<Value>,
     reconnect_initial_ms: Option<Value>,
@@ -35,24 +40,35 @@ pub struct Config {
 /// How queues are made sure of before consuming from or publishing to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Declare {
-    /// Declare the queue durable (creating it if missing).
+    /// Declare the queue durable (creating it if missing), with its type and arguments.
     Durable,
     /// Only check that it exists: for queues someone else owns, with arguments we do not
     /// know.
     Passive,
 }
 
+/// One broker of `url`.
+#[derive(Clone)]
+pub struct Address {
+    pub uri: AMQPUri,
+    /// The URL as it may be shown: password replaced by `***`.
+    pub endpoint: String,
+    /// `host:port`, for connection names.
+    pub node: String,
+    /// The largest frame this side asks for (`frame_max` in the URL, or
+    /// [`DEFAULT_FRAME_MAX`]); the broker may lower it.
+    pub frame_max: u32,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Settings {
-    pub uri: AMQPUri,
-    /// `url` as it may be shown: password replaced by `***`.
-    pub endpoint: String,
-    /// The largest frame this side asks for (`frame_max` in `url`, or
-    /// [`DEFAULT_FRAME_MAX`]); the broker may lower it.
-    pub frame_max: u32,
+    /// In the order given; [`crate::broker::Engine`] shuffles them when `shuffle` is set.
+    pub brokers: Vec<Address>,
+    pub shuffle: bool,
     pub connection_name: String,
     pub declare: Declare,
+    pub queues: Queues,
     pub connect_timeout: Duration,
     pub publish_timeout: Duration,
     pub reconnect_initial: Duration,
@@ -75,22 +91,40 @@ const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
 impl Settings {
     /// Validates `config`; `instance` names the default connection.
     pub fn from_config(config: Config, instance: &str) -> Result<Settings, PluginError> {
-        let url: String = required(config.url, "url")?;
-        let mut uri = parse_url(&url)?;
-        let frame_max = match uri.query.frame_max {
-            None | Some(0) => DEFAULT_FRAME_MAX,
-            Some(n) if n < MIN_FRAME_MAX => {
-                return Err(PluginError::config(format!(
-                    "`url` ({}) asks for frame_max={n}; AMQP's smallest is {MIN_FRAME_MAX}: \
-                     raise it or leave it out (default {DEFAULT_FRAME_MAX})",
-                    endpoint(&uri)
-                )))
-            }
-            Some(n) => n,
-        };
-        uri.query.frame_max = Some(frame_max);
         let heartbeat = optional(config.heartbeat_s, "heartbeat_s")?.unwrap_or(DEFAULT_HEARTBEAT_S);
-        uri.query.heartbeat = Some(heartbeat);
+        let connect_timeout = millis(
+            config.connect_timeout_ms,
+            "connect_timeout_ms",
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        )?;
+        let mut brokers = Vec::new();
+        for (label, url) in urls(config.url, config.urls)? {
+            let mut address = address(&url, &label)?;
+            address.uri.query.heartbeat = Some(heartbeat);
+            // lapin applies this to the TCP connect; our own timeout covers the handshake too.
+            address.uri.query.connection_timeout = Some(connect_timeout.as_millis() as u64);
+            if let Some(twin) = brokers
+                .iter()
+                .find(|b: &&Address| b.endpoint == address.endpoint)
+            {
+                return Err(PluginError::config(format!(
+                    "{label} ({}) is listed twice in `url`; give each broker once",
+                    twin.endpoint
+                )));
+            }
+            brokers.push(address);
+        }
+        if let Some(plain) = brokers
+            .iter()
+            .find(|b| b.uri.scheme != brokers[0].uri.scheme)
+        {
+            return Err(PluginError::config(format!(
+                "`url` mixes amqp:// and amqps:// ({} and {}): a failover would silently \
+                 change whether the connection is encrypted; use one scheme for every broker",
+                brokers[0].endpoint, plain.endpoint
+            )));
+        }
+        let shuffle = optional(config.shuffle_urls, "shuffle_urls")?.unwrap_or(true);
 
         let connection_name = optional::<String>(config.connection_name, "connection_name")?
             .unwrap_or_else(|| format!("golconde {instance}"));
@@ -111,13 +145,13 @@ impl Settings {
             }
         };
 
-        let connect_timeout = millis(
-            config.connect_timeout_ms,
-            "connect_timeout_ms",
-            DEFAULT_CONNECT_TIMEOUT_MS,
+        let queues = Queues::parse(
+            config.queue_type,
+            config.arguments,
+            config.queues,
+            declare == Declare::Passive,
         )?;
-        // lapin applies this to the TCP connect; our own timeout covers the handshake too.
-        uri.query.connection_timeout = Some(connect_timeout.as_millis() as u64);
+
         let publish_timeout = millis(
             config.publish_timeout_ms,
             "publish_timeout_ms",
@@ -148,20 +182,20 @@ impl Settings {
             optional::<PathBuf>(config.tls_key_file, "tls_key_file")?.as_deref(),
         )
         .map_err(PluginError::config)?;
-        if !tls.is_empty() && uri.scheme != lapin::uri::AMQPScheme::AMQPS {
+        if !tls.is_empty() && brokers[0].uri.scheme != lapin::uri::AMQPScheme::AMQPS {
             return Err(PluginError::config(format!(
                 "`tls_*` files are given but `url` ({}) is not amqps://; the connection \
                  would not use them",
-                endpoint(&uri)
+                brokers[0].endpoint
             )));
         }
 
         Ok(Settings {
-            endpoint: endpoint(&uri),
-            frame_max,
-            uri,
+            brokers,
+            shuffle,
             connection_name,
             declare,
+            queues,
             connect_timeout,
             publish_timeout,
             reconnect_initial,
@@ -171,12 +205,71 @@ impl Settings {
     }
 }
 
-fn required<T: DeserializeOwned>(value: Option<Value>, key: &str) -> Result<T, PluginError> {
-    optional(value, key)?.ok_or_else(|| {
-        PluginError::config(format!(
-            "`{key}` is missing; give the broker's address, e.g. \
-             url = \"amqp://user:password@host:5672/%2f\""
-        ))
+/// The brokers' URLs from `url` or `urls` (one key under two names: a string or a list of
+/// strings), each with the label that names it in messages. Never shows a value: a URL
+/// holds a password.
+fn urls(url: Option<Value>, urls: Option<Value>) -> Result<Vec<(String, String)>, PluginError> {
+    let (key, value) = match (url, urls) {
+        (Some(_), Some(_)) => {
+            return Err(PluginError::config(
+                "`url` and `urls` are both given; they are one key (a string or a list of \
+                 strings): give every broker's address in one of them",
+            ))
+        }
+        (Some(value), None) => ("url", value),
+        (None, Some(value)) => ("urls", value),
+        (None, None) => {
+            return Err(PluginError::config(
+                "`url` is missing; give the broker's address, e.g. \
+                 url = \"amqp://user:password@host:5672/%2f\", or a list of the cluster's \
+                 nodes' addresses",
+            ))
+        }
+    };
+    match value {
+        Value::String(url) => Ok(vec![(format!("`{key}`"), url)]),
+        Value::Array(items) if items.is_empty() => Err(PluginError::config(format!(
+            "`{key}` is an empty list; give at least one broker's address, e.g. \
+             [\"amqp://user:password@host:5672/%2f\"]"
+        ))),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(url) => Ok((format!("`{key}` item {}", i + 1), url)),
+                _ => Err(PluginError::config(format!(
+                    "`{key}` item {}: expected a string (a broker's amqp:// or amqps:// URL)",
+                    i + 1
+                ))),
+            })
+            .collect(),
+        _ => Err(PluginError::config(format!(
+            "`{key}`: expected a string (the broker's amqp:// or amqps:// URL) or a list of \
+             them"
+        ))),
+    }
+}
+
+/// One URL, checked: scheme, host, frame_max.
+fn address(url: &str, label: &str) -> Result<Address, PluginError> {
+    let mut uri = parse_url(url, label)?;
+    let frame_max = match uri.query.frame_max {
+        None | Some(0) => DEFAULT_FRAME_MAX,
+        Some(n) if n < MIN_FRAME_MAX => {
+            return Err(PluginError::config(format!(
+                "{label} ({}) asks for frame_max={n}; AMQP's smallest is {MIN_FRAME_MAX}: \
+                 raise it or leave it out (default {DEFAULT_FRAME_MAX})",
+                endpoint(&uri)
+            )))
+        }
+        Some(n) => n,
+    };
+    uri.query.frame_max = Some(frame_max);
+    Ok(Address {
+        endpoint: endpoint(&uri),
+        node: node(&uri),
+        frame_max,
+        uri,
     })
 }
 
@@ -201,9 +294,9 @@ fn millis(value: Option<Value>, key: &str, default: u64) -> Result<Duration, Plu
     }
 }
 
-fn parse_url(url: &str) -> Result<AMQPUri, PluginError> {
+fn parse_url(url: &str, label: &str) -> Result<AMQPUri, PluginError> {
     let shown = redact(url);
-    let bad = |why: String| PluginError::config(format!("`url` \"{shown}\": {why}"));
+    let bad = |why: String| PluginError::config(format!("{label} \"{shown}\": {why}"));
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     if !matches!(scheme, Some("amqp" | "amqps")) {
         return Err(bad("the scheme must be amqp:// or amqps:// (TLS), as in \
@@ -225,20 +318,23 @@ fn parse_url(url: &str) -> Result<AMQPUri, PluginError> {
 
 /// `scheme://user:***@host:port/vhost`: what errors and logs show of the broker's address.
 pub fn endpoint(uri: &AMQPUri) -> String {
-    let host = &uri.authority.host;
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
     format!(
-        "{}://{}:***@{}:{}/{}",
+        "{}://{}:***@{}/{}",
         uri.scheme,
         uri.authority.userinfo.username,
-        host,
-        uri.authority.port,
+        node(uri),
         uri.vhost.replace('%', "%25").replace('/', "%2f")
     )
+}
+
+/// `host:port`, the host in brackets when it is an IPv6 address.
+fn node(uri: &AMQPUri) -> String {
+    let host = &uri.authority.host;
+    if host.contains(':') {
+        format!("[{host}]:{}", uri.authority.port)
+    } else {
+        format!("{host}:{}", uri.authority.port)
+    }
 }
 
 /// `url` with the password replaced by `***`, for a `url` too broken to parse.
@@ -325,15 +421,28 @@ fn redact_in(message: &str, url: &str) -> String {
     message
 }
 
+impl Settings {
+    /// Every broker's address as it may be shown, in the order they are tried.
+    pub fn endpoints(&self) -> String {
+        let shown: Vec<&str> = self.brokers.iter().map(|b| b.endpoint.as_str()).collect();
+        shown.join(", ")
+    }
+}
+
 impl fmt::Debug for Settings {
-    /// Shows `endpoint`, never the password in `uri`.
+    /// Shows the endpoints, never the password in a URI.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
-            .field("endpoint", &self.endpoint)
-            .field("frame_max", &self.frame_max)
-            .field("heartbeat", &self.uri.query.heartbeat)
+            .field("endpoints", &self.endpoints())
+            .field(
+                "frame_max",
+                &self.brokers.iter().map(|b| b.frame_max).collect::<Vec<_>>(),
+            )
+            .field("heartbeat", &self.brokers[0].uri.query.heartbeat)
+            .field("shuffle", &self.shuffle)
             .field("connection_name", &self.connection_name)
             .field("declare", &self.declare)
+            .field("queues", &self.queues)
             .field("connect_timeout", &self.connect_timeout)
             .field("publish_timeout", &self.publish_timeout)
             .field("reconnect_initial", &self.reconnect_initial)
@@ -362,13 +471,13 @@ mod tests {
     #[test]
     fn defaults_fill_everything_but_the_url() {
         let s = settings(r#"{"url": "amqp://guest:secret@127.0.0.1:5672/%2f"}"#).unwrap();
-        assert_eq!(s.uri.authority.host, "127.0.0.1");
-        assert_eq!(s.uri.authority.port, 5672);
-        assert_eq!(s.uri.vhost, "/");
-        assert_eq!(s.uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_S));
+        assert_eq!(s.brokers[0].uri.authority.host, "127.0.0.1");
+        assert_eq!(s.brokers[0].uri.authority.port, 5672);
+        assert_eq!(s.brokers[0].uri.vhost, "/");
+        assert_eq!(s.brokers[0].uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_S));
         assert_eq!(s.declare, Declare::Durable);
         assert_eq!(s.connection_name, "golconde rabbit");
-        assert_eq!(s.endpoint, "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(s.brokers[0].endpoint, "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(s.reconnect_initial, Duration::from_millis(100));
     }
 
@@ -380,10 +489,10 @@ mod tests {
                 "publish_timeout_ms": 8, "reconnect_initial_ms": 9, "reconnect_max_ms": 10}"#,
         )
         .unwrap();
-        assert_eq!(s.uri.scheme, lapin::uri::AMQPScheme::AMQPS);
-        assert_eq!(s.uri.authority.host, "broker.example");
-        assert_eq!(s.uri.vhost, "prod");
-        assert_eq!(s.uri.query.heartbeat, Some(5));
+        assert_eq!(s.brokers[0].uri.scheme, lapin::uri::AMQPScheme::AMQPS);
+        assert_eq!(s.brokers[0].uri.authority.host, "broker.example");
+        assert_eq!(s.brokers[0].uri.vhost, "prod");
+        assert_eq!(s.brokers[0].uri.query.heartbeat, Some(5));
         assert_eq!(s.connection_name, "c");
         assert_eq!(s.declare, Declare::Passive);
         assert_eq!(s.connect_timeout, Duration::from_millis(7));
@@ -395,10 +504,10 @@ mod tests {
     #[test]
     fn ip_literal_hosts_are_kept() {
         let s = settings(r#"{"url": "amqp://10.1.2.3:5673"}"#).unwrap();
-        assert_eq!(s.uri.authority.host, "10.1.2.3");
+        assert_eq!(s.brokers[0].uri.authority.host, "10.1.2.3");
         let s = settings(r#"{"url": "amqp://[::1]:5672/%2f"}"#).unwrap();
-        assert_eq!(s.uri.authority.host, "::1");
-        assert_eq!(s.endpoint, "amqp://guest:***@[::1]:5672/%2f");
+        assert_eq!(s.brokers[0].uri.authority.host, "::1");
+        assert_eq!(s.brokers[0].endpoint, "amqp://guest:***@[::1]:5672/%2f");
     }
 
     #[test]
@@ -560,16 +669,16 @@ mod tests {
     #[test]
     fn frame_max_defaults_to_rabbitmq_s_and_may_be_raised_not_below_the_minimum() {
         let s = settings(r#"{"url": "amqp://h"}"#).unwrap();
-        assert_eq!(s.frame_max, DEFAULT_FRAME_MAX);
-        assert_eq!(s.uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        assert_eq!(s.brokers[0].frame_max, DEFAULT_FRAME_MAX);
+        assert_eq!(s.brokers[0].uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
         let s = settings(r#"{"url": "amqp://h?frame_max=0"}"#).unwrap();
         assert_eq!(
-            s.uri.query.frame_max,
+            s.brokers[0].uri.query.frame_max,
             Some(DEFAULT_FRAME_MAX),
             "0 is no limit"
         );
         let s = settings(r#"{"url": "amqp://h?frame_max=1048576"}"#).unwrap();
-        assert_eq!(s.frame_max, 1_048_576);
+        assert_eq!(s.brokers[0].frame_max, 1_048_576);
         let message = config_error(r#"{"url": "amqp://u:pw@h?frame_max=1024"}"#);
         assert!(message.contains("frame_max=1024"), "{message}");
         assert!(!message.contains("pw"), "{message}");
@@ -579,5 +688,121 @@ mod tests {
     fn settings_never_show_the_password_when_debugged() {
         let s = settings(r#"{"url": "amqp://u:hunter2@h"}"#).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+    }
+
+    #[test]
+    fn url_takes_one_address_or_a_list_and_urls_is_the_same_key() {
+        let one = settings(r#"{"url": "amqp://u:p@a:5672/%2f"}"#).unwrap();
+        assert_eq!(one.brokers.len(), 1);
+        assert!(one.shuffle);
+        for key in ["url", "urls"] {
+            let s = settings(&format!(
+                r#"{{"{key}": ["amqp://u:p@a:5672/%2f", "amqp://u:q@b:5673/%2f",
+                    "amqp://u:r@[::1]/%2f?frame_max=8192"], "heartbeat_s": 7,
+                    "connect_timeout_ms": 900, "shuffle_urls": false}}"#
+            ))
+            .unwrap();
+            let shown: Vec<&str> = s.brokers.iter().map(|b| b.endpoint.as_str()).collect();
+            assert_eq!(
+                shown,
+                [
+                    "amqp://u:***@a:5672/%2f",
+                    "amqp://u:***@b:5673/%2f",
+                    "amqp://u:***@[::1]:5672/%2f"
+                ],
+                "in the order given"
+            );
+            let nodes: Vec<&str> = s.brokers.iter().map(|b| b.node.as_str()).collect();
+            assert_eq!(nodes, ["a:5672", "b:5673", "[::1]:5672"]);
+            assert!(!s.shuffle);
+            for b in &s.brokers {
+                assert_eq!(
+                    b.uri.query.heartbeat,
+                    Some(7),
+                    "every URL gets the heartbeat"
+                );
+                assert_eq!(b.uri.query.connection_timeout, Some(900));
+            }
+            assert_eq!(s.brokers[0].frame_max, DEFAULT_FRAME_MAX);
+            assert_eq!(s.brokers[2].frame_max, 8192, "each URL its own frame_max");
+            assert_eq!(
+                s.endpoints(),
+                "amqp://u:***@a:5672/%2f, amqp://u:***@b:5673/%2f, amqp://u:***@[::1]:5672/%2f"
+            );
+        }
+        let s = settings(r#"{"urls": "amqp://h"}"#).unwrap();
+        assert_eq!(s.brokers.len(), 1, "urls may be one string too");
+    }
+
+    #[test]
+    fn url_lists_are_checked_item_by_item_without_showing_passwords() {
+        let cases = [
+            (
+                r#"{"url": "amqp://a", "urls": ["amqp://b"]}"#,
+                "`url` and `urls` are both given",
+            ),
+            (r#"{"url": []}"#, "`url` is an empty list"),
+            (r#"{"urls": []}"#, "`urls` is an empty list"),
+            (
+                r#"{"url": ["amqp://a", 5]}"#,
+                "`url` item 2: expected a string",
+            ),
+            (r#"{"urls": {"a": 1}}"#, "`urls`: expected a string"),
+            (
+                r#"{"url": ["amqp://u:hunter2@a", "http://u:hunter2@b"]}"#,
+                "`url` item 2 \"http://u:***@b\": the scheme must be",
+            ),
+            (
+                r#"{"urls": ["amqp://u:hunter2@a", "amqp://u:hunter2@b:99999/"]}"#,
+                "`urls` item 2 \"amqp://u:***@b:99999/\"",
+            ),
+            (
+                r#"{"url": ["amqp://u:hunter2@a", "amqp://u:hunter2@b?frame_max=10"]}"#,
+                "`url` item 2 (amqp://u:***@b:5672/%2f) asks for frame_max=10",
+            ),
+            (
+                r#"{"url": ["amqp://u:hunter2@a", "amqps://u:hunter2@b"]}"#,
+                "`url` mixes amqp:// and amqps://",
+            ),
+            (
+                r#"{"url": ["amqp://u:hunter2@a:5672", "amqp://u:other@a/%2f"]}"#,
+                "`url` item 2 (amqp://u:***@a:5672/%2f) is listed twice",
+            ),
+            (
+                r#"{"url": ["amqp://u:hunter2@a", "amqp://u:hunter2@b"],
+                    "tls_ca_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem"}"#,
+                "is not amqps://",
+            ),
+            (
+                r#"{"url": "amqp://a", "shuffle_urls": "yes"}"#,
+                "`shuffle_urls`",
+            ),
+        ];
+        for (json, expected) in cases {
+            let message = config_error(json);
+            assert!(message.contains(expected), "{json}: {message}");
+            assert!(!message.contains("hunter2"), "{json}: {message}");
+            assert!(!message.contains("other@"), "{json}: {message}");
+        }
+    }
+
+    #[test]
+    fn queue_keys_are_read() {
+        let s = settings(
+            r#"{"url": "amqp://h", "queue_type": "quorum",
+                "arguments": {"x-delivery-limit": 5},
+                "queues": {"golconde.users": {"queue_type": "stream"}}}"#,
+        )
+        .unwrap();
+        use crate::queues::QueueType;
+        assert_eq!(s.queues.spec("q").queue_type, Some(QueueType::Quorum));
+        assert_eq!(
+            s.queues.spec("golconde.users").queue_type,
+            Some(QueueType::Stream)
+        );
+        let message = config_error(
+            r#"{"url": "amqp://h", "declare": "passive", "arguments": {"x-max-length": 1}}"#,
+        );
+        assert!(message.contains("`arguments`"), "{message}");
     }
 }

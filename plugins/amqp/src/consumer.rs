@@ -3,7 +3,8 @@
 //! Each consumer has its own connection (named `<connection_name> consumer <queue>` on the
 //! broker) and a task on the plugin's runtime that owns it: the task connects, sets the
 //! prefetch, declares the queue, consumes, and moves deliveries into the [`Link`]'s inbox;
-//! when the connection or channel dies it opens a new one with exponential backoff. The
+//! when the connection or channel dies it opens a new one with exponential backoff, on the
+//! next broker of `url` that answers (`src/broker.rs`). The
 //! host's threads never wait on the runtime to receive or acknowledge:
 //!
 //! - `receive` drains the inbox under one lock and waits on a condition variable when it is
@@ -52,6 +53,7 @@ use crate::{
     broker::{self, queue_name, Connector, Engine},
     error::Error,
     properties,
+    queues::QueueType,
 };
 
 /// Bits of a host-visible tag that hold the broker's delivery tag; the generation of the
@@ -91,6 +93,13 @@ impl AmqpConsumer {
             });
         }
         let name = queue_name(queue)?;
+        let spec = engine.settings.queues.spec(queue);
+        if spec.queue_type == Some(QueueType::Stream) {
+            return Err(Error::StreamConsumed {
+                queue: queue.to_string(),
+                key: spec.type_key.clone(),
+            });
+        }
         let prefetch = u16::try_from(options.prefetch).unwrap_or_else(|_| {
             tracing::warn!(
                 "prefetch {} for queue `{queue}` is above AMQP's limit; using {}",
@@ -133,7 +142,11 @@ impl AmqpConsumer {
                 queue: queue.to_string(),
                 reason: "its task ended before it connected".into(),
             }),
-            Err(_) => Err(connector.timeout(&format!("starting to consume `{queue}`"), limit)),
+            Err(_) => Err(connector.timeout(
+                &connector.settings.endpoints(),
+                &format!("starting to consume `{queue}`"),
+                limit,
+            )),
         }
     }
 
@@ -164,7 +177,7 @@ impl AmqpConsumer {
             }),
             Err(_) => Err(Error::Timeout {
                 action: format!("closing the consumer of `{}`", self.link.queue),
-                endpoint: self.engine.settings.endpoint.clone(),
+                endpoint: self.engine.settings.endpoints(),
                 ms: limit.as_millis(),
                 hint: "; the connection is closed in the background",
             }),
@@ -444,20 +457,29 @@ struct Session {
     connection: Connection,
     channel: Channel,
     consumer: lapin::Consumer,
+    /// The broker it is connected to, as it may be shown.
+    endpoint: String,
 }
 
 impl Session {
+    /// Connects to the broker at `*next` or, failing that, the following ones (see
+    /// [`Connector::connect`]).
     async fn open(
         connector: &Connector,
         queue: &ShortString,
         prefetch: u16,
+        next: &mut usize,
     ) -> Result<Session, Error> {
-        let connection = connector.connect(&format!("consumer {queue}")).await?;
-        match Session::subscribe(connector, &connection, queue, prefetch).await {
+        let connected = connector
+            .connect(&format!("consumer {queue}"), next)
+            .await?;
+        let (connection, endpoint) = (connected.connection, connected.endpoint);
+        match Session::subscribe(connector, &endpoint, &connection, queue, prefetch).await {
             Ok((channel, consumer)) => Ok(Session {
                 connection,
                 channel,
                 consumer,
+                endpoint,
             }),
             Err(e) => {
                 broker::close(&connection, connector.settings.connect_timeout, "giving up").await;
@@ -468,24 +490,32 @@ impl Session {
 
     async fn subscribe(
         connector: &Connector,
+        endpoint: &str,
         connection: &Connection,
         queue: &ShortString,
         prefetch: u16,
     ) -> Result<(Channel, lapin::Consumer), Error> {
         let name = queue.as_str();
         let channel = connector
-            .step("opening a channel", name, connection.create_channel())
+            .step(
+                endpoint,
+                "opening a channel",
+                name,
+                connection.create_channel(),
+            )
             .await?;
         connector
             .step(
+                endpoint,
                 "setting the prefetch",
                 name,
                 channel.basic_qos(prefetch, BasicQosOptions::default()),
             )
             .await?;
-        connector.declare(&channel, queue).await?;
+        connector.declare(endpoint, &channel, queue).await?;
         let consumer = connector
             .step(
+                endpoint,
                 &format!("consuming queue `{queue}`"),
                 name,
                 channel.basic_consume(
@@ -525,11 +555,13 @@ async fn supervise(
     let settings = connector.settings.clone();
     let mut opened = Some(opened);
     let mut delay = settings.reconnect_initial;
+    // Where the next round of connecting starts in the list of brokers.
+    let mut next = 0;
     loop {
         let attempt = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            session = Session::open(&connector, &queue, prefetch) => session,
+            session = Session::open(&connector, &queue, prefetch, &mut next) => session,
         };
         match attempt {
             Err(e) => {
@@ -537,7 +569,16 @@ async fn supervise(
                     let _ = opened.send(Err(e));
                     return;
                 }
-                tracing::warn!("{e}; trying again in {} ms", delay.as_millis());
+                match e {
+                    // Each broker's failure was logged as it happened.
+                    Error::Unreachable { failures } => tracing::warn!(
+                        "none of the {} brokers answered for queue `{queue}`; trying them \
+                         again in {} ms",
+                        failures.len(),
+                        delay.as_millis()
+                    ),
+                    e => tracing::warn!("{e}; trying again in {} ms", delay.as_millis()),
+                }
             }
             Ok(mut session) => {
                 let generation = match link.adopt(session.channel.clone()) {
@@ -552,7 +593,9 @@ async fn supervise(
                     Some(opened) => {
                         let _ = opened.send(Ok(()));
                     }
-                    None => tracing::info!("consuming queue `{queue}` again"),
+                    None => {
+                        tracing::info!("consuming queue `{queue}` again, on {}", session.endpoint)
+                    }
                 }
                 delay = settings.reconnect_initial;
                 let end = pump(&link, &mut session.consumer, generation, &mut stop).await;
@@ -567,14 +610,14 @@ async fn supervise(
                     End::Cancelled => tracing::warn!(
                         "the broker {} cancelled consuming queue `{queue}` (was it deleted?); \
                          subscribing again in {} ms",
-                        settings.endpoint,
+                        session.endpoint,
                         delay.as_millis()
                     ),
                     End::Failed(e) => tracing::warn!(
                         "connection to {} lost while consuming queue `{queue}` ({}); \
                          reconnecting in {} ms, unacknowledged messages come back as \
                          redeliveries",
-                        settings.endpoint,
+                        session.endpoint,
                         crate::error::describe(&e),
                         delay.as_millis()
                     ),

@@ -40,15 +40,30 @@ pub enum Error {
         reason: String,
     },
 
-    #[error(
-        "queue `{queue}` on {endpoint} exists with other settings than Golconde declares \
-         (durable, no arguments): {reason}; set `declare = \"passive\"` to use it as it is"
-    )]
+    #[error("queue `{queue}` on {endpoint} {detail} (the broker said: {reason})")]
     QueueMismatch {
         queue: String,
         endpoint: String,
+        /// What differs and what to do, from [`crate::queues::explain`].
+        detail: String,
         reason: String,
     },
+
+    #[error("{}", unreachable(.failures))]
+    Unreachable {
+        /// One [`Error::Connect`] or [`Error::Timeout`] per broker, in the order tried.
+        failures: Vec<Error>,
+    },
+
+    #[error(
+        "queue `{queue}` is a stream ({key} is \"stream\"), and Golconde does not consume \
+         streams: a stream keeps its messages after they are acknowledged and is read from an \
+         offset that the consumer must track and store, which Golconde does not do, so a \
+         restart would read the stream again from its start or skip what came meanwhile; use \
+         a stream only as a fan-out target (publishing to it works) and consume from a \
+         classic or quorum queue"
+    )]
+    StreamConsumed { queue: String, key: String },
 
     #[error(
         "{action} on {endpoint} was refused: {reason}; give the user of `url` the \
@@ -129,12 +144,15 @@ impl Error {
             // Queues someone else owns may appear later, and permissions may be granted: the
             // pipeline waits rather than dies.
             | Error::QueueMissing { .. }
+            | Error::Unreachable { .. }
             | Error::Unroutable { .. }
             | Error::Refused { .. } => ErrorKind::Transient,
             // Retrying cannot help: the queue's arguments, the message or the host's call
             // must change.
             Error::QueueMismatch { .. } | Error::UnknownTag { .. } => ErrorKind::Permanent,
-            Error::QueueName { .. } | Error::Prefetch { .. } => ErrorKind::Config,
+            Error::QueueName { .. } | Error::Prefetch { .. } | Error::StreamConsumed { .. } => {
+                ErrorKind::Config
+            }
         }
     }
 }
@@ -164,6 +182,10 @@ pub fn classify(action: &str, queue: &str, endpoint: &str, error: &lapin::Error)
                 return Error::QueueMismatch {
                     queue,
                     endpoint,
+                    detail: "exists with other settings than Golconde asks for, or is locked \
+                             by another connection; set `declare = \"passive\"` to use it as \
+                             it is"
+                        .into(),
                     reason,
                 }
             }
@@ -182,6 +204,43 @@ pub fn classify(action: &str, queue: &str, endpoint: &str, error: &lapin::Error)
         endpoint,
         reason,
     }
+}
+
+/// "none of the 2 brokers answered: 1) amqp://…: reason; 2) amqp://…: reason; hint", each
+/// distinct hint once.
+fn unreachable(failures: &[Error]) -> String {
+    let mut out = format!("none of the {} brokers answered:", failures.len());
+    let mut hints: Vec<String> = Vec::new();
+    for (i, failure) in failures.iter().enumerate() {
+        let (endpoint, reason, hint) = match failure {
+            Error::Connect {
+                endpoint,
+                reason,
+                hint,
+            } => (endpoint.as_str(), reason.clone(), hint.to_string()),
+            Error::Timeout {
+                action,
+                endpoint,
+                ms,
+                hint,
+            } => (
+                endpoint.as_str(),
+                format!("{action} timed out after {ms} ms"),
+                format!("check that the broker is reachable and not overloaded{hint}"),
+            ),
+            other => ("", other.to_string(), String::new()),
+        };
+        let separator = if i == 0 { " " } else { "; " };
+        out.push_str(&format!("{separator}{}) {endpoint}: {reason}", i + 1));
+        if !hint.is_empty() && !hints.contains(&hint) {
+            hints.push(hint);
+        }
+    }
+    for hint in hints {
+        out.push_str("; ");
+        out.push_str(&hint);
+    }
+    out
 }
 
 /// What to do about a failed connection, read from rustls' and lapin's reasons. `tls` tells
@@ -224,7 +283,42 @@ pub fn describe(error: &lapin::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::connect_hint;
+    use super::{connect_hint, Error};
+
+    #[test]
+    fn no_broker_answering_lists_every_failure_and_each_hint_once() {
+        let refused = |endpoint: &str| Error::Connect {
+            endpoint: endpoint.into(),
+            reason: "Connection refused (os error 111)".into(),
+            hint: connect_hint("Connection refused (os error 111)", false, false),
+        };
+        let error = Error::Unreachable {
+            failures: vec![
+                refused("amqp://u:***@a:5672/%2f"),
+                Error::Timeout {
+                    action: "connecting".into(),
+                    endpoint: "amqp://u:***@b:5672/%2f".into(),
+                    ms: 900,
+                    hint: ", or raise `connect_timeout_ms`",
+                },
+                refused("amqp://u:***@c:5672/%2f"),
+            ],
+        };
+        assert_eq!(
+            error.to_string(),
+            "none of the 3 brokers answered: 1) amqp://u:***@a:5672/%2f: Connection refused \
+             (os error 111); 2) amqp://u:***@b:5672/%2f: connecting timed out after 900 ms; \
+             3) amqp://u:***@c:5672/%2f: Connection refused (os error 111); check that the \
+             broker is running and reachable, and the user, password and vhost in `url`; \
+             check that the broker is reachable and not overloaded, or raise \
+             `connect_timeout_ms`"
+        );
+        assert_eq!(
+            error.kind(),
+            golconde_plugin_api::ErrorKind::Transient,
+            "a cluster may come back"
+        );
+    }
 
     #[test]
     fn connection_failures_say_what_to_change() {

@@ -4,8 +4,10 @@
 //! What it does for the host: consumes with manual acknowledgements and the prefetch the
 //! host asks for, acknowledges one delivery or all up to it, rejects with or without
 //! requeue; publishes persistent messages and returns only once the broker confirmed every
-//! one; survives connection loss by reconnecting with exponential backoff. AMQP properties
-//! and headers travel as the message's string headers (`src/properties.rs`).
+//! one; survives connection loss by reconnecting with exponential backoff, to the next node
+//! of a cluster that answers when `url` lists several. Declares queues with the type
+//! (classic, quorum, stream) and arguments configured for them (`src/queues.rs`). AMQP
+//! properties and headers travel as the message's string headers (`src/properties.rs`).
 //!
 //! Key decisions, and why:
 //! - **The plugin owns a small tokio runtime** (`src/broker.rs`), started on first use. lapin
@@ -38,10 +40,15 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls; the system's root certificates plus `tls_ca_file`). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. Of the query parameters, `frame_max` is the largest frame asked for (default 131072, RabbitMQ's; at least 4096; the broker may lower it): larger means fewer frames for large bodies and room for larger headers, and lapin keeps 32 frames of buffer each way per connection. |
-//! | `connection_name` | `golconde <instance>` | Shown by the broker (`rabbitmqctl list_connections client_properties`); each connection appends its role: `publisher`, `consumer <queue>`, `ping`. |
+//! | `url` | (required) | `amqp://user:password@host:port/vhost`, or `amqps://` for TLS (rustls; the system's root certificates plus `tls_ca_file`). The vhost is percent-encoded (`%2f` is `/`). Logs and errors show it with the password as `***`. Of the query parameters, `frame_max` is the largest frame asked for (default 131072, RabbitMQ's; at least 4096; the broker may lower it): larger means fewer frames for large bodies and room for larger headers, and lapin keeps 32 frames of buffer each way per connection. Or a list of such URLs, a cluster's nodes (one scheme for all, each once): each connection tries them in turn until one answers; after losing one, it starts from the next. |
+//! | `urls` | | The same key as `url`, under another name; give one of the two. |
+//! | `shuffle_urls` | `true` | Shuffle the list once per transport, so that many Golconde processes spread over the nodes; `false` tries them in the order given (a preferred node first). |
+//! | `connection_name` | `golconde <instance>` | Shown by the broker (`rabbitmqctl list_connections client_properties`); each connection appends its role: `publisher`, `consumer <queue>`, `ping`, and with several URLs ` @ host:port` of the node it is connected to. |
 //! | `heartbeat_s` | `30` | AMQP heartbeat in seconds, 0 to take the broker's. A silent connection is declared dead after about twice this. Overrides a `heartbeat` in `url`. |
-//! | `declare` | `"durable"` | `"durable"`: declare each queue durable before consuming from or publishing to it (created if missing). `"passive"`: only check that it exists, for queues someone else owns with arguments of their choosing. |
+//! | `declare` | `"durable"` | `"durable"`: declare each queue durable, with its `queue_type` and `arguments`, before consuming from or publishing to it (created if missing). `"passive"`: only check that it exists, for queues someone else owns with arguments of their choosing. |
+//! | `queue_type` | (none: classic) | `"classic"`, `"quorum"` (replicated; durable by definition) or `"stream"` (published to only: consuming one is refused, Golconde does not track stream offsets). Left out, queues are declared without `x-queue-type`, as before this key. |
+//! | `arguments` | `{}` | Queue arguments sent when declaring: `{ "x-delivery-limit" = 5, "x-single-active-consumer" = true }`. Strings, integers, booleans and floats, sent as AMQP long strings, signed 64-bit integers, booleans and doubles. `x-queue-type` here is `queue_type`. Refused with `declare = "passive"`. |
+//! | `queues` | `{}` | Per queue, a table keyed by queue name with `queue_type` and `arguments` of its own: `{ "golconde.users" = { queue_type = "quorum" } }`. Each replaces the transport's (a queue's `arguments` are not merged with the transport's). |
 //! | `connect_timeout_ms` | `10000` | Bound on connecting, and on each setup step (channel, prefetch, declare, subscribe) and on closing. |
 //! | `publish_timeout_ms` | `30000` | Bound on publishing one batch, confirmations included. |
 //! | `reconnect_initial_ms` | `100` | First delay before a consumer reconnects; it doubles on each failed attempt... |
@@ -58,7 +65,8 @@
 //! `content-type`, `content-encoding`, `reply-to`, `expiration`, `type`, `app-id`,
 //! `user-id`, `timestamp` (seconds since 1970), `priority` when the AMQP property is set,
 //! then every custom header, its value as text (numbers in decimal, tables and arrays as
-//! JSON). A value nested more than 64 levels deep arrives as
+//! JSON). A quorum queue's count of earlier deliveries is one of them: `x-delivery-count`
+//! (`"1"`, `"2"`, ...) on a redelivered message. A value nested more than 64 levels deep arrives as
 //! `(removed by Golconde: nested more than 64 levels deep)`; strings that are not UTF-8 are
 //! read lossily; headers that would make a frame larger than the connection's frame_max are
 //! left out and named in `x-golconde-dropped-headers`. Each is logged as a warning naming
@@ -85,10 +93,15 @@
 //! becomes the delivery's body) nor limited here: the broker's `max_message_size` and the
 //! host's `max_message_bytes` bound them.
 //!
+//! When the broker refuses to declare a queue because it exists with another type or other
+//! arguments, the error names the argument, what the queue has and what was asked, and the
+//! key to set (or `declare = "passive"`, or deleting the queue).
+//!
 //! # Connection loss
 //!
 //! A consumer whose connection or channel dies reconnects with backoff and consumes
-//! again. Deliveries of the dead channel that the host has not acknowledged come back from
+//! again, on the next broker of `url` that answers; the backoff comes between rounds of
+//! the whole list, not between its brokers. Deliveries of the dead channel that the host has not acknowledged come back from
 //! the broker as redeliveries; acknowledging them with their old tags does nothing (it is
 //! logged at debug level), and a cumulative acknowledgement covers only the deliveries of
 //! the current channel. A publish that fails on a lost connection is a transient error;
@@ -100,6 +113,7 @@ mod consumer;
 mod error;
 mod properties;
 mod publisher;
+mod queues;
 mod screen;
 mod tls;
 
@@ -136,7 +150,7 @@ impl Plugin for AmqpTransport {
         tracing::debug!(
             "amqp transport `{}` for {}",
             host.instance(),
-            settings.endpoint
+            settings.endpoints()
         );
         Ok(AmqpTransport {
             engine: Arc::new(Engine::new(settings)),
@@ -159,8 +173,14 @@ impl Transport for AmqpTransport {
     fn ping(&self) -> Result<(), PluginError> {
         let connector = self.engine.connector()?;
         self.engine.block_on(async {
-            let connection = connector.connect("ping").await?;
-            broker::close(&connection, connector.settings.connect_timeout, "ping").await;
+            // Any broker answering is enough: the cluster can serve. The rest were logged.
+            let connected = connector.connect("ping", &mut 0).await?;
+            broker::close(
+                &connected.connection,
+                connector.settings.connect_timeout,
+                "ping",
+            )
+            .await;
             Ok::<_, error::Error>(())
         })??;
         Ok(())

@@ -4,6 +4,7 @@
 //! Publishing has its own connection (`<connection_name> publisher`), opened on first use
 //! and shared by every caller, apart from the consumers' connections: RabbitMQ throttles a
 //! publishing connection under memory pressure, and that must not stall acknowledgements.
+//! When it is lost, the next batch connects to the next broker of `url` that answers.
 //!
 //! Key decision, and why: **a batch is pipelined.** Every message's frames are queued
 //! before any confirmation is awaited, so a batch costs one round trip to the broker (and
@@ -30,13 +31,22 @@ use crate::{
 /// The transport's publishing side.
 #[derive(Default)]
 pub struct Publisher {
-    slot: tokio::sync::Mutex<Option<Arc<Outlet>>>,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    outlet: Option<Arc<Outlet>>,
+    /// Where the next round of connecting starts in the list of brokers.
+    next: usize,
 }
 
 /// A publishing connection and channel, with confirms on.
 struct Outlet {
     connection: Connection,
     channel: Channel,
+    /// The broker it is connected to, as it may be shown.
+    endpoint: String,
     /// Queues declared (or checked) on this connection.
     declared: std::sync::Mutex<HashSet<String>>,
 }
@@ -66,7 +76,7 @@ impl Publisher {
                 Ok(result) => result,
                 Err(_) => Err(Error::Timeout {
                     action: format!("publishing {count} messages to queue `{queue}`"),
-                    endpoint: connector.settings.endpoint.clone(),
+                    endpoint: outlet.endpoint.clone(),
                     ms: limit.as_millis(),
                     hint: ", or raise `publish_timeout_ms`",
                 }),
@@ -87,12 +97,12 @@ impl Publisher {
     /// The open outlet, or a new one.
     async fn outlet(&self, connector: &Connector) -> Result<Arc<Outlet>, Error> {
         let mut slot = self.slot.lock().await;
-        if let Some(outlet) = slot.as_ref() {
+        if let Some(outlet) = slot.outlet.as_ref() {
             if outlet.connection.status().connected() && outlet.channel.status().connected() {
                 return Ok(outlet.clone());
             }
             // Lost since the last batch (broker restart, heartbeat timeout).
-            let dead = slot.take().expect("checked above");
+            let dead = slot.outlet.take().expect("checked above");
             broker::close(
                 &dead.connection,
                 connector.settings.connect_timeout,
@@ -100,13 +110,20 @@ impl Publisher {
             )
             .await;
         }
-        let connection = connector.connect("publisher").await?;
+        let connected = connector.connect("publisher", &mut slot.next).await?;
+        let (connection, endpoint) = (connected.connection, connected.endpoint);
         let channel = async {
             let channel = connector
-                .step("opening a channel", "", connection.create_channel())
+                .step(
+                    &endpoint,
+                    "opening a channel",
+                    "",
+                    connection.create_channel(),
+                )
                 .await?;
             connector
                 .step(
+                    &endpoint,
                     "enabling publisher confirms",
                     "",
                     channel.confirm_select(ConfirmSelectOptions::default()),
@@ -125,9 +142,10 @@ impl Publisher {
         let outlet = Arc::new(Outlet {
             connection,
             channel,
+            endpoint,
             declared: Default::default(),
         });
-        *slot = Some(outlet.clone());
+        slot.outlet = Some(outlet.clone());
         Ok(outlet)
     }
 
@@ -135,8 +153,12 @@ impl Publisher {
     /// opens a new one.
     async fn discard(&self, outlet: &Arc<Outlet>, connector: &Connector) {
         let mut slot = self.slot.lock().await;
-        if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, outlet)) {
-            slot.take();
+        if slot
+            .outlet
+            .as_ref()
+            .is_some_and(|open| Arc::ptr_eq(open, outlet))
+        {
+            slot.outlet.take();
         }
         drop(slot);
         broker::close(
@@ -149,7 +171,7 @@ impl Publisher {
 
     /// Closes the publishing connection, if there is one.
     pub async fn close(&self, connector: &Connector) {
-        if let Some(outlet) = self.slot.lock().await.take() {
+        if let Some(outlet) = self.slot.lock().await.outlet.take() {
             broker::close(
                 &outlet.connection,
                 connector.settings.connect_timeout,
@@ -208,9 +230,9 @@ impl Outlet {
         properties: Vec<BasicProperties>,
     ) -> Result<(), Error> {
         let name = queue.as_str();
-        let endpoint = &connector.settings.endpoint;
+        let endpoint = &self.endpoint;
         if !lock(&self.declared).contains(name) {
-            connector.declare(&self.channel, queue).await?;
+            connector.declare(endpoint, &self.channel, queue).await?;
             lock(&self.declared).insert(name.to_string());
         }
         let count = messages.len();

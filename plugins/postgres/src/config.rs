@@ -1,11 +1,17 @@
 //! The plugin's configuration section, its validation, and the connection options made of
 //! it.
+//!
+//! A DSN may name several hosts (`host=a,b port=5432,5433`, `postgres://a:5432,b:5433/db`),
+//! as libpq allows, for a primary and its standbys. They are split here into one set of
+//! connection options per host ([`Candidate`]), so that connecting can give each host its
+//! own timeout and report each one's failure; tokio-postgres, given them all at once,
+//! spends one timeout on the whole list and reports only the last host's error.
 
 use std::{str::FromStr, time::Duration};
 
 use golconde_plugin_api::PluginError;
 use serde::Deserialize;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, LoadBalanceHosts};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls;
@@ -30,7 +36,7 @@ pub struct Config {
     pub dedupe_schema: String,
     /// The server-side `statement_timeout` of each session; none by default.
     pub statement_timeout_ms: Option<u64>,
-    /// How long connecting may take (default 10 s).
+    /// How long connecting to one host may take (default 10 s).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     /// How often a change may fail with an error that may or may not pass on a retry (a
@@ -68,10 +74,22 @@ fn default_max_attempts() -> u32 {
     5
 }
 
+/// One host of the DSN, with everything else the DSN says.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub connect: tokio_postgres::Config,
+    /// `host:port`, for messages.
+    pub label: String,
+}
+
 /// The configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The DSN as tokio-postgres reads it, all hosts together.
     pub connect: tokio_postgres::Config,
+    /// The same, host by host, in the order the DSN lists them; connecting tries them in
+    /// turn (shuffled with `load_balance_hosts=random`).
+    pub candidates: Vec<Candidate>,
     pub tls: Tls,
     /// The DSN without its password, for messages.
     pub target: String,
@@ -109,6 +127,7 @@ impl Settings {
                 "`dsn` names no host; add `host=...` (or use postgres://user@host/db)",
             ));
         }
+        check_host_counts(&connect)?;
         connect.ssl_mode(tls_options.mode.ssl_mode());
         let tls = Tls {
             connector: tls::connector(&tls_options)
@@ -146,8 +165,15 @@ impl Settings {
         if connect.get_application_name().is_none() {
             connect.application_name("golconde");
         }
+        let candidates = (0..connect.get_hosts().len())
+            .map(|i| Candidate {
+                connect: one_host(&connect, i),
+                label: label(&connect, i),
+            })
+            .collect();
         Ok(Settings {
             target: describe(&connect),
+            candidates,
             connect,
             tls,
             unknown_columns: config.unknown_columns,
@@ -174,6 +200,110 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The ports and `hostaddr`s must go with the hosts one to one (a single port serves
+/// all); tokio-postgres would only find out on every connection attempt.
+fn check_host_counts(config: &tokio_postgres::Config) -> Result<(), PluginError> {
+    let hosts = config.get_hosts().len();
+    let ports = config.get_ports().len();
+    if ports > 1 && ports != hosts {
+        return Err(PluginError::config(format!(
+            "`dsn` names {hosts} hosts and {ports} ports; give one port for all hosts, or one \
+             per host in the same order (port=5432,5433)"
+        )));
+    }
+    let addresses = config.get_hostaddrs().len();
+    if addresses > 0 && addresses != hosts {
+        return Err(PluginError::config(format!(
+            "`dsn` names {hosts} hosts and {addresses} hostaddrs; give one hostaddr per host, \
+             in the same order"
+        )));
+    }
+    Ok(())
+}
+
+/// The options of `all` for its `i`th host alone. tokio-postgres has no way to drop
+/// hosts from a configuration, so every other option is copied over;
+/// `tests::one_host_keeps_every_other_option` fails if one is missed.
+fn one_host(all: &tokio_postgres::Config, i: usize) -> tokio_postgres::Config {
+    let mut one = tokio_postgres::Config::new();
+    if let Some(user) = all.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = all.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = all.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(options) = all.get_options() {
+        one.options(options);
+    }
+    if let Some(name) = all.get_application_name() {
+        one.application_name(name);
+    }
+    if let Some(timeout) = all.get_connect_timeout() {
+        one.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = all.get_tcp_user_timeout() {
+        one.tcp_user_timeout(*timeout);
+    }
+    if let Some(interval) = all.get_keepalives_interval() {
+        one.keepalives_interval(interval);
+    }
+    if let Some(retries) = all.get_keepalives_retries() {
+        one.keepalives_retries(retries);
+    }
+    one.ssl_mode(all.get_ssl_mode())
+        .ssl_negotiation(all.get_ssl_negotiation())
+        .keepalives(all.get_keepalives())
+        .keepalives_idle(all.get_keepalives_idle())
+        .target_session_attrs(all.get_target_session_attrs())
+        .channel_binding(all.get_channel_binding())
+        .load_balance_hosts(all.get_load_balance_hosts());
+    match &all.get_hosts()[i] {
+        Host::Tcp(name) => one.host(name),
+        Host::Unix(path) => one.host_path(path),
+    };
+    if let Some(address) = all.get_hostaddrs().get(i) {
+        one.hostaddr(*address);
+    }
+    if let Some(port) = port(all, i) {
+        one.port(port);
+    }
+    one
+}
+
+/// The port of the `i`th host, if the DSN gives one.
+fn port(config: &tokio_postgres::Config, i: usize) -> Option<u16> {
+    let ports = config.get_ports();
+    ports.get(i).or(ports.first()).copied()
+}
+
+fn host_name(host: &Host) -> String {
+    match host {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(path) => path.display().to_string(),
+    }
+}
+
+/// `host:port` of the `i`th host (the port PostgreSQL uses if the DSN gives none).
+fn label(config: &tokio_postgres::Config, i: usize) -> String {
+    let name = host_name(&config.get_hosts()[i]);
+    format!("{name}:{}", port(config, i).unwrap_or(5432))
+}
+
+impl Settings {
+    /// The hosts in the order to try them now: as listed, or shuffled with
+    /// `load_balance_hosts=random`, as libpq does.
+    pub fn candidates(&self) -> Vec<&Candidate> {
+        let mut order: Vec<&Candidate> = self.candidates.iter().collect();
+        if self.connect.get_load_balance_hosts() == LoadBalanceHosts::Random {
+            fastrand::shuffle(&mut order);
+        }
+        order
+    }
+}
+
 /// `user@host:port/dbname`, never the password.
 fn describe(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -181,11 +311,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let name = match host {
-                Host::Tcp(name) => name.clone(),
-                Host::Unix(path) => path.display().to_string(),
-            };
-            match config.get_ports().get(i).or(config.get_ports().first()) {
+            let name = host_name(host);
+            match port(config, i) {
                 Some(port) => format!("{name}:{port}"),
                 None => name,
             }
@@ -203,6 +330,7 @@ fn describe(config: &tokio_postgres::Config) -> String {
 mod tests {
     use super::*;
     use golconde_plugin_api::{sdk::parse_config, ErrorKind};
+    use tokio_postgres::config::TargetSessionAttrs;
 
     fn settings(json: &str) -> Result<Settings, PluginError> {
         Settings::from_config(parse_config::<Config>(json)?)
@@ -268,6 +396,12 @@ mod tests {
             "postgresql://db/shop?password=Qz1%zzQz2",
             "postgresql://db/shop?password=Qz1#Qz2&sslmode=require",
             "postgres://db/shop?sslrootcert=Qz1%zz&password=Qz2",
+            // Several hosts.
+            "host=db1,db2 port=5432,5433 user=app password=Qz1 target_session_attrs=read-write",
+            "host=db1,db2 port=5432,5433,5434 user=app password=Qz1",
+            "postgres://app:Qz1@db1:5432,db2:5433/shop?target_session_attrs=read-write",
+            "postgres://app:Qz1%40Qz2@db1,db2:5433/shop",
+            "postgres://app:Qz1@Qz2@db1:5432,db2:5433/shop",
         ];
         for dsn in dsns {
             let json = serde_json::json!({ "dsn": dsn }).to_string();
@@ -329,6 +463,103 @@ mod tests {
             assert_eq!(err.kind, ErrorKind::Config, "{json}");
             assert!(err.message.contains(key), "{json}: {err}");
         }
+    }
+
+    fn labels(s: &Settings) -> Vec<&str> {
+        s.candidates.iter().map(|c| c.label.as_str()).collect()
+    }
+
+    #[test]
+    fn several_hosts_become_one_candidate_each_in_both_forms() {
+        for dsn in [
+            "host=a.example,b.example port=5432,5433 user=app password=pw dbname=shop \
+             target_session_attrs=read-write",
+            "postgres://app:pw@a.example:5432,b.example:5433/shop?target_session_attrs=read-write",
+        ] {
+            let json = serde_json::json!({ "dsn": dsn }).to_string();
+            let s = settings(&json).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+            assert_eq!(labels(&s), ["a.example:5432", "b.example:5433"], "{dsn}");
+            assert_eq!(
+                s.target, "postgres://app@a.example:5432,b.example:5433/shop",
+                "{dsn}"
+            );
+            for (candidate, host) in s.candidates.iter().zip(["a.example", "b.example"]) {
+                let c = &candidate.connect;
+                assert_eq!(c.get_hosts(), [Host::Tcp(host.into())], "{dsn}");
+                assert_eq!(c.get_ports().len(), 1, "{dsn}");
+                assert_eq!(c.get_password(), Some(&b"pw"[..]), "{dsn}");
+                assert_eq!(c.get_dbname(), Some("shop"), "{dsn}");
+                assert_eq!(
+                    c.get_target_session_attrs(),
+                    TargetSessionAttrs::ReadWrite,
+                    "{dsn}"
+                );
+                // What the plugin adds to the DSN reaches every host.
+                assert_eq!(c.get_application_name(), Some("golconde"), "{dsn}");
+                assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(10)));
+            }
+        }
+        // In a URL, a host without a port has PostgreSQL's.
+        let s = settings(r#"{"dsn": "postgres://a:1,b:2,c/db"}"#).unwrap();
+        assert_eq!(labels(&s), ["a:1", "b:2", "c:5432"]);
+        // One port serves every host; none means PostgreSQL's.
+        let s = settings(r#"{"dsn": "host=a,b port=6000"}"#).unwrap();
+        assert_eq!(labels(&s), ["a:6000", "b:6000"]);
+        let s = settings(r#"{"dsn": "host=a,b,c"}"#).unwrap();
+        assert_eq!(labels(&s), ["a:5432", "b:5432", "c:5432"]);
+        let s = settings(r#"{"dsn": "host=a,b hostaddr=10.0.0.1,10.0.0.2"}"#).unwrap();
+        assert_eq!(
+            s.candidates[1].connect.get_hostaddrs(),
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // The host name stays, for the certificate check; the address is only dialled.
+        assert_eq!(s.candidates[1].connect.get_hosts(), [Host::Tcp("b".into())]);
+    }
+
+    #[test]
+    fn ports_and_hostaddrs_must_go_with_the_hosts() {
+        for (dsn, expected) in [
+            ("host=a,b,c port=1,2", "names 3 hosts and 2 ports"),
+            (
+                "host=a,b hostaddr=10.0.0.1",
+                "names 2 hosts and 1 hostaddrs",
+            ),
+        ] {
+            let json = serde_json::json!({ "dsn": dsn }).to_string();
+            let err = settings(&json).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Config, "{dsn}");
+            assert!(err.message.contains("`dsn`"), "{dsn}: {err}");
+            assert!(err.message.contains(expected), "{dsn}: {err}");
+        }
+    }
+
+    /// `one_host` copies every option but the hosts: with one host, it gives back the
+    /// configuration it was given, whatever the options.
+    #[test]
+    fn one_host_keeps_every_other_option() {
+        let all: tokio_postgres::Config = "host=db hostaddr=10.0.0.1 port=6543 user=u \
+             password=p dbname=d options='-c x=y' application_name=a sslmode=require \
+             sslnegotiation=direct connect_timeout=3 tcp_user_timeout=4 keepalives=0 \
+             keepalives_idle=5 keepalives_interval=6 keepalives_retries=7 \
+             target_session_attrs=read-write channel_binding=require load_balance_hosts=random"
+            .parse()
+            .unwrap();
+        assert!(one_host(&all, 0) == all, "{:?}\n{all:?}", one_host(&all, 0));
+        let plain: tokio_postgres::Config = "host=/run/postgresql".parse().unwrap();
+        assert!(one_host(&plain, 0) == plain, "{plain:?}");
+    }
+
+    #[test]
+    fn load_balance_hosts_random_shuffles_the_hosts_each_time() {
+        let s = settings(r#"{"dsn": "host=a,b,c"}"#).unwrap();
+        for _ in 0..10 {
+            let order: Vec<&str> = s.candidates().iter().map(|c| c.label.as_str()).collect();
+            assert_eq!(order, ["a:5432", "b:5432", "c:5432"]);
+        }
+        let s = settings(r#"{"dsn": "host=a,b,c load_balance_hosts=random"}"#).unwrap();
+        let firsts: std::collections::HashSet<String> =
+            (0..100).map(|_| s.candidates()[0].label.clone()).collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
     }
 
     #[test]

@@ -23,13 +23,19 @@
 //!   a batch of 500 upserts to a handful of round trips.
 //! - **Bisection under savepoints** finds the changes that cannot apply without giving up
 //!   the set-based fast path for the others.
+//! - **A DSN naming several hosts is tried host by host by the plugin** (`config`,
+//!   `session::open`), not handed to tokio-postgres whole: each host gets its own
+//!   `connect_timeout_ms`, so a hung one cannot use up the time of those after it, and
+//!   each one's failure is logged and reported. `target_session_attrs=read-write` is still
+//!   tokio-postgres's check, per host.
 //! - **TLS through rustls and ring**, with libpq's `sslmode` meanings (`prefer` and
 //!   `require` encrypt without verifying, `verify-ca`/`verify-full` verify against
 //!   `sslrootcert` or the system's roots; `sslcert`/`sslkey` for a client certificate): no
 //!   OpenSSL to link, no aws-lc to build (`tls`).
 //!
 //! May depend on: `golconde-plugin-api`, tokio (inside only), tokio-postgres, rustls (ring),
-//! serde, base64. Knows nothing of the message format: that is the processor's.
+//! serde, base64, `fastrand` (`load_balance_hosts=random`). Knows nothing of the message
+//! format: that is the processor's.
 
 mod config;
 mod convert;

@@ -29,6 +29,7 @@ use tokio::{runtime::Runtime, task::JoinHandle};
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
 
 use crate::{
+    config::{Candidate, Settings},
     convert::{float_text, Cell},
     dedupe,
     fingerprint::Fingerprint,
@@ -100,32 +101,50 @@ pub fn runtime() -> Result<Runtime, PluginError> {
         .map_err(|e| PluginError::transient(format!("cannot start the plugin's runtime: {e}")))
 }
 
-/// Opens a connection; must run inside `runtime`, which then drives it.
+/// Opens a connection to the first host of the DSN that takes it; must run inside
+/// `runtime`, which then drives it. Each host gets `connect_timeout_ms` of its own, and a
+/// host that fails is logged before the next is tried; when none takes the connection,
+/// the error names each host and why.
 pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginError> {
     let settings = &shared.settings;
-    let target = &settings.target;
-    let (client, connection) = tokio::time::timeout(
-        settings.connect_timeout,
-        settings.connect.connect(settings.tls.connector.clone()),
-    )
-    .await
-    .map_err(|_| {
-        PluginError::transient(format!(
-            "connecting to {target} timed out after {} ms",
-            settings.connect_timeout.as_millis()
-        ))
-    })?
-    .map_err(|e| {
-        let reason = chain(&e);
-        let hint = tls::connect_hint(&reason, &settings.tls.options);
-        PluginError::transient(format!("cannot connect to {target}: {reason}{hint}"))
-    })?;
-    let target = target.clone();
-    let connection = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("connection to {target} ended: {e}");
+    let candidates = settings.candidates();
+    let mut failures = Vec::new();
+    let mut opened = None;
+    for (i, candidate) in candidates.iter().enumerate() {
+        match connect_one(settings, candidate).await {
+            Ok(pair) => {
+                opened = Some((pair, &candidate.label));
+                break;
+            }
+            Err(reason) => {
+                if let Some(next) = candidates.get(i + 1) {
+                    tracing::warn!(
+                        host = %candidate.label,
+                        "cannot connect to {} ({reason}); trying {} next",
+                        candidate.label,
+                        next.label
+                    );
+                }
+                failures.push((&candidate.label, reason));
+            }
         }
-    });
+    }
+    let Some(((client, connection), label)) = opened else {
+        let target = &settings.target;
+        return Err(PluginError::transient(match failures.as_slice() {
+            [(_, reason)] => format!("cannot connect to {target}: {reason}"),
+            _ => format!(
+                "cannot connect to any of the {} hosts of {target}: {}",
+                failures.len(),
+                failures
+                    .iter()
+                    .map(|(label, reason)| format!("{label}: {reason}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }));
+    };
+    tracing::debug!("connected to {label}");
     if let Some(ms) = settings.statement_timeout_ms {
         client
             .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -138,6 +157,39 @@ pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginErr
             })?;
     }
     Ok((client, connection))
+}
+
+/// Connects to one host, within `connect_timeout_ms`, and starts driving the connection;
+/// the error says why not, with a hint where there is one.
+async fn connect_one(
+    settings: &Settings,
+    candidate: &Candidate,
+) -> Result<(Client, JoinHandle<()>), String> {
+    match tokio::time::timeout(
+        settings.connect_timeout,
+        candidate.connect.connect(settings.tls.connector.clone()),
+    )
+    .await
+    {
+        Err(_) => Err(format!(
+            "timed out after {} ms (`connect_timeout_ms`)",
+            settings.connect_timeout.as_millis()
+        )),
+        Ok(Err(e)) => {
+            let reason = chain(&e);
+            let hint = tls::connect_hint(&reason, &settings.tls.options);
+            Err(format!("{reason}{hint}"))
+        }
+        Ok(Ok((client, connection))) => {
+            let label = candidate.label.clone();
+            let connection = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection to {label} ended: {e}");
+                }
+            });
+            Ok((client, connection))
+        }
+    }
 }
 
 impl PgSession {

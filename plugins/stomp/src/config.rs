@@ -4,20 +4,28 @@
 //! reported with its key (`heartbeat_ms: invalid type ...`), not just as a type mismatch;
 //! every other check in [`Settings::from_config`] names its key too. Nothing here touches
 //! the network: `golconde check` builds plugins offline.
+//!
+//! One broker (`address`) or several (`addresses`) become the same thing, a list of
+//! [`Broker`]s, so that the rest of the plugin has one way to connect.
 
 use std::{fmt, path::PathBuf, time::Duration};
 
 use golconde_plugin_api::PluginError;
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Deserializer};
 
-use crate::tls::{Files, Tls};
+use crate::tls::{self, Files, Tls};
 
 /// The configuration section as written; see the crate documentation for each key.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    #[serde(default = "default_address")]
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Option<Vec<String>>,
+    #[serde(default = "default_shuffle")]
+    shuffle_addresses: bool,
     #[serde(default)]
     login: Option<String>,
     #[serde(default)]
@@ -54,6 +62,9 @@ struct RawConfig {
 
 fn default_address() -> String {
     "127.0.0.1:61613".into()
+}
+fn default_shuffle() -> bool {
+    true
 }
 fn default_virtual_host() -> String {
     "/".into()
@@ -102,11 +113,23 @@ impl<'de> Deserialize<'de> for Config {
     }
 }
 
+/// One broker to connect to.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    /// `host:port`, as configured.
+    pub address: String,
+    /// With `tls = true`, how to wrap the connection: the certificate is checked against
+    /// `tls_server_name`, or else this broker's own host.
+    pub tls: Option<Tls>,
+}
+
 /// Validated settings, shared by every connection of one transport instance.
 #[derive(Clone)]
 pub struct Settings {
-    /// `host:port`, as configured.
-    pub address: String,
+    /// `address`, or `addresses` in the order written (see [`Settings::target`]).
+    pub brokers: Vec<Broker>,
+    /// Whether the transport shuffles `brokers` before using them (`shuffle_addresses`).
+    pub shuffle: bool,
     pub login: Option<String>,
     pub passcode: Option<String>,
     pub virtual_host: String,
@@ -122,15 +145,31 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// The SUBSCRIBE header carrying the prefetch; `None` sends none.
     pub prefetch_header: Option<String>,
-    /// With `tls = true`, how to wrap the connection.
-    pub tls: Option<Tls>,
+}
+
+impl Settings {
+    /// The brokers, for messages: `127.0.0.1:61613`, or `[a:61613, b:61613]` for several.
+    pub fn target(&self) -> String {
+        match self.brokers.as_slice() {
+            [one] => one.address.clone(),
+            several => format!(
+                "[{}]",
+                several
+                    .iter()
+                    .map(|b| b.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
 }
 
 /// Passwords stay out of logs, including debug output.
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
-            .field("address", &self.address)
+            .field("brokers", &self.brokers)
+            .field("shuffle", &self.shuffle)
             .field("login", &self.login)
             .field("passcode", &self.passcode.as_ref().map(|_| "<redacted>"))
             .field("virtual_host", &self.virtual_host)
@@ -142,7 +181,6 @@ impl fmt::Debug for Settings {
             .field("reconnect_initial", &self.reconnect_initial)
             .field("reconnect_max", &self.reconnect_max)
             .field("prefetch_header", &self.prefetch_header)
-            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -168,20 +206,75 @@ fn check_handshake_value(key: &str, value: &str) -> Result<(), PluginError> {
     Ok(())
 }
 
-fn check_address(address: &str) -> Result<(), PluginError> {
+/// Checks one `host:port` of `key` (`address` or `addresses`).
+fn check_address(key: &str, address: &str) -> Result<(), PluginError> {
     let (host, port) = address
         .rsplit_once(':')
-        .ok_or_else(|| invalid("address", format!("`{address}` is not host:port")))?;
+        .ok_or_else(|| invalid(key, format!("`{address}` is not host:port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(invalid("address", format!("`{address}` has no valid host")));
+        return Err(invalid(key, format!("`{address}` has no valid host")));
     }
     match port.parse::<u16>() {
         Ok(port) if port > 0 => Ok(()),
         _ => Err(invalid(
-            "address",
+            key,
             format!("`{address}` has no valid port (1-65535)"),
         )),
+    }
+}
+
+/// `address` or `addresses`, as a list of `host:port`, and the key it came from.
+fn addresses(
+    address: Option<String>,
+    addresses: Option<Vec<String>>,
+) -> Result<(&'static str, Vec<String>), PluginError> {
+    let (key, list) = match (address, addresses) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "addresses",
+                "is given together with `address`; give one of them (`address` for one \
+                 broker, `addresses` for several)",
+            ))
+        }
+        (None, Some(list)) if list.is_empty() => {
+            return Err(invalid(
+                "addresses",
+                "is empty; list at least one broker as \"host:port\" (or leave it out for \
+                 `address`, by default 127.0.0.1:61613)",
+            ))
+        }
+        (None, Some(list)) => ("addresses", list),
+        (Some(one), None) => ("address", vec![one]),
+        (None, None) => ("address", vec![default_address()]),
+    };
+    for address in &list {
+        check_address(key, address)?;
+    }
+    Ok((key, list))
+}
+
+/// The name a broker's certificate must be for: `tls_server_name`, or else the host of
+/// its address.
+fn server_name(
+    configured: Option<&str>,
+    key: &str,
+    address: &str,
+) -> Result<ServerName<'static>, PluginError> {
+    match configured {
+        Some(name) => tls::server_name(name).map_err(|e| invalid("tls_server_name", e)),
+        None => {
+            let host = address.rsplit_once(':').map_or("", |(host, _)| host);
+            tls::server_name(host).map_err(|e| {
+                invalid(
+                    key,
+                    format!(
+                        "the host of `{address}` cannot be checked against a certificate: \
+                         {e}; set `tls_server_name`"
+                    ),
+                )
+            })
+        }
     }
 }
 
@@ -194,7 +287,7 @@ fn positive(key: &str, ms: u64) -> Result<Duration, PluginError> {
 
 impl Settings {
     pub fn from_config(Config(raw): Config) -> Result<Settings, PluginError> {
-        check_address(&raw.address)?;
+        let (address_key, addresses) = addresses(raw.address, raw.addresses)?;
         for (key, value) in [
             ("login", raw.login.as_deref()),
             ("passcode", raw.passcode.as_deref()),
@@ -249,17 +342,28 @@ impl Settings {
             }
             name => Some(name.to_string()),
         };
-        let tls = if raw.tls {
-            let host = raw.address.rsplit_once(':').map_or("", |(host, _)| host);
-            Some(
-                Tls::new(Files {
+        let brokers = if raw.tls {
+            let name =
+                |address: &str| server_name(raw.tls_server_name.as_deref(), address_key, address);
+            // The files are read once; each broker gets its own name to check.
+            let tls = Tls::new(
+                Files {
                     ca_file: raw.tls_ca_file.as_deref(),
                     cert_file: raw.tls_cert_file.as_deref(),
                     key_file: raw.tls_key_file.as_deref(),
-                    server_name: raw.tls_server_name.as_deref().unwrap_or(host),
-                })
-                .map_err(PluginError::config)?,
+                },
+                name(&addresses[0])?,
             )
+            .map_err(PluginError::config)?;
+            addresses
+                .into_iter()
+                .map(|address| {
+                    Ok(Broker {
+                        tls: Some(tls.for_server(name(&address)?)),
+                        address,
+                    })
+                })
+                .collect::<Result<Vec<_>, PluginError>>()?
         } else {
             let given = [
                 ("tls_ca_file", raw.tls_ca_file.is_some()),
@@ -273,10 +377,14 @@ impl Settings {
                     "is set but `tls` is not; set `tls = true` to connect with TLS",
                 ));
             }
-            None
+            addresses
+                .into_iter()
+                .map(|address| Broker { address, tls: None })
+                .collect()
         };
         Ok(Settings {
-            address: raw.address,
+            brokers,
+            shuffle: raw.shuffle_addresses,
             login: raw.login,
             passcode: raw.passcode,
             virtual_host: raw.virtual_host,
@@ -288,7 +396,6 @@ impl Settings {
             reconnect_initial,
             reconnect_max,
             prefetch_header,
-            tls,
         })
     }
 }
@@ -313,6 +420,10 @@ mod tests {
         err.message.to_string()
     }
 
+    fn addresses_of(s: &Settings) -> Vec<&str> {
+        s.brokers.iter().map(|b| b.address.as_str()).collect()
+    }
+
     #[test]
     fn tls_checks_the_broker_by_the_host_of_the_address() {
         let s = settings(r#"{"address": "broker.example:61614", "tls": true}"#).unwrap();
@@ -322,13 +433,89 @@ mod tests {
         )
         .unwrap();
         assert!(format!("{s:?}").contains("mq.internal"), "{s:?}");
-        assert!(settings("{}").unwrap().tls.is_none());
+        assert!(settings("{}").unwrap().brokers[0].tls.is_none());
+    }
+
+    #[test]
+    fn tls_checks_each_broker_by_its_own_host_unless_a_name_is_given() {
+        let s = settings(
+            r#"{"addresses": ["mq-a.example:61614", "10.0.0.2:61614", "[::1]:61614"],
+                "tls": true}"#,
+        )
+        .unwrap();
+        let names: Vec<String> = s
+            .brokers
+            .iter()
+            .map(|b| format!("{:?}", b.tls.as_ref().expect("tls")))
+            .collect();
+        assert!(names[0].contains("mq-a.example"), "{names:?}");
+        assert!(names[1].contains("10.0.0.2"), "{names:?}");
+        assert!(names[2].contains("::1"), "{names:?}");
+        let s = settings(
+            r#"{"addresses": ["10.0.0.1:61614", "10.0.0.2:61614"], "tls": true,
+                "tls_server_name": "mq.internal"}"#,
+        )
+        .unwrap();
+        for broker in &s.brokers {
+            let tls = format!("{:?}", broker.tls.as_ref().expect("tls"));
+            assert!(
+                tls.contains("mq.internal") && !tls.contains("10.0.0"),
+                "{tls}"
+            );
+        }
+        // A host no certificate can be for is refused by the key it came from.
+        let message = refused(
+            r#"{"addresses": ["ok.example:1", "bad_host!:1"], "tls": true}"#,
+            "`addresses`",
+        );
+        assert!(message.contains("`bad_host!:1`"), "{message}");
+        assert!(message.contains("tls_server_name"), "{message}");
+        refused(
+            r#"{"address": "10.0.0.1:1", "tls": true, "tls_server_name": "not a name!"}"#,
+            "`tls_server_name`",
+        );
+    }
+
+    #[test]
+    fn one_address_or_several() {
+        let s = settings(r#"{"addresses": ["a.example:61613", "b.example:61614"]}"#).unwrap();
+        assert_eq!(addresses_of(&s), ["a.example:61613", "b.example:61614"]);
+        assert!(s.shuffle);
+        assert_eq!(s.target(), "[a.example:61613, b.example:61614]");
+        let s = settings(r#"{"addresses": ["a:1", "b:1"], "shuffle_addresses": false}"#).unwrap();
+        assert!(!s.shuffle);
+        refused(r#"{"shuffle_addresses": "no"}"#, "`shuffle_addresses`");
+        let s = settings(r#"{"addresses": ["a.example:61613"]}"#).unwrap();
+        assert_eq!(addresses_of(&s), ["a.example:61613"]);
+        assert_eq!(s.target(), "a.example:61613");
+        let s = settings(r#"{"address": "a.example:61613"}"#).unwrap();
+        assert_eq!(s.target(), "a.example:61613");
+
+        let both = refused(
+            r#"{"address": "a:1", "addresses": ["b:1"]}"#,
+            "together with `address`",
+        );
+        assert!(both.contains("`addresses`"), "{both}");
+        refused(r#"{"addresses": []}"#, "`addresses`: is empty");
+        // Each one is checked as `address` is, and the error names `addresses`.
+        for bad in [
+            r#"["a:1", "nohost"]"#,
+            r#"["a:1", "host:0"]"#,
+            r#"[":61613"]"#,
+            r#"["a:1", "b c:1"]"#,
+            r#"["a:1", 61613]"#,
+            r#""a:1""#,
+        ] {
+            refused(&format!(r#"{{"addresses": {bad}}}"#), "`addresses");
+        }
+        let message = refused(r#"{"addresses": ["a:1", "host:0"]}"#, "addresses");
+        assert!(message.contains("`host:0` has no valid port"), "{message}");
     }
 
     #[test]
     fn defaults_suit_a_local_rabbitmq() {
         let s = settings("{}").unwrap();
-        assert_eq!(s.address, "127.0.0.1:61613");
+        assert_eq!(addresses_of(&s), ["127.0.0.1:61613"]);
         assert_eq!(s.virtual_host, "/");
         assert_eq!(s.heartbeat, (10_000, 10_000));
         assert_eq!(s.prefetch_header.as_deref(), Some("prefetch-count"));
@@ -347,7 +534,7 @@ mod tests {
                 "reconnect_max_ms": 4, "prefetch_header": "activemq.prefetchSize"}"#,
         )
         .unwrap();
-        assert_eq!(s.address, "mq.example:61614");
+        assert_eq!(addresses_of(&s), ["mq.example:61614"]);
         assert_eq!(s.login.as_deref(), Some("app"));
         assert_eq!(s.virtual_host, "prod");
         assert_eq!(s.heartbeat, (0, 5000));

@@ -16,6 +16,9 @@
 //! missed heart-beats) is recorded, every waiting request gets it, both tasks stop, and
 //! [`Connection::lost`] resolves. Reconnecting is the owner's job (consumer or
 //! publisher), because only the owner knows what must be set up again.
+//!
+//! With several brokers, [`open_any`] tries each once, in the settings' order from a given
+//! one on, and the owner remembers where to start next time: after the one it lost.
 
 use std::{
     collections::HashMap,
@@ -41,13 +44,14 @@ use tracing::instrument::WithSubscriber;
 
 use crate::{
     codec::{Item, StompCodec},
-    config::Settings,
+    config::{Broker, Settings},
     error::{describe_error_frame, tls_hint, StompError},
     frame::{Command, Frame},
     message::Incoming,
 };
 
 /// Where a consumer's connection delivers MESSAGE frames, in batches.
+#[derive(Clone)]
 pub struct Sink {
     /// Unbounded because [`Sink::room`] bounds it.
     pub deliveries: mpsc::UnboundedSender<Vec<Incoming>>,
@@ -161,14 +165,63 @@ fn negotiate(
     Ok((agree(offered.0, sy), agree(offered.1, sx)))
 }
 
+/// Connects to the first of the brokers that answers, trying each once in the order of
+/// `settings.brokers` from position `start` on (wrapping around); answers the connection
+/// and its broker's position. Each failure is logged with the broker's address while
+/// others remain to be tried; when none answers, the error names every one (a single
+/// broker's failure is returned as it is).
+pub async fn open_any(
+    settings: &Settings,
+    start: usize,
+    sink: Option<Sink>,
+) -> Result<(Connection, usize), StompError> {
+    let count = settings.brokers.len();
+    let mut failures = Vec::new();
+    for offset in 0..count {
+        let at = (start + offset) % count;
+        let broker = &settings.brokers[at];
+        match Connection::open(settings, broker, sink.clone()).await {
+            Ok(connection) => {
+                if !failures.is_empty() {
+                    tracing::info!(address = %broker.address, "connected to {}", broker.address);
+                }
+                return Ok((connection, at));
+            }
+            Err(e) => {
+                if count > 1 {
+                    let next = if offset + 1 < count {
+                        format!("trying {} next", settings.brokers[(at + 1) % count].address)
+                    } else {
+                        format!("none of the {count} brokers answered")
+                    };
+                    tracing::warn!(
+                        address = %broker.address,
+                        "cannot connect to the broker at {}: {e}; {next}",
+                        broker.address
+                    );
+                }
+                failures.push((broker.address.clone(), e));
+            }
+        }
+    }
+    Err(match failures.len() {
+        1 => failures.remove(0).1,
+        _ => StompError::NoBroker(failures),
+    })
+}
+
 impl Connection {
-    /// Connects, says CONNECT and waits for CONNECTED, then starts the connection's tasks
-    /// on the current runtime.
-    pub async fn open(settings: &Settings, sink: Option<Sink>) -> Result<Connection, StompError> {
+    /// Connects to `broker`, says CONNECT and waits for CONNECTED, then starts the
+    /// connection's tasks on the current runtime.
+    pub async fn open(
+        settings: &Settings,
+        broker: &Broker,
+        sink: Option<Sink>,
+    ) -> Result<Connection, StompError> {
         let connect_ms = settings.connect_timeout.as_millis() as u64;
         let stream = timeout(
             settings.connect_timeout,
-            TcpStream::connect(&settings.address),
+            TcpStream::connect(&broker.address),
         )
         .await
         .map_err(|_| StompError::Timeout {
@@ -177,17 +230,17 @@ impl Connection {
             key: "connect_timeout_ms",
         })?
         .map_err(|e| StompError::Connect {
-            address: settings.address.clone(),
+            address: broker.address.clone(),
             source: Arc::new(e),
         })?;
         // ACKs and SENDs are small; waiting to coalesce them only adds latency.
         stream
             .set_nodelay(true)
             .map_err(|e| StompError::Io(Arc::new(e)))?;
-        match &settings.tls {
+        match &broker.tls {
             None => {
                 let (read, write) = stream.into_split();
-                Self::handshake(read, write, settings, sink).await
+                Self::handshake(read, write, settings, broker, sink).await
             }
             Some(tls) => {
                 let stream = timeout(settings.connect_timeout, tls.handshake(stream))
@@ -200,7 +253,7 @@ impl Connection {
                     .map_err(|e| {
                         let reason = e.to_string();
                         StompError::Tls {
-                            address: settings.address.clone(),
+                            address: broker.address.clone(),
                             hint: tls_hint(&reason, tls.has_identity()),
                             reason,
                         }
@@ -208,11 +261,11 @@ impl Connection {
                 let (read, write) = tokio::io::split(stream);
                 // A broker that wants a client certificate may accept the handshake and
                 // then close the connection (TLS 1.3 checks it afterwards): say so.
-                Self::handshake(read, write, settings, sink)
+                Self::handshake(read, write, settings, broker, sink)
                     .await
                     .map_err(|e| match e {
                         StompError::Closed | StompError::Io(_) => StompError::Tls {
-                            address: settings.address.clone(),
+                            address: broker.address.clone(),
                             hint: tls_hint(&e.to_string(), tls.has_identity()),
                             reason: format!(
                                 "the broker closed the connection before CONNECTED ({e})"
@@ -230,6 +283,7 @@ impl Connection {
         read: R,
         write: W,
         settings: &Settings,
+        broker: &Broker,
         sink: Option<Sink>,
     ) -> Result<Connection, StompError>
     where
@@ -287,7 +341,7 @@ impl Connection {
             other => {
                 return Err(StompError::Protocol(format!(
                     "the broker at {} speaks STOMP {}, this plugin needs 1.2",
-                    settings.address,
+                    broker.address,
                     other.unwrap_or("1.0")
                 )))
             }
@@ -297,7 +351,7 @@ impl Connection {
             connected.header("heart-beat").unwrap_or("0,0"),
         )?;
         tracing::debug!(
-            address = %settings.address,
+            address = %broker.address,
             server = connected.header("server").unwrap_or("unknown"),
             ?send_every,
             ?hear_every,

@@ -2,7 +2,10 @@
 //!
 //! A supervisor task owns the connection: when it is lost (socket closed, ERROR frame,
 //! missed heart-beats) the supervisor reconnects with exponential backoff and subscribes
-//! again; the broker redelivers whatever was not acknowledged. The host's threads never
+//! again; the broker redelivers whatever was not acknowledged. With several brokers, each
+//! round of reconnection tries every broker once, starting with the one after the broker
+//! that was lost (a node lost mid-stream is tried last), and the backoff is only between
+//! rounds. The host's threads never
 //! wait on the runtime per message: the connection's reader fills a channel with batches
 //! (what one socket read brought) and `Consumer::receive` drains it in bulk, entering the
 //! runtime only to wait when the channel is empty. **Invariant:** the inbox (that channel
@@ -37,7 +40,7 @@ use tracing::instrument::WithSubscriber;
 use crate::{
     codec::Item,
     config::Settings,
-    connection::{Connection, Sink},
+    connection::{open_any, Connection, Sink},
     error::StompError,
     frame::{Command, Frame},
     message::Incoming,
@@ -74,7 +77,7 @@ struct Shared {
     /// Why the last reconnection attempt failed, while the consumer has no connection.
     failure: Mutex<Option<StompError>>,
     mode: AckMode,
-    /// "`/queue/q` on 127.0.0.1:61613", for messages.
+    /// "`/queue/q` on 127.0.0.1:61613" (or on `[a:61613, b:61613]`), for messages.
     place: String,
 }
 
@@ -203,16 +206,23 @@ struct Subscription {
     deliveries: mpsc::UnboundedSender<Vec<Incoming>>,
     room: Arc<Semaphore>,
     shared: Arc<Shared>,
+    /// The position in `settings.brokers` the next connection attempt starts at.
+    next_broker: usize,
 }
 
 impl Subscription {
-    async fn open(&self, generation: u64) -> Result<Connection, StompError> {
+    /// Connects to the first broker that answers from `next_broker` on and subscribes.
+    /// Answers the connection and the address of its broker.
+    async fn open(&mut self, generation: u64) -> Result<(Connection, String), StompError> {
         let sink = Sink {
             deliveries: self.deliveries.clone(),
             room: self.room.clone(),
             generation,
         };
-        let connection = Connection::open(&self.settings, Some(sink)).await?;
+        let (connection, at) = open_any(&self.settings, self.next_broker, Some(sink)).await?;
+        // Whatever becomes of this connection, the next one is tried elsewhere first.
+        self.next_broker = (at + 1) % self.settings.brokers.len();
+        let address = self.settings.brokers[at].address.clone();
         // Live before SUBSCRIBE: its deliveries must not be taken for a dead connection's.
         self.shared.go_live(generation, connection.outgoing());
         let ack = match self.options.ack_mode {
@@ -230,7 +240,7 @@ impl Subscription {
             .call(subscribe, "waiting for the receipt of SUBSCRIBE")
             .await
         {
-            Ok(()) => Ok(connection),
+            Ok(()) => Ok((connection, address)),
             Err(e) => {
                 self.shared.go_dead();
                 Err(e)
@@ -267,8 +277,9 @@ impl Backoff {
 }
 
 async fn supervise(
-    subscription: Subscription,
+    mut subscription: Subscription,
     mut connection: Connection,
+    mut address: String,
     stop: CancellationToken,
 ) -> Result<(), StompError> {
     let shared = subscription.shared.clone();
@@ -288,10 +299,12 @@ async fn supervise(
         shared.go_dead();
         drop(connection);
         tracing::warn!(
-            "consumer of {}: {reason}; reconnecting (unacknowledged messages will be redelivered)",
+            address = %address,
+            "consumer of {}: the connection to {address} is lost: {reason}; reconnecting \
+             (unacknowledged messages will be redelivered)",
             shared.place
         );
-        connection = loop {
+        (connection, address) = loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
@@ -303,11 +316,15 @@ async fn supervise(
             // above then says DISCONNECT, so those acknowledgements take effect.
             let attempt = subscription.open(generation).await;
             match attempt {
-                Ok(connection) => {
+                Ok((connection, address)) => {
                     backoff.reset();
                     *lock(&shared.failure) = None;
-                    tracing::info!("consumer of {}: reconnected", shared.place);
-                    break connection;
+                    tracing::info!(
+                        address = %address,
+                        "consumer of {}: reconnected to {address}",
+                        shared.place
+                    );
+                    break (connection, address);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -366,7 +383,7 @@ impl StompConsumer {
         destination: String,
         options: ConsumeOptions,
     ) -> Result<StompConsumer, PluginError> {
-        let place = format!("`{destination}` on {}", settings.address);
+        let place = format!("`{destination}` on {}", settings.target());
         if options.prefetch == 0 {
             return Err(PluginError::config(format!(
                 "consuming {place}: a `prefetch` of 0 (no limit) is refused: the consumer \
@@ -389,21 +406,24 @@ impl StompConsumer {
             place: place.clone(),
         });
         let close_limit = settings.receipt_timeout + Duration::from_secs(1);
-        let subscription = Subscription {
+        let mut subscription = Subscription {
             settings,
             destination,
             options,
             deliveries: sender,
             room: room.clone(),
             shared: shared.clone(),
+            next_broker: 0,
         };
-        let connection = runtime
+        let (connection, address) = runtime
             .block_on(subscription.open(1))
             .map_err(|e| e.to_plugin(&format!("subscribing to {place}")))?;
         let stop = CancellationToken::new();
-        let supervisor = runtime
-            .spawn(supervise(subscription, connection, stop.clone()).with_current_subscriber());
-        tracing::debug!("consuming {place}");
+        let supervisor = runtime.spawn(
+            supervise(subscription, connection, address.clone(), stop.clone())
+                .with_current_subscriber(),
+        );
+        tracing::debug!("consuming {place} from {address}");
         Ok(StompConsumer {
             runtime,
             inbox: Mutex::new(Inbox {

@@ -4,15 +4,18 @@
 //! [`StompError`] is `Clone` because one failure (a lost connection) is reported to every
 //! request waiting on that connection; I/O errors are therefore kept behind an `Arc`.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
-use golconde_plugin_api::PluginError;
+use golconde_plugin_api::{ErrorKind, PluginError};
 
 use crate::codec::CodecError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StompError {
-    #[error("cannot connect to {address}: {source}; check that the broker runs there (`address`)")]
+    #[error(
+        "cannot connect to {address}: {source}; check that the broker runs there \
+         (`address`, `addresses`)"
+    )]
     Connect {
         address: String,
         source: Arc<std::io::Error>,
@@ -52,6 +55,28 @@ pub enum StompError {
     /// A request that cannot be made at all (an empty queue name).
     #[error("{0}")]
     Invalid(String),
+    /// None of several brokers could be connected to: each one's address and failure, in
+    /// the order they were tried.
+    #[error("none of the {} brokers answered: {}", .0.len(), Failures(.0))]
+    NoBroker(Vec<(String, StompError)>),
+}
+
+/// `a:1: why; b:2: why`, without naming an address twice.
+struct Failures<'a>(&'a [(String, StompError)]);
+
+impl fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (address, error)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            match error {
+                StompError::Connect { .. } | StompError::Tls { .. } => write!(f, "{error}")?,
+                _ => write!(f, "{address}: {error}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl From<CodecError> for StompError {
@@ -66,18 +91,34 @@ impl From<CodecError> for StompError {
 impl StompError {
     /// The boundary error, prefixed with what was being done and where.
     pub fn to_plugin(&self, context: &str) -> PluginError {
-        let message = format!("{context}: {self}");
+        let (kind, advice) = self.kind();
+        PluginError::new(kind, format!("{context}: {self}{advice}"))
+    }
+
+    /// What kind of failure this is at the boundary, and what to do about it. When no
+    /// broker answered, that is the kind all of them agree on (every one refused the
+    /// login: a configuration error), and transient otherwise: one may be back soon.
+    fn kind(&self) -> (ErrorKind, &'static str) {
         match self {
-            StompError::Refused(_) => PluginError::config(format!(
-                "{message}; check `login`, `passcode` and `virtual_host`"
-            )),
-            StompError::Rejected(_) => PluginError::permanent(format!(
-                "{message}; the broker will refuse it again until the destination or the \
-                 message is fixed"
-            )),
-            StompError::Protocol(_) => PluginError::config(format!("{message}; check `address`")),
-            StompError::Invalid(_) => PluginError::permanent(message),
-            _ => PluginError::transient(message),
+            StompError::Refused(_) => (
+                ErrorKind::Config,
+                "; check `login`, `passcode` and `virtual_host`",
+            ),
+            StompError::Rejected(_) => (
+                ErrorKind::Permanent,
+                "; the broker will refuse it again until the destination or the message is \
+                 fixed",
+            ),
+            StompError::Protocol(_) => (ErrorKind::Config, "; check `address`, `addresses`"),
+            StompError::Invalid(_) => (ErrorKind::Permanent, ""),
+            StompError::NoBroker(failures) => {
+                let mut kinds = failures.iter().map(|(_, e)| e.kind());
+                match kinds.next() {
+                    Some(first) if kinds.all(|k| k == first) => first,
+                    _ => (ErrorKind::Transient, ""),
+                }
+            }
+            _ => (ErrorKind::Transient, ""),
         }
     }
 }
@@ -114,7 +155,53 @@ pub fn describe_error_frame(frame: &crate::frame::Frame) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tls_hint;
+    use super::*;
+
+    fn refused_connection(address: &str) -> StompError {
+        StompError::Connect {
+            address: address.into(),
+            source: Arc::new(std::io::ErrorKind::ConnectionRefused.into()),
+        }
+    }
+
+    #[test]
+    fn no_broker_names_each_and_agrees_on_the_kind() {
+        let error = StompError::NoBroker(vec![
+            ("a:1".into(), refused_connection("a:1")),
+            (
+                "b:2".into(),
+                StompError::Timeout {
+                    what: "connecting",
+                    ms: 5,
+                    key: "connect_timeout_ms",
+                },
+            ),
+        ]);
+        let plugin = error.to_plugin("connecting to [a:1, b:2]");
+        assert_eq!(plugin.kind, ErrorKind::Transient);
+        assert_eq!(
+            plugin.message.as_str(),
+            "connecting to [a:1, b:2]: none of the 2 brokers answered: cannot connect to a:1: \
+             connection refused; check that the broker runs there (`address`, `addresses`); \
+             b:2: no answer within 5 ms while connecting (`connect_timeout_ms`)"
+        );
+        // Every broker refused the login: that will not pass on its own.
+        let refused = StompError::NoBroker(vec![
+            ("a:1".into(), StompError::Refused("bad login".into())),
+            ("b:2".into(), StompError::Refused("bad login".into())),
+        ])
+        .to_plugin("connecting");
+        assert_eq!(refused.kind, ErrorKind::Config);
+        assert!(refused
+            .message
+            .ends_with("check `login`, `passcode` and `virtual_host`"));
+        let mixed = StompError::NoBroker(vec![
+            ("a:1".into(), StompError::Refused("bad login".into())),
+            ("b:2".into(), refused_connection("b:2")),
+        ])
+        .to_plugin("connecting");
+        assert_eq!(mixed.kind, ErrorKind::Transient);
+    }
 
     #[test]
     fn tls_failures_say_what_to_change() {

@@ -6,7 +6,8 @@
 //! and receipts ([`connection`]), a self-healing subscription ([`consumer`]) and publishing
 //! with receipts as confirmations ([`publisher`]). May depend on: `golconde-plugin-api`,
 //! tokio and tokio-util, `bytes`, `memchr`, serde and `serde_path_to_error`
-//! (configuration only), `thiserror`, `tracing`; never on a host crate.
+//! (configuration only), `thiserror`, `tracing`, rustls, `fastrand` (the order of the
+//! brokers); never on a host crate.
 //!
 //! Design decisions, and why:
 //! - **The plugin owns its tokio runtime** (one worker thread per transport instance,
@@ -22,6 +23,13 @@
 //!   broker read it, the message is redelivered (at-least-once, as the host expects).
 //!   Closing a consumer says DISCONNECT and waits for its receipt, so every ACK sent before
 //!   `close` returns has taken effect.
+//! - **Several brokers are one list, shuffled once per transport instance** (`addresses`,
+//!   a cluster's nodes; `shuffle_addresses = false` keeps the order written). Every
+//!   connection of the instance tries them in that order, so several Golconde processes
+//!   spread over the brokers while one process keeps to one;
+//!   a connection that is lost is re-established on the next broker that answers, the
+//!   lost one being tried last. Nothing else changes with the broker: a delivery is only
+//!   ever settled on the connection it came from.
 //! - **Tags are the plugin's.** The host's delivery tags increase in delivery order and
 //!   never repeat, also across reconnections; a tag from a lost connection is never
 //!   acknowledged on a new one (see [`consumer`]).
@@ -31,20 +39,22 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `address` | `"127.0.0.1:61613"` | the broker's STOMP listener, `host:port` |
+//! | `addresses` | none | instead of `address`: several brokers (`["a:61613", "b:61613"]`, a cluster's nodes), each `host:port`; at least one. Connections try them in an order shuffled per transport instance; a lost one is re-established on the next that answers |
+//! | `shuffle_addresses` | `true` | `false`: try `addresses` in the order written (a preferred broker first) |
 //! | `login` | none | CONNECT's `login` |
 //! | `passcode` | none | CONNECT's `passcode`; never logged |
 //! | `virtual_host` | `"/"` | CONNECT's `host` header: the RabbitMQ virtual host (ActiveMQ ignores it) |
 //! | `heartbeat_ms` | `[10000, 10000]` | `[send, receive]`: we send a heart-beat at least every `send` ms and want one from the broker every `receive` ms; 0 turns a direction off. The broker's wishes are merged in as STOMP says; a broker silent for twice the agreed period is taken for dead and the connection re-established |
-//! | `connect_timeout_ms` | `10000` | for TCP connect plus CONNECTED |
+//! | `connect_timeout_ms` | `10000` | for TCP connect plus CONNECTED, per broker |
 //! | `receipt_timeout_ms` | `30000` | for the receipt of a SUBSCRIBE, of a published batch, of DISCONNECT |
 //! | `max_frame_bytes` | `16777216` | the largest frame held in memory (4096 to 1 GiB). A larger MESSAGE is not buffered: its body is skipped as it arrives and it is delivered empty, marked `x-golconde-transport-error` (see Headers) |
 //! | `max_headers` | `1024` | the most header lines of a frame kept (at least 1); a MESSAGE with more is delivered with the first ones (and those the client needs, such as `ack`), marked `x-golconde-transport-error` |
-//! | `reconnect_initial_ms`, `reconnect_max_ms` | `100`, `30000` | a lost consumer connection is re-established after `initial`, doubling up to `max` between failed attempts |
+//! | `reconnect_initial_ms`, `reconnect_max_ms` | `100`, `30000` | a lost consumer connection is re-established after `initial`, doubling up to `max` between failed attempts (with `addresses`: between rounds that tried every broker) |
 //! | `prefetch_header` | `"prefetch-count"` | the SUBSCRIBE header carrying the pipeline's prefetch: `prefetch-count` for RabbitMQ, `activemq.prefetchSize` for ActiveMQ, `""` for none. Whatever the broker does with it, the consumer holds at most the prefetch in deliveries the host has not taken, and refuses a prefetch of 0 |
 //! | `tls` | `false` | connect with TLS (rustls): RabbitMQ's `stomp.listeners.ssl`, ActiveMQ's `stomp+ssl` |
 //! | `tls_ca_file` | none | with `tls`: PEM file of certificate authorities trusted besides the system's roots |
 //! | `tls_cert_file`, `tls_key_file` | none | with `tls`: client certificate (PEM, chain allowed) and its unencrypted key (PEM), for a broker that requires one; both or neither |
-//! | `tls_server_name` | the host of `address` | with `tls`: the name the broker's certificate must be for |
+//! | `tls_server_name` | the host of each address | with `tls`: the name every broker's certificate must be for |
 //!
 //! # Destinations
 //!
@@ -79,6 +89,10 @@
 //!   queue is deleted): transient. A consumer reconnects on its own; `receive` reports
 //!   an error only while reconnecting fails. The publishing connection is replaced on the
 //!   next publish.
+//! - With several brokers, a failure to connect to one is logged (address and reason) and
+//!   the next is tried; when none answers, the error names each broker and why, and is of
+//!   the kind they all agree on (every broker refused the login: configuration), else
+//!   transient. `ping` succeeds if any broker answers.
 //!
 //! # Headers
 //!
@@ -126,7 +140,7 @@ use golconde_plugin_api::{
 pub use config::{Config, Settings};
 pub use consumer::StompConsumer;
 
-use crate::{connection::Connection, message::destination, publisher::Publisher};
+use crate::{connection::open_any, message::destination, publisher::Publisher};
 
 /// The plugin's tokio runtime. Dropping it does not wait for its tasks: a connection still
 /// open then is simply closed, and the broker requeues what it had delivered.
@@ -167,10 +181,15 @@ pub struct Stomp {
 }
 
 impl Stomp {
-    /// Validates the configuration; connects to nothing.
+    /// Validates the configuration and, unless `shuffle_addresses = false`, shuffles the
+    /// brokers; connects to nothing.
     pub fn from_config(config: Config) -> Result<Stomp, PluginError> {
+        let mut settings = Settings::from_config(config)?;
+        if settings.shuffle {
+            fastrand::shuffle(&mut settings.brokers);
+        }
         Ok(Stomp {
-            settings: Settings::from_config(config)?,
+            settings,
             runtime: OnceLock::new(),
             publisher: Publisher::default(),
         })
@@ -203,7 +222,7 @@ impl Plugin for Stomp {
         tracing::debug!(
             instance = host.instance(),
             "STOMP transport for {}",
-            stomp.settings.address
+            stomp.settings.target()
         );
         Ok(stomp)
     }
@@ -242,21 +261,20 @@ impl Transport for Stomp {
                 e.to_plugin(&format!(
                     "publishing {} messages to `{destination}` on {}",
                     messages.len(),
-                    self.settings.address
+                    self.settings.target()
                 ))
             })
     }
 
     fn ping(&self) -> Result<(), PluginError> {
         let runtime = self.runtime()?;
+        // Any broker will do: a cluster with one node down still works.
         runtime
             .block_on(async {
-                Connection::open(&self.settings, None)
-                    .await?
-                    .disconnect()
-                    .await
+                let (connection, _) = open_any(&self.settings, 0, None).await?;
+                connection.disconnect().await
             })
-            .map_err(|e| e.to_plugin(&format!("connecting to {}", self.settings.address)))
+            .map_err(|e| e.to_plugin(&format!("connecting to {}", self.settings.target())))
     }
 }
 

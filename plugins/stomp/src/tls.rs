@@ -1,7 +1,7 @@
 //! TLS for the broker connection (`tls = true`): rustls with ring, trusting the system's
 //! roots plus `tls_ca_file`, presenting `tls_cert_file`/`tls_key_file` when the broker asks
 //! for a client certificate, and checking the broker's certificate against
-//! `tls_server_name` (by default the host of `address`).
+//! `tls_server_name` (by default the host of each broker's own address).
 //!
 //! Everything is read and checked when the configuration is, so a wrong path or a file of
 //! the wrong kind is a configuration error naming its key, not a failed handshake later.
@@ -15,7 +15,8 @@ use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
-/// What a TLS connection needs, built once per transport instance.
+/// What a TLS connection to one broker needs. The client configuration is built once per
+/// transport instance and shared by its brokers ([`Tls::for_server`]).
 #[derive(Clone)]
 pub struct Tls {
     connector: TlsConnector,
@@ -27,7 +28,7 @@ pub struct Tls {
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tls")
-            .field("server_name", &self.server_name)
+            .field("server_name", &self.server_name.to_str())
             .finish()
     }
 }
@@ -37,13 +38,20 @@ pub struct Files<'a> {
     pub ca_file: Option<&'a Path>,
     pub cert_file: Option<&'a Path>,
     pub key_file: Option<&'a Path>,
-    /// `tls_server_name`, or the host of `address`.
-    pub server_name: &'a str,
+}
+
+/// `name` as the name a certificate must be for: a DNS name or an IP address, which may
+/// be bracketed as in `[::1]:61613`.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(name.to_string())
+        .map_err(|_| format!("`{name}` is neither a DNS name nor an IP address"))
 }
 
 impl Tls {
-    /// Builds the client configuration; the error names the key at fault.
-    pub fn new(files: Files<'_>) -> Result<Tls, String> {
+    /// Builds the client configuration, checking certificates against `server_name`; the
+    /// error names the key at fault.
+    pub fn new(files: Files<'_>, server_name: ServerName<'static>) -> Result<Tls, String> {
         let mut roots = RootCertStore::empty();
         // Unreadable system certificates are skipped, as every TLS client does; a private
         // CA in `tls_ca_file` still works without any.
@@ -96,18 +104,19 @@ impl Tls {
                     .into())
             }
         };
-        let name = files
-            .server_name
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let server_name = ServerName::try_from(name.to_string()).map_err(|_| {
-            format!("`tls_server_name`: `{name}` is neither a DNS name nor an IP address")
-        })?;
         Ok(Tls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             identity,
         })
+    }
+
+    /// The same configuration, checking certificates against another name.
+    pub fn for_server(&self, server_name: ServerName<'static>) -> Tls {
+        Tls {
+            server_name,
+            ..self.clone()
+        }
     }
 
     /// Whether a client certificate is offered.
@@ -143,49 +152,57 @@ mod tests {
     const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
     const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
 
-    fn files<'a>(
-        ca: Option<&'a str>,
-        cert: Option<&'a str>,
-        key: Option<&'a str>,
-        name: &'a str,
-    ) -> Files<'a> {
+    fn files<'a>(ca: Option<&'a str>, cert: Option<&'a str>, key: Option<&'a str>) -> Files<'a> {
         Files {
             ca_file: ca.map(Path::new),
             cert_file: cert.map(Path::new),
             key_file: key.map(Path::new),
-            server_name: name,
         }
+    }
+
+    fn name(text: &str) -> ServerName<'static> {
+        server_name(text).unwrap()
     }
 
     #[test]
     fn a_ca_and_a_client_identity_are_taken() {
-        let tls = Tls::new(files(Some(CERT), Some(CERT), Some(KEY), "broker.example")).unwrap();
+        let tls = Tls::new(
+            files(Some(CERT), Some(CERT), Some(KEY)),
+            name("broker.example"),
+        )
+        .unwrap();
         assert!(!format!("{tls:?}").contains("PRIVATE"));
-        Tls::new(files(None, None, None, "[::1]")).unwrap();
-        Tls::new(files(None, None, None, "127.0.0.1")).unwrap();
+        let other = tls.for_server(name("[::1]"));
+        assert!(format!("{other:?}").contains("::1"), "{other:?}");
+        assert!(other.has_identity());
+        Tls::new(files(None, None, None), name("127.0.0.1")).unwrap();
+        let error = server_name("not a name!").unwrap_err();
+        assert!(
+            error.contains("neither a DNS name nor an IP address"),
+            "{error}"
+        );
     }
 
     #[test]
     fn every_mistake_names_its_key() {
         let cases = [
             (
-                files(Some("/nonexistent.pem"), None, None, "h"),
+                files(Some("/nonexistent.pem"), None, None),
                 "`tls_ca_file` /nonexistent.pem: cannot be read",
             ),
             (
-                files(Some(KEY), None, None, "h"),
+                files(Some(KEY), None, None),
                 "`tls_ca_file` /etc/ssl/private/ssl-cert-snakeoil.key: holds no PEM certificate",
             ),
-            (files(None, Some(CERT), None, "h"), "without `tls_key_file`"),
-            (files(None, None, Some(KEY), "h"), "without `tls_cert_file`"),
+            (files(None, Some(CERT), None), "without `tls_key_file`"),
+            (files(None, None, Some(KEY)), "without `tls_cert_file`"),
             (
-                files(None, Some(CERT), Some(CERT), "h"),
+                files(None, Some(CERT), Some(CERT)),
                 "`tls_key_file` /etc/ssl/certs/ssl-cert-snakeoil.pem: no usable private key",
             ),
-            (files(None, None, None, "not a name!"), "`tls_server_name`"),
         ];
         for (files, expected) in cases {
-            let error = Tls::new(files).unwrap_err();
+            let error = Tls::new(files, name("h")).unwrap_err();
             assert!(error.contains(expected), "{error}");
         }
     }

@@ -92,6 +92,67 @@ fn activemq_over_tls_with_a_client_certificate() {
     assert!(error.message.contains("tls_cert_file"), "{error}");
 }
 
+/// Another name of 127.0.0.1 than those the test broker's certificate is for (`localhost`,
+/// `127.0.0.1`): the machine's own name, if it resolves there.
+fn loopback_alias() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let output = std::process::Command::new("hostname").output().ok()?;
+    let name = String::from_utf8(output.stdout).ok()?.trim().to_string();
+    let loopback = (name.as_str(), 0)
+        .to_socket_addrs()
+        .ok()?
+        .any(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST);
+    (loopback && !name.is_empty() && name != "localhost").then_some(name)
+}
+
+#[test]
+fn activemq_over_tls_checks_each_broker_by_its_own_name() {
+    let test = "activemq_over_tls_checks_each_broker_by_its_own_name";
+    let Ok(address) = std::env::var("GOLCONDE_ACTIVEMQ_STOMP_TLS") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no ActiveMQ TLS listener; set GOLCONDE_ACTIVEMQ_STOMP_TLS=host:port"
+        );
+        return;
+    };
+    let Some(alias) = loopback_alias() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: the machine's name does not resolve to 127.0.0.1"
+        );
+        return;
+    };
+    let port = address.rsplit_once(':').expect("host:port").1;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/activemq/tls");
+    let extra = format!(
+        r#""login": null, "passcode": null, "prefetch_header": "activemq.prefetchSize",
+           "tls": true, "tls_ca_file": "{dir}/ca.pem", "tls_cert_file": "{dir}/client.pem",
+           "tls_key_file": "{dir}/client.key""#
+    );
+    let wrong = format!("{alias}:{port}");
+    let right = format!("localhost:{port}");
+    // Both reach the same broker, whose certificate is for `localhost` only: the first is
+    // refused for its name, the second, checked by its own name, is taken.
+    let transport = transport_in_order(&[&wrong, &right], &extra);
+    let queue = unique("activemq-tls-names");
+    transport
+        .publish(&queue, &[message("n-0", b"checked by its own name")])
+        .expect("published through the second broker");
+    let consumer = transport
+        .consume(&queue, options(10, AckMode::Cumulative))
+        .expect("consumer");
+    let got = receive_n(&consumer, 1, Duration::from_secs(10));
+    assert_eq!(id(&got[0]), "n-0");
+    consumer.ack(got[0].tag, true).expect("ack");
+    consumer.close().expect("close");
+
+    let error = transport_in_order(&[&wrong], &extra)
+        .ping()
+        .expect_err("the certificate is not for the machine's name");
+    assert!(error.message.contains("not valid for name"), "{error}");
+    assert!(error.message.contains("`tls_server_name`"), "{error}");
+}
+
 #[test]
 fn activemq_publish_consume_ack_and_headers() {
     let Some(transport) = activemq("activemq_publish_consume_ack_and_headers") else {

@@ -14,7 +14,7 @@ use std::{
     process::Command,
     sync::{
         atomic::{AtomicU32, Ordering},
-        OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -66,14 +66,58 @@ impl FfiLogSink for StderrSink {
     }
 }
 
+/// Prints the plugin's log lines too, and keeps them for the test to read.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<String>>>);
+
+impl Captured {
+    /// The lines logged so far, as `LEVEL message`.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl FfiLogSink for Captured {
+    fn max_level(&self) -> LogLevel {
+        LogLevel::Info
+    }
+
+    fn log(&self, record: &LogRecord<'_>) {
+        eprintln!("[plugin {:?}] {}", record.level, record.message);
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{:?} {}", record.level, record.message));
+    }
+}
+
 /// Builds the plugin from a JSON configuration section, as the host does.
 pub fn build(config: &serde_json::Value) -> Result<TransportBox, PluginError> {
+    build_with_sink(
+        config,
+        FfiLogSink_TO::from_ptr(RArc::new(StderrSink), TD_Opaque),
+    )
+}
+
+/// Builds the plugin as [`build`] does, keeping what it logs.
+pub fn build_capturing(
+    config: &serde_json::Value,
+) -> Result<(TransportBox, Captured), PluginError> {
+    let captured = Captured::default();
+    let sink = FfiLogSink_TO::from_ptr(RArc::new(captured.clone()), TD_Opaque);
+    Ok((build_with_sink(config, sink)?, captured))
+}
+
+fn build_with_sink(
+    config: &serde_json::Value,
+    log: golconde_plugin_api::log::LogSinkBox,
+) -> Result<TransportBox, PluginError> {
     let Constructor::Transport(construct) = transport_entry::<AmqpTransport>().constructor else {
         panic!("the amqp plugin is a transport");
     };
     let context = HostContext {
         instance: RString::from("test"),
-        log: FfiLogSink_TO::from_ptr(RArc::new(StderrSink), TD_Opaque),
+        log,
     };
     construct(RStr::from_str(&config.to_string()), context).into_result()
 }
@@ -287,4 +331,58 @@ pub fn close_connections(name: &str) -> usize {
         }
     }
     closed
+}
+
+/// The names of the broker's connections that contain `part`, as the broker shows them.
+pub fn connection_names(part: &str) -> Vec<String> {
+    let listing = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(listing.status.success(), "{listing:?}");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let key = "{\"connection_name\",\"";
+    text.lines()
+        .filter_map(|line| {
+            let start = line.find(key)? + key.len();
+            let name = &line[start..start + line[start..].find('"')?];
+            name.contains(part).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) until the broker shows exactly one connection whose name contains
+/// `part`, and returns its name.
+pub fn the_connection(part: &str) -> String {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = connection_names(part);
+        if names.len() == 1 {
+            return names.into_iter().next().unwrap();
+        }
+        assert!(
+            Instant::now() < give_up,
+            "connections named like `{part}`: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `rabbitmqctl list_queues name type arguments` for `queue`: its type and its arguments
+/// as the broker prints them, or `None` if it does not exist.
+pub fn queue_row(queue: &str) -> Option<(String, String)> {
+    let listing = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type", "arguments"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(listing.status.success(), "{listing:?}");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut columns = line.splitn(3, '\t');
+            if columns.next()? != queue {
+                return None;
+            }
+            Some((columns.next()?.to_string(), columns.next()?.to_string()))
+        })
 }

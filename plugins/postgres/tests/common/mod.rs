@@ -1,7 +1,8 @@
 //! Helpers for the tests against the real PostgreSQL on 127.0.0.1:5432: a schema of the
 //! test's own (dropped at the end, with the schema of its applied-change table), the
 //! plugin pointed at it, changes written as Golconde messages through the `autosql`
-//! processor, and, for the tests that need them, a role or a database of the test's own.
+//! processor, and, for the tests that need them, a role or a database of the test's own,
+//! a server of the test's own (`server`), and what was logged.
 #![allow(dead_code)]
 
 use std::sync::{
@@ -14,6 +15,8 @@ use golconde_plugin_api::{
     PluginError, ROption, RString, RVec, Session, Value,
 };
 use golconde_postgres::{Config, PgSession, Postgres};
+
+pub mod server;
 use tokio::runtime::Runtime;
 use tokio_postgres::{types::ToSql, Client, NoTls, Row};
 
@@ -252,4 +255,33 @@ pub fn col(name: &str, value: Value) -> Column {
 
 pub fn text(t: &str) -> Value {
     Value::Text(t.into())
+}
+
+/// Log lines (warnings and worse) written while `f` runs on this thread.
+pub fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::{
+        io::Write,
+        sync::{Arc, Mutex},
+    };
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    (result, text)
 }

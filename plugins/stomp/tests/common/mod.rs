@@ -1,7 +1,8 @@
 //! Helpers for the tests against the real RabbitMQ on this machine (STOMP on 61613, AMQP
 //! on 5672): unique queues that delete themselves, a transport built from JSON, an AMQP
-//! side door (lapin) to look into queues, a TCP proxy that can freeze a connection, and
-//! the broker-side close of one STOMP connection.
+//! side door (lapin) to look into queues, a TCP proxy that can freeze a connection,
+//! the broker-side close of one STOMP connection, and brokers that are down (for the
+//! tests with several brokers).
 //!
 //! Other engineers use the same broker at the same time, so everything here touches only
 //! what this test created: its own queues, and connections picked by their local port.
@@ -408,4 +409,123 @@ pub fn consume_all(transport: &Stomp, queue: &str) -> Vec<Delivery> {
     }
     consumer.close().expect("close");
     all
+}
+
+/// A transport for the local RabbitMQ (guest/guest) that tries `addresses` in the order
+/// given (`shuffle_addresses = false`); `extra` as for [`transport_at`].
+pub fn transport_in_order(addresses: &[&str], extra: &str) -> Stomp {
+    let mut config = serde_json::json!({
+        "addresses": addresses,
+        "login": "guest",
+        "passcode": "guest",
+        "receipt_timeout_ms": 20000,
+        "connect_timeout_ms": 2000,
+        "reconnect_initial_ms": 50,
+        "reconnect_max_ms": 1000,
+        "shuffle_addresses": false,
+    });
+    if !extra.trim().is_empty() {
+        let extra: serde_json::Value =
+            serde_json::from_str(&format!("{{{extra}}}")).expect("valid test JSON");
+        for (key, value) in extra.as_object().expect("members") {
+            config[key] = value.clone();
+        }
+    }
+    Stomp::from_config(parse_config::<Config>(&config.to_string()).expect("valid config"))
+        .expect("transport")
+}
+
+/// An address nothing listens on: connecting is refused at once.
+pub fn closed_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    address
+}
+
+/// A broker that is down behind its address: it takes TCP connections and then either
+/// closes them at once or never says a word. Counts the connections it took.
+pub struct DeadBroker {
+    pub address: String,
+    accepted: Arc<AtomicUsize>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl DeadBroker {
+    /// Closes every connection as soon as it is made, before CONNECTED.
+    pub fn closing() -> DeadBroker {
+        DeadBroker::start(false)
+    }
+
+    /// Holds every connection open and silent, so that the client's timeout ends it.
+    pub fn silent() -> DeadBroker {
+        DeadBroker::start(true)
+    }
+
+    fn start(hold: bool) -> DeadBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (count, stop) = (accepted.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                if hold {
+                    held.push(client);
+                } else {
+                    let _ = client.shutdown(Shutdown::Both);
+                }
+            }
+        });
+        DeadBroker {
+            address,
+            accepted,
+            stopped,
+        }
+    }
+
+    /// How many connections were made to it.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DeadBroker {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.address);
+    }
+}
+
+/// Runs `f` with warnings and worse written to a buffer, and answers what was written.
+/// What the plugin's runtime does for the calls in `f` (they block on it from this
+/// thread) and in tasks they start is included.
+pub fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    (result, text)
 }
