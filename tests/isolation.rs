@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use golconde_e2e::{alive, children_of, eventually, Daemon, Scratch};
+use golconde_e2e::{alive, children_of, eventually, with_stats, Daemon, Scratch};
 
 /// A configuration with the file-backed fixtures and one pipeline per `(queue, extra)`.
 fn config(pipelines: &[(&str, &str)], top: &str) -> String {
@@ -87,11 +87,7 @@ fn a_native_crash_costs_one_pipeline_a_restart_and_the_message_is_set_aside() {
             },
         ));
     }
-    let text = config(&pipelines, "isolation = \"process\"").replacen(
-        "[log]",
-        "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]",
-        1,
-    );
+    let text = with_stats(&config(&pipelines, "isolation = \"process\""));
     let daemon = Daemon::start(&scratch.config(&text));
     let done = eventually(Duration::from_secs(120), || {
         scratch.acked("steady") == 2000 && modes.iter().all(|(mode, _)| scratch.acked(mode) == 5)
@@ -134,19 +130,9 @@ fn a_native_crash_costs_one_pipeline_a_restart_and_the_message_is_set_aside() {
 fn stats_show_each_process_its_restarts_and_how_it_ended() {
     let scratch = Scratch::new();
     scratch.enqueue("shaky", &[("a", "1"), ("x", "abort"), ("b", "2")]);
-    let text = config(&[("shaky", "isolation = \"process\"")], "").replacen(
-        "[log]",
-        "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]",
-        1,
-    );
+    let text = with_stats(&config(&[("shaky", "isolation = \"process\"")], ""));
     let mut daemon = Daemon::start(&scratch.config(&text));
-    let log = daemon.wait_for_log("serving counters on http://", Duration::from_secs(20));
-    let address = log
-        .split("serving counters on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string();
+    let address = daemon.stats_address();
     assert!(eventually(Duration::from_secs(60), || scratch
         .acked("shaky")
         == 3));
@@ -154,7 +140,7 @@ fn stats_show_each_process_its_restarts_and_how_it_ended() {
     let mut stats = serde_json::Value::Null;
     assert!(
         eventually(Duration::from_secs(10), || {
-            stats = get_json(&address, "/stats");
+            stats = golconde_e2e::stats(&address);
             stats["pipelines"][0]["acknowledged"] == 3
         }),
         "{stats}"
@@ -167,7 +153,7 @@ fn stats_show_each_process_its_restarts_and_how_it_ended() {
     assert_eq!(process["last_exit"], "died of SIGABRT", "{stats}");
     let pid = process["pid"].as_u64().expect("a running child") as u32;
     assert!(children_of(daemon.pid()).contains(&pid), "{stats}");
-    let metrics = http_get(&address, "/metrics");
+    let metrics = golconde_e2e::http_get(&address, "/metrics");
     assert!(
         metrics.contains("golconde_restarts_total{pipeline=\"shaky\"} 3"),
         "{metrics}"
@@ -236,19 +222,4 @@ fn no_child_outlives_a_daemon_killed_with_sigkill() {
             .any(|c| alive(*c))),
         "children outlived the daemon: {children:?}"
     );
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string())
-}
-
-fn get_json(address: &str, path: &str) -> serde_json::Value {
-    serde_json::from_str(&http_get(address, path)).unwrap_or_default()
 }

@@ -1,24 +1,10 @@
 //! `[stats] listen` serves each pipeline's counters as JSON and in the Prometheus format.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
+use std::time::Duration;
+
+use golconde_e2e::{
+    body, eventually, fixture_config, http_get as get, with_stats, Daemon, Scratch,
 };
-
-use golconde_e2e::{eventually, fixture_config, Daemon, Scratch};
-
-fn get(address: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("the stats endpoint accepts");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
 
 #[test]
 fn counters_are_served_over_http() {
@@ -26,26 +12,19 @@ fn counters_are_served_over_http() {
     scratch.enqueue("counted", &[("a", "1"), ("b", "2"), ("c", "3")]);
     scratch.enqueue_raw("counted", "not JSON");
     scratch.enqueue("counted", &[("d", "s3cret-value")]);
-    let text = fixture_config(
+    let text = with_stats(&fixture_config(
         "counted",
         "rows.jsonl",
         "",
         r#"dead_letter = { transport = "files", queue = "counted-dead" }"#,
-    )
-    .replacen("[log]", "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]", 1)
+    ))
     .replace(
         "path = \"{dir}/rows.jsonl\"",
         "path = \"{dir}/rows.jsonl\"\nreject_value = \"s3cret-value\"",
     );
     let config = scratch.config(&text);
     let mut daemon = Daemon::start(&config);
-    let log = daemon.wait_for_log("serving counters on http://", Duration::from_secs(20));
-    let address = log
-        .split("serving counters on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_string();
+    let address = daemon.stats_address();
     assert!(eventually(Duration::from_secs(20), || scratch
         .acked("counted")
         == 5));

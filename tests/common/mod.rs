@@ -192,6 +192,16 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Where a daemon started [`with_stats`] serves its counters, from its log.
+    pub fn stats_address(&mut self) -> String {
+        let log = self.wait_for_log("serving counters on http://", Duration::from_secs(20));
+        log.split("serving counters on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("an address")
+            .to_string()
+    }
+
     /// Waits until the log contains `needle`; fails the test with the log if it does not.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
         let found = eventually(timeout, || self.log().contains(needle));
@@ -248,6 +258,31 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `configuration` with `[stats]` served on a free port (see [`Daemon::stats_address`]).
+pub fn with_stats(configuration: &str) -> String {
+    configuration.replacen("[log]", "[stats]\nlisten = \"127.0.0.1:0\"\n\n[log]", 1)
+}
+
+/// `GET path` from the stats endpoint at `address`: the whole response, status line and all.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("the stats endpoint accepts");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("asked");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("answered");
+    response
+}
+
+/// The body of an HTTP response.
+pub fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// `/stats` at `address`, parsed (`Null` if it is not JSON).
+pub fn stats(address: &str) -> serde_json::Value {
+    serde_json::from_str(body(&http_get(address, "/stats"))).unwrap_or_default()
 }
 
 /// The processes whose parent is `pid`, from `/proc`.
