@@ -377,14 +377,18 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 
     // Plugin code is loaded here only for pipelines that run in this process.
     let mut running = Vec::new();
-    if file
+    let threaded = file
         .config
         .pipelines
         .iter()
-        .any(|p| in_threads(p.get_ref()))
-    {
+        .filter(|p| in_threads(p.get_ref()))
+        .count();
+    if threaded > 0 {
         let registry = Registry::discover(&search_path(cli_dirs.clone(), Some(&file)));
-        let assembly = Assembly::build_selected(&file, &registry, in_threads, false);
+        // With every pipeline here, every declared connection is built (and a broken one
+        // reported), as `check` does; otherwise only what these pipelines use.
+        let everything = threaded == file.config.pipelines.len();
+        let assembly = Assembly::build_selected(&file, &registry, in_threads, everything);
         for problem in &assembly.problems {
             tracing::error!("{problem}");
         }
