@@ -185,3 +185,52 @@ fn a_misspelt_log_level_is_a_problem() {
         "{out}"
     );
 }
+
+/// Every configuration under examples/ is one `golconde check` accepts with the plugins of
+/// this build, as the documentation promises.
+#[test]
+fn every_example_configuration_checks_out() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let build = golconde_e2e::build_dir();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let output = golconde_e2e::golconde()
+            .args(["check", "--config", path.to_str().unwrap()])
+            .args(["--plugin-dir", build.to_str().unwrap()])
+            .env("MARIADB_PASSWORD", "unused offline")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{}:\n{text}", path.display());
+        assert!(!text.contains("problem"), "{}:\n{text}", path.display());
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} examples found in {}",
+        examples.display()
+    );
+}
+
+#[test]
+fn a_transport_that_cannot_be_built_is_named_once_per_pipeline() {
+    let scratch = Scratch::new();
+    let text = fixture_config("q", "rows.jsonl", "", "")
+        .replace("[databases.table]", "wrong = 1\n\n[databases.table]")
+        + "dead_letter = { transport = \"files\", queue = \"dead\" }\n";
+    let (ok, out) = check(&scratch, &text);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("not started because transport `files` could not be built"),
+        "{out}"
+    );
+    assert!(!out.contains("`files` and transport `files`"), "{out}");
+}

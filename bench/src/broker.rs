@@ -17,7 +17,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::workload::{latency_body, Workload};
+use crate::workload::{latency_body, Format, Workload};
 
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -274,9 +274,9 @@ pub async fn publish_at_rate(
     Ok(total)
 }
 
-/// The bodies of `workload`, in queue order.
-pub fn bodies(workload: Workload) -> impl Iterator<Item = Vec<u8>> {
-    (0..workload.messages).map(move |i| workload.body(i))
+/// The bodies of `workload` written in `format`, in queue order.
+pub fn bodies(workload: Workload, format: Format) -> impl Iterator<Item = Vec<u8>> {
+    (0..workload.messages).map(move |i| workload.body_in(format, i))
 }
 
 /// The broker's own share of the latency: the same fixed-rate publishing, consumed by a

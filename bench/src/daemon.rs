@@ -1,7 +1,7 @@
 //! Runs the real `golconde run` process with the real plugin libraries: writes its
 //! configuration, watches its log for the moment it starts consuming and for errors,
 //! samples the peak RSS of the daemon and of its child processes (a pipeline in process
-//! isolation), and stops it with SIGTERM.
+//! isolation) and the CPU time they use from that moment on, and stops it with SIGTERM.
 //!
 //! Depends on the standard library and libc (for SIGTERM). Key decision: the daemon is a
 //! child process like in production, not the pipeline called in-process, so the figures
@@ -23,6 +23,11 @@ use anyhow::{bail, Context, Result};
 pub struct Setup<'a> {
     pub transport: &'a str,
     pub queue: &'a str,
+    /// The processor plugin: `autosql`, or `debezium` (its events name their own table,
+    /// mapped to `public.<table>`).
+    pub processor: &'a str,
+    /// The database plugin: `postgres`, or `mysql` (the table in the DSN's database).
+    pub database: &'a str,
     pub table: &'a str,
     pub workers: u32,
     pub dsn: &'a str,
@@ -37,6 +42,24 @@ pub fn config(setup: &Setup, plugin_dir: &Path) -> String {
         "stomp" => "plugin = \"stomp\"\naddress = \"127.0.0.1:61613\"\nlogin = \"guest\"\npasscode = \"guest\"".to_string(),
         _ => format!("plugin = \"amqp\"\nurl = \"{}\"", crate::broker::URL),
     };
+    let (processor, tables) = match (setup.processor, setup.database) {
+        ("debezium", _) => (
+            format!(
+                "{{ plugin = \"debezium\", table_map = {{ \"{}\" = \"public.{}\" }} }}",
+                crate::workload::DEBEZIUM_SOURCE_TABLE,
+                setup.table
+            ),
+            format!("tables = [\"public.{}\"]", setup.table),
+        ),
+        (processor, "mysql") => (
+            format!("{{ plugin = \"{processor}\" }}"),
+            format!("table = \"{}\"", setup.table),
+        ),
+        (processor, _) => (
+            format!("{{ plugin = \"{processor}\" }}"),
+            format!("table = \"public.{}\"", setup.table),
+        ),
+    };
     format!(
         r#"plugin_dirs = [{dir:?}]
 shutdown_grace_ms = 30000
@@ -49,22 +72,22 @@ format = "json"
 {transport}
 
 [databases.bench]
-plugin = "postgres"
+plugin = "{database}"
 dsn = "{dsn}"
 
 [[pipelines]]
 name = "bench"
 transport = "bench"
 queue = "{queue}"
-processor = {{ plugin = "autosql" }}
+processor = {processor}
 database = "bench"
-table = "public.{table}"
+{tables}
 workers = {workers}
 {isolation}{batch}"#,
         dir = plugin_dir.display().to_string(),
+        database = setup.database,
         dsn = setup.dsn,
         queue = setup.queue,
-        table = setup.table,
         workers = setup.workers,
         // Written only when wanted: a Golconde older than process isolation refuses the key.
         isolation = if setup.process {
@@ -144,6 +167,35 @@ fn vm_hwm(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time (user and system) used so far by process `pid` and its living children (a
+/// pipeline in process isolation), from the `utime` and `stime` of /proc/PID/stat. A child
+/// may exit between finding it and reading it; the daemon's own must be readable.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let ticks = |pid: u32| -> Result<u64> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}: `{stat}`"))
+    };
+    let mut total = ticks(pid)?;
+    for child in children(pid) {
+        total += ticks(child).unwrap_or(0);
+    }
+    // SAFETY: sysconf(3) reads a constant of the system; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// `utime` + `stime` (fields 14 and 15, in clock ticks) of a /proc/PID/stat line, counted
+/// after the command name's last `)` as in [`parent_of`].
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The pids whose parent is `pid`, from /proc/*/stat (`/proc/PID/task/*/children` needs a
 /// kernel option that is often off).
 fn children(pid: u32) -> Vec<u32> {
@@ -173,6 +225,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub spawned: Instant,
     consuming: Arc<OnceLock<Instant>>,
+    /// The CPU time used by the daemon and its child when it logged that it consumes.
+    cpu_at_consuming: Arc<OnceLock<Result<Duration, String>>>,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
     peaks: Arc<Mutex<Peaks>>,
@@ -197,15 +251,19 @@ impl Daemon {
             .with_context(|| format!("starting {}", golconde.display()))?;
         let spawned = Instant::now();
         let consuming = Arc::new(OnceLock::new());
+        let cpu_at_consuming = Arc::new(OnceLock::new());
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
         let reader = {
-            let (consuming, log) = (consuming.clone(), log.clone());
+            let (consuming, cpu, log) = (consuming.clone(), cpu_at_consuming.clone(), log.clone());
+            let pid = child.id();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("consuming queue") {
-                        let _ = consuming.set(Instant::now());
+                    // Read here, as the line arrives, so that the start-up (loading the
+                    // plugins, connecting) is left out of the CPU time of the drain.
+                    if line.contains("consuming queue") && consuming.set(Instant::now()).is_ok() {
+                        let _ = cpu.set(cpu_time(pid).map_err(|e| format!("{e:#}")));
                     }
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
@@ -227,6 +285,7 @@ impl Daemon {
             child: Some(child),
             spawned,
             consuming,
+            cpu_at_consuming,
             log,
             reader: Some(reader),
             peaks,
@@ -243,6 +302,17 @@ impl Daemon {
     /// When the daemon logged that it started consuming (the clock's start).
     pub fn consuming_since(&self) -> Option<Instant> {
         self.consuming.get().copied()
+    }
+
+    /// The CPU time the daemon and its child used since it logged that it consumes the
+    /// queue.
+    pub fn cpu_since_consuming(&self) -> Result<Duration> {
+        let now = cpu_time(self.pid())?;
+        match self.cpu_at_consuming.get() {
+            Some(Ok(then)) => Ok(now.saturating_sub(*then)),
+            Some(Err(e)) => bail!("reading golconde's CPU time when it started consuming: {e}"),
+            None => bail!("golconde has not logged that it consumes the queue"),
+        }
     }
 
     /// Fails if the daemon exited or logged an error.
@@ -351,6 +421,21 @@ mod tests {
         assert_eq!(parent_of("42 (golconde) S 7 42 42 0 -1"), Some(7));
         assert_eq!(parent_of("42 (a) b (c) R 9 42 42 0 -1"), Some(9));
         assert_eq!(parent_of("42 (golconde"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_past_the_command_name() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 4 0";
+        assert_eq!(cpu_ticks(stat), Some(281));
+        assert_eq!(cpu_ticks("42 (a) S 1 42"), None);
+        // This process has used some CPU, and more after some work.
+        let before = cpu_time(std::process::id()).unwrap();
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(cpu_time(std::process::id()).unwrap() > before);
     }
 
     #[test]

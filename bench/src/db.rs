@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
-use crate::workload::{Expected, Row, Workload, EPOCH};
+use crate::workload::{Expected, Found, Row, Workload};
 
 pub const HOST: &str = "host=127.0.0.1 port=5432 user=postgres";
 
@@ -114,43 +114,19 @@ pub async fn verify(client: &Client, workload: &Workload, expected: &Expected) -
         )
         .await
         .context("reading table users back")?;
-    let mut wrong = Vec::new();
-    let mut seen = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let id: i64 = row.get(0);
-        let (name, email, score, epoch): (Option<String>, Option<String>, Option<i32>, i64) =
-            (row.get(1), row.get(2), row.get(3), row.get(4));
-        seen.insert(id, ());
-        let Some(&last) = expected.last.get(&id) else {
-            wrong.push(format!("id {id} should not exist"));
-            continue;
-        };
-        let want: Row = workload.row(last as u64);
-        let ok = score == Some(want.score)
-            && name.as_deref() == Some(want.name.as_str())
-            && email.as_deref() == Some(want.email.as_str())
-            && epoch == EPOCH + last;
-        if !ok {
-            wrong.push(format!(
-                "id {id} holds score {score:?} name {name:?}, expected the message {last}"
-            ));
-        }
-    }
-    for id in expected.last.keys() {
-        if !seen.contains_key(id) {
-            wrong.push(format!("id {id} is missing"));
-        }
-    }
-    if !wrong.is_empty() {
-        wrong.sort();
-        bail!(
-            "table users is wrong in {} of {} keys, e.g. {}",
-            wrong.len(),
-            expected.last.len(),
-            wrong[..wrong.len().min(5)].join("; ")
-        );
-    }
-    Ok(())
+    let found: Vec<Found> = rows
+        .iter()
+        .map(|row| Found {
+            id: row.get(0),
+            name: row.get(1),
+            email: row.get(2),
+            score: row.get(3),
+            epoch: row.get(4),
+        })
+        .collect();
+    expected
+        .check(workload, "users", &found)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Ceiling B: the workload's rows in chunks of 1,000 messages, each chunk one autocommit

@@ -1,12 +1,14 @@
 //! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP and
-//! STOMP -> autosql -> postgres, and AMQP with the pipeline in a process of its own)
-//! against the limits of the broker alone (ceiling A) and of the database alone
-//! (ceiling B), against the first Golconde's one-message-at-a-time model (the baseline),
-//! its publish-to-commit latency at half load and its peak memory.
+//! STOMP -> autosql -> postgres, AMQP with the pipeline in a process of its own, AMQP ->
+//! autosql -> mysql into MariaDB, AMQP -> debezium -> postgres) against the limits of the
+//! broker alone (ceiling A) and of the database alone (ceiling B for PostgreSQL, C for
+//! MariaDB), against the first Golconde's one-message-at-a-time model (the baseline), its
+//! publish-to-commit latency at half load, its peak memory, and the debezium processor's
+//! CPU time per message against autosql's.
 //! `scripts/bench` builds everything in release and runs it; see bench/README.md.
 //!
-//! Depends on lapin, tokio-postgres and the release `golconde` binary and plugin
-//! libraries found beside this executable. Key decisions: Golconde is measured as the
+//! Depends on lapin, tokio-postgres, mysql_async and the release `golconde` binary and
+//! plugin libraries found beside this executable. Key decisions: Golconde is measured as the
 //! real daemon process, on a queue pre-loaded before the clock starts; every run is
 //! checked for correctness (every key at its last version, nothing left on the queue),
 //! so a fast but wrong run fails the bench instead of producing a figure.
@@ -14,6 +16,7 @@
 mod broker;
 mod daemon;
 mod db;
+mod mariadb;
 mod report;
 mod workload;
 
@@ -25,14 +28,14 @@ use clap::Parser;
 
 use crate::daemon::{Daemon, Rss, Setup};
 use crate::report::{Figure, Report};
-use crate::workload::{Expected, Workload};
+use crate::workload::{Expected, Format, Workload};
 
 /// The prefetch of ceiling A and the baseline: Golconde's default for one worker
 /// (2 x batch.max_messages x workers).
 const PREFETCH: u16 = 1000;
 
-const PARTS: [&str; 7] = [
-    "amqp", "process", "stomp", "ceilings", "baseline", "latency", "memory",
+const PARTS: [&str; 9] = [
+    "amqp", "process", "mysql", "debezium", "stomp", "ceilings", "baseline", "latency", "memory",
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -66,7 +69,9 @@ struct Args {
     #[arg(long)]
     batch: Option<u32>,
     /// Parts to run, comma-separated: amqp, process (AMQP with the pipeline in a process of
-    /// its own), stomp, ceilings, baseline, latency, memory.
+    /// its own), mysql (AMQP -> autosql -> MariaDB), debezium (AMQP -> debezium -> postgres,
+    /// beside amqp's autosql runs), stomp, ceilings (A: broker, B: PostgreSQL, C: MariaDB),
+    /// baseline, latency, memory.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -146,10 +151,98 @@ impl Plan {
     }
 }
 
+/// What one Golconde run is made of: its transport, where its pipeline runs, its
+/// processor and its database plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mode {
+    transport: &'static str,
+    process: bool,
+    processor: &'static str,
+    database: &'static str,
+}
+
+impl Mode {
+    /// AMQP -> autosql -> postgres in thread mode: what the targets of issue 6 are about.
+    const AMQP: Mode = Mode {
+        transport: "amqp",
+        process: false,
+        processor: "autosql",
+        database: "postgres",
+    };
+    const PROCESS: Mode = Mode {
+        process: true,
+        ..Mode::AMQP
+    };
+    const STOMP: Mode = Mode {
+        transport: "stomp",
+        ..Mode::AMQP
+    };
+    const MARIADB: Mode = Mode {
+        database: "mysql",
+        ..Mode::AMQP
+    };
+    const DEBEZIUM: Mode = Mode {
+        processor: "debezium",
+        ..Mode::AMQP
+    };
+
+    fn format(&self) -> Format {
+        match self.processor {
+            "debezium" => Format::Debezium,
+            _ => Format::Golconde,
+        }
+    }
+
+    /// The name of an end-to-end figure; the report and the targets find figures by their
+    /// fields, not by this.
+    fn figure_name(&self, workers: u32) -> String {
+        let mut name = format!("golconde {}", self.transport);
+        if self.process {
+            name.push_str(" (process isolation)");
+        }
+        if self.processor != "autosql" {
+            name.push_str(&format!(" ({} events)", self.processor));
+        }
+        if self.database == "mysql" {
+            name.push_str(" -> mariadb");
+        }
+        format!("{name}, workers={workers}")
+    }
+
+    fn figure(&self, workers: u32, messages: u64) -> Figure {
+        let mut figure = Figure::new(&self.figure_name(workers), messages);
+        figure.golconde = Some(self.transport.into());
+        figure.process = self.process;
+        figure.processor = self.processor.into();
+        figure.database = self.database.into();
+        figure.workers = workers;
+        figure
+    }
+}
+
+/// What one Golconde run measured.
+struct Run {
+    elapsed: Duration,
+    rss: Rss,
+    /// CPU time of the daemon (and its child) from consuming to drained.
+    cpu: Duration,
+}
+
+impl Run {
+    fn record(&self, figure: &mut Figure, messages: u64) {
+        figure.rate(messages, self.elapsed);
+        figure.rss(&self.rss);
+        figure.cpu(messages, self.cpu);
+    }
+}
+
 struct Bench {
     plan: Plan,
     db: db::Database,
     client: tokio_postgres::Client,
+    /// The bench's MariaDB database and a connection to it, for the ceilings and mysql
+    /// parts.
+    maria: Option<(mariadb::Database, mysql_async::Conn)>,
     amqp: lapin::Connection,
     channel: lapin::Channel,
     golconde: PathBuf,
@@ -181,10 +274,21 @@ async fn run(args: Args) -> Result<()> {
             .to_path_buf(),
     };
     let golconde = release.join("golconde");
-    for file in ["golconde", "libgolconde_amqp.so", "libgolconde_stomp.so"]
-        .into_iter()
-        .chain(["libgolconde_autosql.so", "libgolconde_postgres.so"])
-    {
+    let mut files = vec![
+        "golconde",
+        "libgolconde_amqp.so",
+        "libgolconde_stomp.so",
+        "libgolconde_autosql.so",
+        "libgolconde_postgres.so",
+    ];
+    // Asked for only when used, so that an older build without them can run the rest.
+    if plan.wants("mysql") {
+        files.push("libgolconde_mysql.so");
+    }
+    if plan.wants("debezium") {
+        files.push("libgolconde_debezium.so");
+    }
+    for file in files {
         if !release.join(file).exists() {
             bail!(
                 "{} is missing: build the release binaries first (scripts/bench does)",
@@ -194,11 +298,20 @@ async fn run(args: Args) -> Result<()> {
     }
     let id = std::process::id();
     let database = db::Database::create(&format!("golconde_bench_{id}")).await?;
+    let maria_name = format!("golconde_bench_{id}");
+    let wants_maria = plan.wants("ceilings") || plan.wants("mysql");
     let scratch = std::env::temp_dir().join(format!("golconde-bench-{id}"));
     let outcome = async {
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
         let client = database.client().await?;
+        let maria = if wants_maria {
+            let maria = mariadb::Database::create(&maria_name).await?;
+            let conn = maria.connect().await?;
+            Some((maria, conn))
+        } else {
+            None
+        };
         let amqp = broker::connect().await?;
         let channel = amqp.create_channel().await?;
         let mut bench = Bench {
@@ -208,6 +321,7 @@ async fn run(args: Args) -> Result<()> {
                 dsn: database.dsn.clone(),
             },
             client,
+            maria,
             amqp,
             channel,
             golconde,
@@ -219,13 +333,22 @@ async fn run(args: Args) -> Result<()> {
         let measured = bench.measure().await;
         bench.delete_queues().await;
         bench.amqp.close(200, "done".into()).await.ok();
+        if let Some((_, conn)) = bench.maria.take() {
+            conn.disconnect().await.ok();
+        }
         measured.map(|()| bench)
     }
     .await;
     let dropped = database.drop_all().await;
+    let maria_dropped = if wants_maria {
+        mariadb::drop_database(&maria_name).await
+    } else {
+        Ok(())
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let bench = outcome?;
     dropped?;
+    maria_dropped?;
     bench.report.print(&bench.plan_summary());
     if !bench.plan.smoke || args.results_dir.is_some() {
         let dir = args
@@ -235,16 +358,6 @@ async fn run(args: Args) -> Result<()> {
         println!("\nwritten to {}", path.display());
     }
     Ok(())
-}
-
-/// The name of an end-to-end figure; the report and the targets find figures by their
-/// fields, not by this.
-fn figure_name(transport: &str, process: bool, workers: u32) -> String {
-    if process {
-        format!("golconde {transport} (process isolation), workers={workers}")
-    } else {
-        format!("golconde {transport}, workers={workers}")
-    }
 }
 
 /// One line per run on stderr, so a long bench shows it is alive.
@@ -266,6 +379,10 @@ impl Bench {
             "workers": p.workers,
             "batch_max_messages": p.batch,
             "prefetch_ceiling_and_baseline": PREFETCH,
+            "message_bytes": {
+                "golconde": p.workload.body(0).len(),
+                "debezium": p.workload.debezium_body(0).len(),
+            },
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         })
     }
@@ -281,7 +398,7 @@ impl Bench {
             ] {
                 let mut figure = Figure::new(name, workload.messages);
                 for _ in 0..runs {
-                    let queue = self.loaded_queue(workload).await?;
+                    let queue = self.loaded_queue(workload, Format::Golconde).await?;
                     let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
                         .await?;
                     self.expect_empty(&queue).await?;
@@ -293,8 +410,7 @@ impl Bench {
                 }
                 self.report.add(figure);
             }
-            let mut figure =
-                Figure::new("ceiling B: database, 1,000-row UNNEST", workload.messages);
+            let mut figure = Figure::new(report::CEILING_B, workload.messages);
             for _ in 0..runs {
                 db::truncate(&self.client).await?;
                 let t = db::ceiling(&self.client, &workload).await?;
@@ -308,6 +424,21 @@ impl Bench {
                 figure.rate(workload.messages, t);
             }
             self.report.add(figure);
+            let mut figure = Figure::new(report::CEILING_C, workload.messages);
+            for _ in 0..runs {
+                let conn = self.maria()?;
+                mariadb::truncate(conn).await?;
+                let t = mariadb::ceiling(conn, &workload).await?;
+                mariadb::verify(conn, &workload, &expected)
+                    .await
+                    .context("after ceiling C")?;
+                progress(&format!(
+                    "ceiling C: {:.0}/s",
+                    workload.messages as f64 / t.as_secs_f64()
+                ));
+                figure.rate(workload.messages, t);
+            }
+            self.report.add(figure);
         }
         if self.plan.wants("baseline") {
             let base = self.plan.baseline;
@@ -315,7 +446,7 @@ impl Bench {
             let mut figure = Figure::new("baseline: 1 upsert + ack per message", base.messages);
             for _ in 0..runs {
                 db::truncate(&self.client).await?;
-                let queue = self.loaded_queue(base).await?;
+                let queue = self.loaded_queue(base, Format::Golconde).await?;
                 let t = broker::baseline(&self.amqp, &self.client, &queue, base.messages, PREFETCH)
                     .await?;
                 self.expect_empty(&queue).await?;
@@ -330,62 +461,51 @@ impl Bench {
             }
             self.report.add(figure);
         }
-        // Thread and process mode take turns, run by run, so that whatever else the shared
-        // machine does weighs on both alike and their ratio holds.
-        let modes: Vec<bool> = [("amqp", false), ("process", true)]
-            .into_iter()
-            .filter(|(part, _)| self.plan.wants(part))
-            .map(|(_, process)| process)
-            .collect();
-        for workers in self.plan.workers.clone() {
-            if modes.is_empty() {
-                break;
-            }
-            let mut figures: Vec<Figure> = modes
-                .iter()
-                .map(|&process| {
-                    let mut figure =
-                        Figure::new(&figure_name("amqp", process, workers), workload.messages);
-                    figure.golconde = Some("amqp".into());
-                    figure.process = process;
-                    figure.workers = workers;
-                    figure
-                })
-                .collect();
-            for run in 0..runs {
-                let mut order: Vec<usize> = (0..figures.len()).collect();
-                if run % 2 == 1 {
-                    order.reverse();
-                }
-                for i in order {
-                    let figure = &mut figures[i];
-                    let (t, rss) = self
-                        .golconde("amqp", figure.process, workers, workload, &expected)
-                        .await
-                        .with_context(|| figure.name.clone())?;
-                    figure.rate(workload.messages, t);
-                    figure.rss(&rss);
-                }
-            }
-            for figure in figures {
-                self.report.add(figure);
-            }
-        }
+        // The AMQP modes take turns, run by run (in one order, then the reverse), so that
+        // whatever else the shared machine does weighs on all alike and their ratios hold.
+        // Debezium runs next to autosql's thread mode, its reference, in both orders.
+        let modes: Vec<Mode> = [
+            (
+                Mode::AMQP,
+                self.plan.wants("amqp") || self.plan.wants("debezium"),
+            ),
+            (Mode::DEBEZIUM, self.plan.wants("debezium")),
+            (Mode::PROCESS, self.plan.wants("process")),
+            (Mode::MARIADB, self.plan.wants("mysql")),
+        ]
+        .into_iter()
+        .filter(|(_, wanted)| *wanted)
+        .map(|(mode, _)| mode)
+        .collect();
+        let mut turns = vec![modes];
         if self.plan.wants("stomp") {
+            turns.push(vec![Mode::STOMP]);
+        }
+        for modes in turns {
             for workers in self.plan.workers.clone() {
-                let name = figure_name("stomp", false, workers);
-                let mut figure = Figure::new(&name, workload.messages);
-                for _ in 0..runs {
-                    let (t, rss) = self
-                        .golconde("stomp", false, workers, workload, &expected)
-                        .await
-                        .with_context(|| name.clone())?;
-                    figure.rate(workload.messages, t);
-                    figure.rss(&rss);
+                if modes.is_empty() {
+                    break;
                 }
-                figure.golconde = Some("stomp".into());
-                figure.workers = workers;
-                self.report.add(figure);
+                let mut figures: Vec<Figure> = modes
+                    .iter()
+                    .map(|mode| mode.figure(workers, workload.messages))
+                    .collect();
+                for run in 0..runs {
+                    let mut order: Vec<usize> = (0..modes.len()).collect();
+                    if run % 2 == 1 {
+                        order.reverse();
+                    }
+                    for i in order {
+                        let figure = &mut figures[i];
+                        self.golconde(modes[i], workers, workload, &expected)
+                            .await
+                            .with_context(|| figure.name.clone())?
+                            .record(figure, workload.messages);
+                    }
+                }
+                for figure in figures {
+                    self.report.add(figure);
+                }
             }
         }
         if self.plan.wants("latency") {
@@ -402,12 +522,10 @@ impl Bench {
                 let name = format!("memory: golconde amqp, workers={workers}");
                 let mut figure = Figure::new(&name, messages);
                 for _ in 0..runs {
-                    let (t, rss) = self
-                        .golconde("amqp", false, workers, w, &e)
+                    self.golconde(Mode::AMQP, workers, w, &e)
                         .await
-                        .with_context(|| format!("{name}, {messages} messages"))?;
-                    figure.rate(messages, t);
-                    figure.rss(&rss);
+                        .with_context(|| format!("{name}, {messages} messages"))?
+                        .record(&mut figure, messages);
                 }
                 figure.memory = true;
                 figure.workers = workers;
@@ -417,11 +535,47 @@ impl Bench {
         Ok(())
     }
 
-    /// A fresh durable queue of the bench holding `workload`, all confirmed.
-    async fn loaded_queue(&mut self, workload: Workload) -> Result<String> {
+    /// A fresh durable queue of the bench holding `workload` written in `format`, all
+    /// confirmed.
+    async fn loaded_queue(&mut self, workload: Workload, format: Format) -> Result<String> {
         let queue = self.fresh_queue().await?;
-        broker::preload(&self.amqp, &queue, broker::bodies(workload)).await?;
+        broker::preload(&self.amqp, &queue, broker::bodies(workload, format)).await?;
         Ok(queue)
+    }
+
+    /// The connection to the bench's MariaDB database.
+    fn maria(&mut self) -> Result<&mut mysql_async::Conn> {
+        match &mut self.maria {
+            Some((_, conn)) => Ok(conn),
+            None => bail!("MariaDB is used only by the ceilings and mysql parts"),
+        }
+    }
+
+    /// Empties `users` in the database `database` (a database plugin's name) writes.
+    async fn truncate(&mut self, database: &str) -> Result<()> {
+        match database {
+            "mysql" => mariadb::truncate(self.maria()?).await,
+            _ => db::truncate(&self.client).await,
+        }
+    }
+
+    async fn reached(&mut self, database: &str, expected: &Expected) -> Result<bool> {
+        match database {
+            "mysql" => mariadb::reached(self.maria()?, expected).await,
+            _ => db::reached(&self.client, expected).await,
+        }
+    }
+
+    async fn verify(
+        &mut self,
+        database: &str,
+        workload: &Workload,
+        expected: &Expected,
+    ) -> Result<()> {
+        match database {
+            "mysql" => mariadb::verify(self.maria()?, workload, expected).await,
+            _ => db::verify(&self.client, workload, expected).await,
+        }
     }
 
     /// Deletes every queue this run declared, including those a failed part left behind.
@@ -455,22 +609,25 @@ impl Bench {
         Ok(())
     }
 
-    fn start(
-        &self,
-        transport: &str,
-        process: bool,
-        queue: &str,
-        table: &str,
-        workers: u32,
-    ) -> Result<Daemon> {
+    fn start(&self, mode: Mode, queue: &str, table: &str, workers: u32) -> Result<Daemon> {
+        let dsn = match mode.database {
+            "mysql" => self
+                .maria
+                .as_ref()
+                .map(|(db, _)| db.dsn.as_str())
+                .context("MariaDB is used only by the ceilings and mysql parts")?,
+            _ => &self.db.dsn,
+        };
         let setup = Setup {
-            transport,
+            transport: mode.transport,
             queue,
+            processor: mode.processor,
+            database: mode.database,
             table,
             workers,
-            dsn: &self.db.dsn,
+            dsn,
             batch: self.plan.batch,
-            process,
+            process: mode.process,
         };
         let path = self.scratch.join(format!("{queue}.toml"));
         Daemon::start(
@@ -481,20 +638,20 @@ impl Bench {
     }
 
     /// One Golconde run over a pre-loaded queue: the time from the pipeline starting to
-    /// consume until the queue is empty and the table holds the final state, and the peak
-    /// RSS of the daemon and of the pipeline's process (with `process`, the pipeline runs in
-    /// one). Fails unless every row is right and every message acknowledged.
+    /// consume until the queue is empty and the table holds the final state, the peak RSS
+    /// of the daemon and of the pipeline's process (with `process`, the pipeline runs in
+    /// one) and the CPU time they used meanwhile. Fails unless every row is right and every
+    /// message acknowledged.
     async fn golconde(
         &mut self,
-        transport: &str,
-        process: bool,
+        mode: Mode,
         workers: u32,
         workload: Workload,
         expected: &Expected,
-    ) -> Result<(Duration, Rss)> {
-        db::truncate(&self.client).await?;
-        let queue = self.loaded_queue(workload).await?;
-        let mut daemon = self.start(transport, process, &queue, "users", workers)?;
+    ) -> Result<Run> {
+        self.truncate(mode.database).await?;
+        let queue = self.loaded_queue(workload, mode.format()).await?;
+        let mut daemon = self.start(mode, &queue, "users", workers)?;
         let limit = Duration::from_secs(60 + workload.messages / 500);
         loop {
             daemon.check_alive()?;
@@ -505,13 +662,14 @@ impl Bench {
                 );
             }
             if broker::ready(&self.channel, &queue).await? == 0
-                && db::reached(&self.client, expected).await?
+                && self.reached(mode.database, expected).await?
             {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let end = Instant::now();
+        let cpu = daemon.cpu_since_consuming()?;
         let start = daemon.consuming_since().unwrap_or(daemon.spawned);
         let rss = daemon.peak_rss()?;
         let mb = |bytes: u64| bytes as f64 / 1048576.0;
@@ -522,7 +680,7 @@ impl Bench {
                 mb(child)
             )
         });
-        if process && rss.child.is_none() {
+        if mode.process && rss.child.is_none() {
             bail!(
                 "the pipeline ran in process isolation but the daemon (pid {}) had no child \
                  process to measure; its log ends:\n{}",
@@ -531,18 +689,23 @@ impl Bench {
             );
         }
         progress(&format!(
-            "golconde {transport}{} workers={workers}: {} messages in {:.3} s ({:.0}/s; startup {} ms), peak RSS {:.1} MB{child}",
-            if process { " (process)" } else { "" },
+            "{}: {} messages in {:.3} s ({:.0}/s; startup {} ms), CPU {:.1} us/msg, peak RSS {:.1} MB{child}",
+            mode.figure_name(workers),
             workload.messages,
             (end - start).as_secs_f64(),
             workload.messages as f64 / (end - start).as_secs_f64(),
             (start - daemon.spawned).as_millis(),
+            cpu.as_secs_f64() * 1e6 / workload.messages as f64,
             mb(rss.total()),
         ));
         daemon.stop()?;
-        db::verify(&self.client, &workload, expected).await?;
+        self.verify(mode.database, &workload, expected).await?;
         self.expect_empty(&queue).await?;
-        Ok((end - start, rss))
+        Ok(Run {
+            elapsed: end - start,
+            rss,
+            cpu,
+        })
     }
 
     async fn latency(&mut self) -> Result<()> {
@@ -587,7 +750,7 @@ impl Bench {
         for _ in 0..self.plan.runs {
             db::truncate(&self.client).await?;
             let queue = self.fresh_queue().await?;
-            let mut daemon = self.start("amqp", false, &queue, "users_latency", workers)?;
+            let mut daemon = self.start(Mode::AMQP, &queue, "users_latency", workers)?;
             while daemon.consuming_since().is_none() {
                 daemon.check_alive()?;
                 if daemon.spawned.elapsed() > Duration::from_secs(30) {

@@ -1,6 +1,7 @@
 //! The figures of one bench run: medians with min and max over the runs, ratios to the
-//! ceilings and the baseline, the targets of issue 6 and of process isolation, printed as
-//! one table and written as JSON.
+//! ceilings and the baseline, the targets of issue 6, of process isolation and of the
+//! `mysql` plugin, the `debezium` processor's cost against `autosql`'s, printed as one
+//! table and written as JSON.
 //!
 //! Depends on serde_json. Key decision: ratios are computed from medians measured in the
 //! same run on the same machine, never from figures remembered from elsewhere.
@@ -16,6 +17,7 @@ use crate::daemon::Rss;
 pub const CEILING_A: &str = "ceiling A: broker, ack each";
 pub const CEILING_A_CUMULATIVE: &str = "ceiling A: broker, ack every 100";
 pub const CEILING_B: &str = "ceiling B: database, 1,000-row UNNEST";
+pub const CEILING_C: &str = "ceiling C: mariadb, 1,000-row INSERT ... ON DUPLICATE KEY UPDATE";
 pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
 
 #[derive(Default)]
@@ -31,8 +33,15 @@ pub struct Figure {
     pub p50: Vec<f64>,
     pub p99: Vec<f64>,
     pub max: Vec<f64>,
+    /// CPU time (user and system) of the daemon and its child per message, in µs, from
+    /// the start of consuming to the end of the drain.
+    pub cpu_us: Vec<f64>,
     /// The transport, for Golconde's throughput figures.
     pub golconde: Option<String>,
+    /// The processor and database plugins of a Golconde figure (`autosql`, `postgres`
+    /// unless set otherwise).
+    pub processor: String,
+    pub database: String,
     /// The pipeline ran in a process of its own (`isolation = "process"`).
     pub process: bool,
     pub workers: u32,
@@ -79,8 +88,28 @@ impl Figure {
         Figure {
             name: name.to_string(),
             messages,
+            processor: "autosql".into(),
+            database: "postgres".into(),
             ..Figure::default()
         }
+    }
+
+    /// CPU time the daemon used to drain `messages` messages.
+    pub fn cpu(&mut self, messages: u64, cpu: Duration) {
+        self.cpu_us
+            .push(cpu.as_secs_f64() * 1e6 / messages.max(1) as f64);
+    }
+
+    /// The pipeline the targets of issue 6 are about: autosql into PostgreSQL.
+    fn is_reference(&self) -> bool {
+        self.processor == "autosql" && self.database == "postgres"
+    }
+
+    /// Ratios to the ceilings apply to Golconde's autosql figures (PostgreSQL: A and B;
+    /// MariaDB: A and C). The debezium figures have messages of another size than ceiling
+    /// A's, so they are compared with autosql's instead.
+    fn has_ratios(&self) -> bool {
+        (self.golconde.is_some() || self.memory) && self.processor == "autosql"
     }
 
     pub fn rate(&mut self, messages: u64, elapsed: Duration) {
@@ -101,6 +130,29 @@ impl Figure {
         self.p50.push(percentile(sorted_ms, 50.0));
         self.p99.push(percentile(sorted_ms, 99.0));
         self.max.push(*sorted_ms.last().unwrap_or(&f64::NAN));
+    }
+}
+
+/// The debezium processor against autosql at one worker count: medians, debezium first.
+struct Cost {
+    workers: u32,
+    cpu_us: (f64, f64),
+    rate: (f64, f64),
+}
+
+impl Cost {
+    fn text(&self) -> String {
+        format!(
+            "workers={}: CPU {:.1} vs {:.1} us per message = {:.2}x ({:+.1} us); {:.0} vs {:.0} msgs/s = {:.2}x",
+            self.workers,
+            self.cpu_us.0,
+            self.cpu_us.1,
+            self.cpu_us.0 / self.cpu_us.1,
+            self.cpu_us.0 - self.cpu_us.1,
+            self.rate.0,
+            self.rate.1,
+            self.rate.0 / self.rate.1
+        )
     }
 }
 
@@ -130,12 +182,16 @@ impl Report {
         spread(&f.rates).map(|s| s.median)
     }
 
-    /// The best median end-to-end rate over `transport`, in thread mode (the default), and
-    /// its worker count.
+    /// The best median end-to-end rate over `transport` into PostgreSQL with autosql, in
+    /// thread mode (the default), and its worker count.
     pub fn best_golconde(&self, transport: &str) -> Option<(f64, u32)> {
+        self.best(|f| f.golconde.as_deref() == Some(transport) && !f.process && f.is_reference())
+    }
+
+    fn best(&self, pick: impl Fn(&Figure) -> bool) -> Option<(f64, u32)> {
         self.figures
             .iter()
-            .filter(|f| f.golconde.as_deref() == Some(transport) && !f.process)
+            .filter(|f| pick(f))
             .filter_map(|f| spread(&f.rates).map(|s| (s.median, f.workers)))
             .max_by(|a, b| a.0.total_cmp(&b.0))
     }
@@ -144,20 +200,29 @@ impl Report {
         let Some(rate) = spread(&figure.rates).map(|s| s.median) else {
             return json!({});
         };
+        if !figure.has_ratios() {
+            return json!({});
+        }
         let a = self.median_rate(CEILING_A);
         let ac = self.median_rate(CEILING_A_CUMULATIVE);
-        let b = self.median_rate(CEILING_B);
-        let min_ab = match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            _ => None,
-        };
-        let base = self.median_rate(BASELINE);
         let r = |c: Option<f64>| c.map(|c| rate / c);
+        let lower = |c: Option<f64>| a.zip(c).map(|(a, c)| a.min(c));
+        if figure.database == "mysql" {
+            let c = self.median_rate(CEILING_C);
+            return json!({
+                "to_ceiling_a_ack_each": r(a),
+                "to_ceiling_a_ack_every_100": r(ac),
+                "to_ceiling_c": r(c),
+                "to_min_ceiling_a_c": r(lower(c)),
+            });
+        }
+        let b = self.median_rate(CEILING_B);
+        let base = self.median_rate(BASELINE);
         json!({
             "to_ceiling_a_ack_each": r(a),
             "to_ceiling_a_ack_every_100": r(ac),
             "to_ceiling_b": r(b),
-            "to_min_ceiling": r(min_ab),
+            "to_min_ceiling": r(lower(b)),
             "to_baseline": r(base),
         })
     }
@@ -211,6 +276,17 @@ impl Report {
             peak.map(|p| p < 150.0),
         ));
         out.extend(self.isolation_targets());
+        let mysql = self
+            .best(|f| f.golconde.as_deref() == Some("amqp") && f.database == "mysql" && !f.process);
+        let c = a.zip(self.median_rate(CEILING_C)).map(|(a, c)| a.min(c));
+        out.push((
+            format!(
+                "end-to-end AMQP -> MariaDB >= 0.8 x min(ceiling A, ceiling C): {}{}",
+                fmt_ratio(mysql.zip(c).map(|((r, _), c)| r / c)),
+                mysql.map_or(String::new(), |(_, w)| format!(" (workers={w})"))
+            ),
+            mysql.zip(c).map(|((r, _), c)| r >= 0.8 * c),
+        ));
         let memory: Vec<(u64, f64)> = self
             .figures
             .iter()
@@ -237,7 +313,11 @@ impl Report {
         let amqp = |process: bool| {
             self.figures
                 .iter()
-                .filter(move |f| f.golconde.as_deref() == Some("amqp") && f.process == process)
+                .filter(move |f| {
+                    f.golconde.as_deref() == Some("amqp")
+                        && f.process == process
+                        && f.is_reference()
+                })
                 .filter_map(|f| spread(&f.rates).map(|s| (f.workers, s.median)))
         };
         let thread: Vec<(u32, f64)> = amqp(false).collect();
@@ -268,64 +348,76 @@ impl Report {
             .collect()
     }
 
+    /// The debezium processor against autosql, per worker count measured with both: the
+    /// same rows over AMQP into PostgreSQL in thread mode, in the same run.
+    fn processor_costs(&self) -> Vec<Cost> {
+        let median = |v: &[f64]| spread(v).map(|s| s.median);
+        let thread = |processor: &'static str| {
+            self.figures.iter().filter(move |f| {
+                f.golconde.as_deref() == Some("amqp")
+                    && !f.process
+                    && f.database == "postgres"
+                    && f.processor == processor
+            })
+        };
+        thread("debezium")
+            .filter_map(|d| {
+                let a = thread("autosql").find(|a| a.workers == d.workers)?;
+                Some(Cost {
+                    workers: d.workers,
+                    cpu_us: (median(&d.cpu_us)?, median(&a.cpu_us)?),
+                    rate: (median(&d.rates)?, median(&a.rates)?),
+                })
+            })
+            .collect()
+    }
+
     pub fn print(&self, plan: &Value) {
         println!();
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20} {:>15}",
+            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
             "part",
             "messages",
             "msgs/s median [min-max]",
             "/A",
             "/Acum",
             "/B",
+            "/C",
             "/minAB",
+            "/minAC",
             "x base",
+            "CPU us/msg",
             "p50 ms",
             "p99 ms",
             "max ms",
             "peak RSS MB",
-            "daemon+child MB"
+            "daemon+child"
         );
         for f in &self.figures {
             let ratios = self.ratios(f);
-            let g = |k: &str| fmt_ratio(ratios.get(k).and_then(Value::as_f64));
-            let golconde = f.golconde.is_some() || f.memory;
+            let g = |k: &str| match ratios.get(k) {
+                Some(v) => fmt_ratio(v.as_f64()),
+                None => "".into(),
+            };
             let split = match (spread(&f.rss_daemon), spread(&f.rss_child)) {
                 (Some(d), Some(c)) => format!("{:.1}+{:.1}", d.median, c.median),
                 _ => "-".into(),
             };
             println!(
-                "{:<52} {:>9} {:>26} {:>6} {:>6} {:>6} {:>6} {:>7} {:>20} {:>20} {:>8} {:>20} {:>15}",
+                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
-                if golconde {
-                    g("to_ceiling_a_ack_each")
-                } else {
-                    "".into()
-                },
-                if golconde {
-                    g("to_ceiling_a_ack_every_100")
-                } else {
-                    "".into()
-                },
-                if golconde {
-                    g("to_ceiling_b")
-                } else {
-                    "".into()
-                },
-                if golconde {
-                    g("to_min_ceiling")
-                } else {
-                    "".into()
-                },
-                if golconde {
-                    g("to_baseline")
-                } else {
-                    "".into()
-                },
+                g("to_ceiling_a_ack_each"),
+                g("to_ceiling_a_ack_every_100"),
+                g("to_ceiling_b"),
+                g("to_ceiling_c"),
+                g("to_min_ceiling"),
+                g("to_min_ceiling_a_c"),
+                g("to_baseline"),
+                fmt_spread(spread(&f.cpu_us), 1),
                 fmt_spread(spread(&f.p50), 1),
                 fmt_spread(spread(&f.p99), 1),
                 spread(&f.max).map_or("-".into(), |s| format!("{:.1}", s.median)),
@@ -333,8 +425,19 @@ impl Report {
                 split,
             );
         }
+        let costs = self.processor_costs();
+        if !costs.is_empty() {
+            println!();
+            println!(
+                "debezium against autosql (same rows over AMQP into PostgreSQL, same run; \
+                 daemon CPU time per message, medians):"
+            );
+            for c in &costs {
+                println!("  {}", c.text());
+            }
+        }
         println!();
-        println!("targets (issue 6, and process isolation):");
+        println!("targets (issue 6, process isolation, mysql):");
         for (text, met) in self.targets() {
             let mark = match met {
                 Some(true) => "met   ",
@@ -363,7 +466,10 @@ impl Report {
                     "part": f.name,
                     "messages": f.messages,
                     "msgs_per_s": s(&f.rates),
-                    "ratios": if f.golconde.is_some() || f.memory { self.ratios(f) } else { json!({}) },
+                    "ratios": self.ratios(f),
+                    "cpu_us_per_message": s(&f.cpu_us),
+                    "processor": f.golconde.as_ref().map(|_| &f.processor),
+                    "database": f.golconde.as_ref().map(|_| &f.database),
                     "p50_ms": s(&f.p50),
                     "p99_ms": s(&f.p99),
                     "max_ms": s(&f.max),
@@ -379,8 +485,25 @@ impl Report {
             .into_iter()
             .map(|(text, met)| json!({"target": text, "met": met}))
             .collect();
+        let costs: Vec<Value> = self
+            .processor_costs()
+            .iter()
+            .map(|c| {
+                json!({
+                    "workers": c.workers,
+                    "cpu_us_per_message_debezium": c.cpu_us.0,
+                    "cpu_us_per_message_autosql": c.cpu_us.1,
+                    "cpu_ratio_debezium_to_autosql": c.cpu_us.0 / c.cpu_us.1,
+                    "cpu_us_difference": c.cpu_us.0 - c.cpu_us.1,
+                    "msgs_per_s_debezium": c.rate.0,
+                    "msgs_per_s_autosql": c.rate.1,
+                    "rate_ratio_debezium_to_autosql": c.rate.0 / c.rate.1,
+                })
+            })
+            .collect();
         let doc = json!({"at": crate::workload::timestamp(now), "plan": plan,
-                         "figures": figures, "targets": targets});
+                         "figures": figures, "targets": targets,
+                         "debezium_against_autosql": costs});
         std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
@@ -437,6 +560,69 @@ mod tests {
         assert_eq!(targets[1].1, Some(false));
         // Process mode never stands in for thread mode's best rate.
         assert_eq!(report.best_golconde("amqp"), Some((200.0, 4)));
+    }
+
+    fn rated(name: &str, rates: &[f64]) -> Figure {
+        let mut f = Figure::new(name, 1);
+        f.rates = rates.to_vec();
+        f
+    }
+
+    #[test]
+    fn mariadb_is_held_to_the_lower_of_the_broker_and_ceiling_c() {
+        let mut report = Report::default();
+        report.add(rated(CEILING_A, &[1000.0]));
+        report.add(rated(CEILING_B, &[2000.0]));
+        let mut mysql = amqp(false, 4, &[700.0]);
+        mysql.database = "mysql".into();
+        report.add(mysql);
+        let target = |report: &Report| {
+            report
+                .targets()
+                .into_iter()
+                .find(|(t, _)| t.contains("MariaDB"))
+                .unwrap()
+        };
+        // Without ceiling C there is nothing to compare with; ceiling B never stands in.
+        assert_eq!(target(&report).1, None);
+        report.add(rated(CEILING_C, &[900.0]));
+        assert_eq!(
+            target(&report),
+            (
+                "end-to-end AMQP -> MariaDB >= 0.8 x min(ceiling A, ceiling C): 0.78 (workers=4)"
+                    .into(),
+                Some(false)
+            )
+        );
+        let ratios = report.ratios(&report.figures[2]);
+        assert_eq!(ratios["to_ceiling_c"].as_f64(), Some(700.0 / 900.0));
+        assert!(ratios.get("to_ceiling_b").is_none());
+        // A MariaDB figure is not PostgreSQL's best.
+        assert_eq!(report.best_golconde("amqp"), None);
+    }
+
+    #[test]
+    fn debezium_is_compared_with_autosql_at_the_same_worker_count() {
+        let mut report = Report::default();
+        let mut autosql = amqp(false, 1, &[1000.0]);
+        autosql.cpu_us = vec![40.0, 50.0, 60.0];
+        report.add(autosql);
+        let mut debezium = amqp(false, 1, &[800.0]);
+        debezium.processor = "debezium".into();
+        debezium.cpu_us = vec![75.0];
+        report.add(debezium);
+        let mut lone = amqp(false, 2, &[800.0]);
+        lone.processor = "debezium".into();
+        lone.cpu_us = vec![75.0];
+        report.add(lone);
+        let costs = report.processor_costs();
+        assert_eq!(costs.len(), 1);
+        assert_eq!(
+            costs[0].text(),
+            "workers=1: CPU 75.0 vs 50.0 us per message = 1.50x (+25.0 us); 800 vs 1000 msgs/s = 0.80x"
+        );
+        assert_eq!(report.best_golconde("amqp"), Some((1000.0, 1)));
+        assert_eq!(report.ratios(&report.figures[1]), json!({}));
     }
 
     #[test]

@@ -278,8 +278,10 @@ impl Assembly {
             let mut missing = Vec::new();
             let mut need_transport = |name: &str| {
                 let found = transports.get(name).cloned();
-                if found.is_none() {
-                    missing.push(format!("transport `{name}`"));
+                let named = format!("transport `{name}`");
+                // A transport named for the source and for dead letters is one problem.
+                if found.is_none() && !missing.contains(&named) {
+                    missing.push(named);
                 }
                 found
             };

@@ -19,7 +19,8 @@ use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
 use golconde_plugin_api::{
     abi::{Constructor, PluginKind, PluginLibRef},
     ext::{
-        construct::ConstructV1, Extension, ExtensionHeader, EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL,
+        construct::ConstructV1, delete_all::DeleteAllV1, Extension, ExtensionHeader,
+        EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL,
     },
     AbiVersion,
 };
@@ -38,6 +39,9 @@ pub struct PluginInfo {
     /// `golconde.construct` 1 (ABI 1.1), when the plugin implements it: what the host
     /// builds instances with, handing over its services.
     pub construct_v1: Option<&'static ConstructV1>,
+    /// A database that offers `golconde.delete_all` 1 (ABI 1.1): it takes a `Delete` with
+    /// an empty restriction as "every row". Without it, the host refuses such a change.
+    pub deletes_all_rows: bool,
 }
 
 /// A library that was found but cannot be used, and why.
@@ -286,22 +290,35 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
         .map(|entry| {
             let kind = entry.constructor.kind();
             let name = entry.name.as_str();
-            let construct_v1 = extensions
-                .iter()
-                .filter(|e| e.plugin.as_str() == name && e.kind.as_str() == kind.as_str())
-                .find_map(|e| e.get::<ConstructV1>())
-                .transpose()
-                .map_err(|detail| {
-                    refuse(
-                        format!(
-                            "its interface `golconde.construct` 1 for {kind} `{name}` differs \
-                             from this host's (it was built against a modified \
-                             golconde-plugin-api); rebuild it against a released one. Run with \
-                             `RUST_LOG=golconde=debug` for the layout report"
-                        ),
-                        Some(detail),
-                    )
-                })?;
+            // One interface of this plugin's, checked against the host's layout.
+            fn find<I: golconde_plugin_api::ext::Interface>(
+                extensions: &[Extension],
+                name: &str,
+                kind: PluginKind,
+                refuse: &dyn Fn(String, Option<String>) -> Refused,
+            ) -> Result<Option<&'static I>, Refused> {
+                extensions
+                    .iter()
+                    .filter(|e| e.plugin.as_str() == name && e.kind.as_str() == kind.as_str())
+                    .find_map(|e| e.get::<I>())
+                    .transpose()
+                    .map_err(|detail| {
+                        refuse(
+                            format!(
+                                "its interface `{}` {} for {kind} `{name}` differs from this \
+                                 host's (it was built against a modified golconde-plugin-api); \
+                                 rebuild it against a released one. Run with \
+                                 `RUST_LOG=golconde=debug` for the layout report",
+                                I::NAME,
+                                I::VERSION
+                            ),
+                            Some(detail),
+                        )
+                    })
+            }
+            let construct_v1 = find::<ConstructV1>(&extensions, name, kind, &refuse)?;
+            let deletes_all_rows = find::<DeleteAllV1>(&extensions, name, kind, &refuse)?
+                .is_some_and(|t| t.deletes_all_rows);
             Ok(PluginInfo {
                 file: file.to_path_buf(),
                 kind,
@@ -311,6 +328,7 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
                 abi,
                 constructor: entry.constructor,
                 construct_v1,
+                deletes_all_rows,
             })
         })
         .collect::<Result<_, _>>()

@@ -35,7 +35,7 @@ use std::{
 use abi_stable::std_types::{RSlice, RStr};
 use golconde_plugin_api::{
     abi::{ConsumerBox, DatabaseBox, ProcessorBox, SessionBox, TransportBox},
-    AckMode, Applied, Change, ConsumeOptions, Delivery, ErrorKind, Message, PluginError,
+    AckMode, Action, Applied, Change, ConsumeOptions, Delivery, ErrorKind, Message, PluginError,
     TRANSPORT_ERROR_HEADER,
 };
 
@@ -998,14 +998,31 @@ impl Dispatcher {
         }
     }
 
-    /// A pipeline writes only the tables it is configured for, whatever its processor says.
+    /// A pipeline writes only the tables it is configured for, whatever its processor says,
+    /// and deletes every row of one only through a database that declared it can.
     fn check_tables(&self, change: Change) -> Outcome {
+        let refuse = |why: String| {
+            Outcome::Failed(Failure::once(PluginError::permanent(format!(
+                "pipeline `{}`: {why}",
+                self.parts.config.name
+            ))))
+        };
         for op in change.operations.iter() {
             if let Err(why) = self.allowed.check(op.table.as_str()) {
-                return Outcome::Failed(Failure::once(PluginError::permanent(format!(
-                    "pipeline `{}`: {why}",
-                    self.parts.config.name
-                ))));
+                return refuse(why);
+            }
+            let database = &self.parts.database;
+            if op.action == Action::Delete
+                && op.restriction.is_empty()
+                && !database.plugin.deletes_all_rows
+            {
+                return refuse(format!(
+                    "the change deletes every row of table `{}` (a delete with no \
+                     restriction: a truncate), which database `{}` (plugin `{}` {}) cannot \
+                     apply; use a database plugin that can (`postgres`, `mysql`), or have the \
+                     processor refuse or skip truncates",
+                    op.table, database.name, database.plugin.name, database.plugin.version
+                ));
             }
         }
         Outcome::Pending(change)

@@ -178,7 +178,9 @@ pub struct Operation {
     /// The columns to write (`Insert`, `Upsert`, `Update`).
     pub data: RVec<Column>,
     /// The columns that select the rows (`Update`, `Delete`), all of them ANDed. Never
-    /// empty for those actions: the processor refuses "all rows".
+    /// empty for an `Update`. Empty for a `Delete` means every row of the table (ABI 1.1: a
+    /// truncate), which the host passes only to a database that declares it can
+    /// ([`crate::sdk::Database::DELETES_ALL_ROWS`]); otherwise a processor refuses "all rows".
     pub restriction: RVec<Column>,
 }
 

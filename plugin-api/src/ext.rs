@@ -19,6 +19,10 @@
 //! - [`construct`] `golconde.construct` 1 (ABI 1.1): builds an instance with the host's
 //!   [`HostServices`]: the configuration file's folder, a per-target log filter, a sink
 //!   for events that belong to no instance.
+//! - [`delete_all`] `golconde.delete_all` 1 (ABI 1.1): the database applies a `Delete`
+//!   whose restriction is empty by deleting every row of its table (a truncate). The host
+//!   sends such an operation only to a database that offers this; one built before it
+//!   never sees one.
 //!
 //! Plugin authors never touch this module: `export_plugins!` exports the list, and the SDK
 //! implements every interface for every plugin.
@@ -166,6 +170,33 @@ pub mod construct {
         /// A database.
         Database(DatabaseBox),
     }
+}
+
+/// `golconde.delete_all` 1: a marker. A database offering it applies an
+/// [`crate::Action::Delete`] with an empty restriction as "delete every row of the table",
+/// in the batch's transaction. Processors emit such an operation for a truncate (the
+/// `debezium` processor with `truncate = "apply"`); the host refuses it, as the message's
+/// fault, for a database that does not offer this interface.
+pub mod delete_all {
+    use super::*;
+
+    /// The interface's table: nothing to call, its presence is the promise.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    pub struct DeleteAllV1 {
+        /// Always `true`.
+        pub deletes_all_rows: bool,
+    }
+
+    impl Interface for DeleteAllV1 {
+        const NAME: &'static str = "golconde.delete_all";
+        const VERSION: u32 = 1;
+    }
+
+    /// The one table every database that offers the interface exports.
+    pub static DELETE_ALL_V1: DeleteAllV1 = DeleteAllV1 {
+        deletes_all_rows: true,
+    };
 }
 
 /// What a host of ABI 1.1 or later offers an instance besides [`HostContext`].

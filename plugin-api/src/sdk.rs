@@ -173,6 +173,13 @@ pub trait Database: Plugin {
     /// One connection.
     type Session: Session;
 
+    /// Whether [`Session::apply`] takes a [`Action::Delete`](crate::Action::Delete) with an
+    /// empty restriction as "delete every row of the table", in the batch's transaction (a
+    /// truncate, as change-data-capture tools report one). Since ABI 1.1; the host sends
+    /// such an operation only to a database that says `true` here, and refuses it as the
+    /// message's fault otherwise. Leave it `false` unless `apply` does exactly that.
+    const DELETES_ALL_ROWS: bool = false;
+
     /// Opens a session. Called by a worker thread when it has none: at start, and after the
     /// previous session failed or panicked. Whatever the error, the host takes it for the
     /// database's problem, never a message's: it backs off and tries again, and the pipeline
@@ -505,11 +512,19 @@ pub fn processor_extensions<T: Processor>() -> Vec<Extension> {
 
 #[doc(hidden)]
 pub fn database_extensions<T: Database>() -> Vec<Extension> {
-    vec![Extension::new(
+    let mut extensions = vec![Extension::new(
         T::NAME,
         "database",
         &Tables::<T>::CONSTRUCT_DATABASE,
-    )]
+    )];
+    if T::DELETES_ALL_ROWS {
+        extensions.push(Extension::new(
+            T::NAME,
+            "database",
+            &crate::ext::delete_all::DELETE_ALL_V1,
+        ));
+    }
+    extensions
 }
 
 #[doc(hidden)]

@@ -34,7 +34,9 @@
 //!   in `[dev-dependencies]` only (`golconde-plugin-api = { version = "1.1", features =
 //!   ["testing"] }`), so its `cdylib` carries none of it.
 //! - **Logs go to stderr**, where `cargo test` shows them for a failing test. The level is
-//!   `RUST_LOG` when that is a bare level (`debug`), and `info` otherwise.
+//!   `RUST_LOG` when that is a bare level (`debug`), and `info` otherwise. [`logged`]
+//!   captures what a plugin called directly logs on the test's thread, for tests that
+//!   assert on a warning.
 
 pub mod conformance;
 
@@ -276,3 +278,96 @@ macro_rules! __golconde_testing_library {
 /// crate's integration tests, `library!(crate)` in its unit tests. The crate must call
 /// `export_plugins!` at its root.
 pub use crate::__golconde_testing_library as library;
+
+/// Runs `f` and answers, besides its result, the warnings and errors logged on this thread
+/// while it ran (by a plugin called directly, not through the ABI, and by the tasks of a
+/// runtime it blocks on from this thread): one line each, `LEVEL target: message
+/// field=value ...`.
+///
+/// Safe with tests on parallel threads: each captures its own thread's events. `tracing`
+/// remembers per log statement whether any subscriber wants it, decided when the statement
+/// is first reached; so that a statement first reached where nothing captured does not stay
+/// off for the test that captures it next, the first call installs a global subscriber that
+/// wants every statement and writes none (unless the test binary installed one itself).
+pub fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::sync::{Arc, Mutex, Once};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    static LISTENING: Once = Once::new();
+    LISTENING.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(Listening);
+    });
+    let lines = Arc::new(Mutex::new(String::new()));
+    let subscriber = tracing_subscriber::registry().with(Capture(lines.clone()));
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = lines.lock().map(|l| l.clone()).unwrap_or_default();
+    (result, text)
+}
+
+/// Writes warnings and errors, one line each, into a shared string: see [`logged`].
+struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                let _ = if field.name() == "message" {
+                    write!(self.0, " {value:?}")
+                } else {
+                    write!(self.0, " {}={value:?}", field.name())
+                };
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                use std::fmt::Write;
+                let _ = if field.name() == "message" {
+                    write!(self.0, " {value}")
+                } else {
+                    write!(self.0, " {}={value}", field.name())
+                };
+            }
+        }
+        let metadata = event.metadata();
+        let mut fields = Fields(format!("{} {}:", metadata.level(), metadata.target()));
+        event.record(&mut fields);
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push_str(&fields.0);
+            lines.push('\n');
+        }
+    }
+}
+
+/// Wants every log statement and keeps none: see [`logged`].
+struct Listening;
+
+impl tracing::Subscriber for Listening {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

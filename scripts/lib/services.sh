@@ -1,6 +1,6 @@
 # Shared by scripts/test and scripts/demo: make sure this Debian machine has what Golconde's
-# tests and demo need, and that PostgreSQL (127.0.0.1:5432) and RabbitMQ (5672, STOMP on
-# 61613) are running. Every step checks first, so running it again changes nothing.
+# tests and demo need, and that PostgreSQL (127.0.0.1:5432), MariaDB (127.0.0.1:3306) and
+# RabbitMQ (5672, STOMP on 61613) are running. Every step checks first, so running it again changes nothing.
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -58,6 +58,29 @@ ensure_postgres() {
     fi
 }
 
+# MariaDB for the `mysql` plugin: the tests connect as root over TCP with no password.
+ensure_mariadb() {
+    command -v mariadb >/dev/null 2>&1 || apt_install mariadb-server mariadb-client
+    if ! port_open 3306; then
+        log "starting MariaDB"
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+            as_root systemctl start mariadb
+        else
+            as_root mkdir -p /run/mysqld
+            as_root chown mysql:mysql /run/mysqld
+            as_root sh -c 'mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &'
+        fi
+        wait_port 3306 MariaDB
+    fi
+    if ! mariadb -h 127.0.0.1 -u root -e 'select 1' >/dev/null 2>&1; then
+        # Debian's root authenticates by unix socket; the tests use TCP and no password.
+        log "letting MariaDB's root connect over local TCP without a password"
+        as_root mariadb -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket; FLUSH PRIVILEGES;"
+        mariadb -h 127.0.0.1 -u root -e 'select 1' >/dev/null \
+            || die "cannot connect to MariaDB at 127.0.0.1:3306 as root without a password"
+    fi
+}
+
 ensure_rabbitmq() {
     command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     if ! port_open 5672; then
@@ -111,6 +134,7 @@ stop_activemq() {
 ensure_services() {
     ensure_toolchain
     ensure_postgres
+    ensure_mariadb
     ensure_rabbitmq
 }
 

@@ -523,11 +523,21 @@ impl Cluster {
 
     /// The nodes holding a replica of quorum queue `queue`.
     pub fn members(&self, queue: &str) -> Vec<usize> {
+        self.replicas(queue, "members")
+    }
+
+    /// The nodes whose replica of quorum queue `queue` is running.
+    pub fn online(&self, queue: &str) -> Vec<usize> {
+        self.replicas(queue, "online")
+    }
+
+    /// The nodes `list_queues` names in column `column` for `queue`.
+    fn replicas(&self, queue: &str, column: &str) -> Vec<usize> {
         let mut members: Vec<usize> = self
-            .list(&["list_queues", "name", "members"])
+            .list(&["list_queues", "name", column])
             .iter()
             .find(|q| q["name"] == queue)
-            .and_then(|q| q["members"].as_array().cloned())
+            .and_then(|q| q[column].as_array().cloned())
             .unwrap_or_default()
             .iter()
             .filter_map(|name| self.node_named(name.as_str()?))
@@ -851,7 +861,7 @@ fn describe(output: &std::io::Result<Output>) -> String {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -5,6 +5,7 @@
 //! are `cdylib`s, which no test build produces on its own.
 
 pub mod broker;
+pub mod mariadb;
 pub mod services;
 
 use std::{

@@ -34,13 +34,13 @@
 //!   bytes ([`limits`]), so no message can recurse deeper or allocate more than the
 //!   limits say; a message over them is a permanent error naming the limit.
 //!
-//! May depend on: `golconde-plugin-api`, serde/serde_json (and `serde_path_to_error` for the
-//! configuration), base64, memchr. Nothing database-specific: column types are the
-//! database plugin's business.
+//! May depend on: `golconde-plugin-api`, `golconde-plugin-support` (exact numbers, the
+//! limits' scan, raw JSON objects, shared with `debezium`), serde/serde_json (and
+//! `serde_path_to_error` for the configuration), base64. Nothing database-specific: column
+//! types are the database plugin's business.
 
 pub mod limits;
 mod message;
-mod number;
 
 use std::collections::HashSet;
 

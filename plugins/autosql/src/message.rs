@@ -4,95 +4,30 @@
 //! ([`RawValue`]) until each is converted, which keeps numbers exact and lets `enrich`
 //! rewrite one field while copying every other one verbatim.
 
-use std::{
-    borrow::Cow,
-    collections::{HashMap, HashSet},
-    fmt,
-};
+use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use golconde_plugin_api::{
     Action, Applied, Change, Column, Operation, PluginError, RString, RVec, Value,
 };
-use serde::{
-    de::{MapAccess, Visitor},
-    Deserialize, Deserializer,
+use golconde_plugin_support::{
+    json::{excerpt, Object},
+    number,
 };
 use serde_json::value::RawValue;
 
-use crate::{limits, limits::Limits, number};
+use crate::{limits, limits::Limits};
 
 /// The top-level fields a message may have.
 const FIELDS: &str = "action, data, restriction, table, id";
 
-/// The fields of one JSON object, in the order written, values still as JSON text.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-/// A field name, borrowed from the message unless it had escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(v.to_string())))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut fields = Vec::new();
-                while let Some((Name(name), value)) = map.next_entry::<Name, &'de RawValue>()? {
-                    fields.push((name, value));
-                }
-                Ok(Fields(fields))
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
-impl<'a> Fields<'a> {
-    /// Reads an object; `what` names it in errors ("the message", "`data`").
-    fn parse(text: &'a str, what: &str) -> Result<Fields<'a>, String> {
-        let fields: Fields<'a> = serde_json::from_str(text).map_err(|e| {
-            if e.is_data() {
-                format!("{what} must be a JSON object, not {}", excerpt(text))
-            } else {
-                format!("{what} is not valid JSON: {e}")
-            }
-        })?;
-        // Hashed: `max_fields` allows thousands, and comparing each name with every
-        // earlier one would hold the dispatcher for seconds.
-        let mut seen = HashSet::with_capacity(fields.0.len());
-        for (name, _) in &fields.0 {
-            if !seen.insert(name.as_ref()) {
-                return Err(format!("{what} has the field `{name}` twice"));
-            }
-        }
-        Ok(fields)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+/// Reads an object; `what` names it in errors ("the message", "`data`"). A field given
+/// twice is refused.
+fn object<'a>(text: &'a str, what: &str) -> Result<Object<'a>, String> {
+    let object = Object::parse(text, what)?;
+    match object.repeated() {
+        Some(name) => Err(format!("{what} has the field `{name}` twice")),
+        None => Ok(object),
     }
 }
 
@@ -164,9 +99,9 @@ fn parse_envelope(body: &[u8], limits: &Limits) -> Result<Envelope, String> {
         .map_err(|e| format!("the message body is not UTF-8 text: {e}"))?;
     // Before anything recursive or allocating looks at the message.
     limits::check(text, limits)?;
-    let fields = Fields::parse(text, "the message")?;
+    let fields = object(text, "the message")?;
     if let Some((name, _)) = fields
-        .0
+        .fields
         .iter()
         .find(|(name, _)| !FIELDS.split(", ").any(|f| f == *name))
     {
@@ -270,10 +205,10 @@ fn columns(raw: Option<&RawValue>, what: &str) -> Result<Vec<Column>, String> {
     let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
         return Ok(Vec::new());
     };
-    let fields = Fields::parse(raw.get(), &format!("`{what}`"))
+    let fields = object(raw.get(), &format!("`{what}`"))
         .map_err(|e| format!("{e} (an object of column: value)"))?;
     fields
-        .0
+        .fields
         .into_iter()
         .map(|(name, value)| {
             if name.is_empty() {
@@ -354,15 +289,6 @@ fn verb(action: Action) -> &'static str {
     }
 }
 
-/// A value as quoted in an error message, cut short.
-fn excerpt(text: &str) -> String {
-    const MAX: usize = 60;
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
-}
-
 /// The body of the fan-out copy of an `add` message: its `data` with the columns the
 /// database returned (generated keys) written in, so that replicas insert the same keys.
 /// `None` when the message needs no change.
@@ -380,10 +306,10 @@ pub fn enrich_body(
         return Ok(None);
     }
     let text = std::str::from_utf8(body).expect("checked by parse_envelope");
-    let fields = Fields::parse(text, "the message").map_err(PluginError::permanent)?;
+    let fields = object(text, "the message").map_err(PluginError::permanent)?;
     let mut out = String::with_capacity(text.len() + 32);
     out.push('{');
-    for (i, (name, raw)) in fields.0.iter().enumerate() {
+    for (i, (name, raw)) in fields.fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -393,13 +319,13 @@ pub fn enrich_body(
             out.push_str(raw.get());
             continue;
         }
-        let data = Fields::parse(raw.get(), "`data`").map_err(PluginError::permanent)?;
+        let data = object(raw.get(), "`data`").map_err(PluginError::permanent)?;
         // The first value returned for a column wins, as it did before hashing.
         let mut by_name: HashMap<&str, &Column> = HashMap::with_capacity(returned.len());
         for column in &returned {
             by_name.entry(column.name.as_str()).or_insert(column);
         }
-        let in_data: HashSet<&str> = data.0.iter().map(|(name, _)| name.as_ref()).collect();
+        let in_data: HashSet<&str> = data.fields.iter().map(|(name, _)| name.as_ref()).collect();
         out.push('{');
         let mut first = true;
         let mut separate = |out: &mut String| {
@@ -407,7 +333,7 @@ pub fn enrich_body(
                 out.push(',');
             }
         };
-        for (column, value) in &data.0 {
+        for (column, value) in &data.fields {
             separate(&mut out);
             push_json_string(&mut out, column);
             out.push(':');

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use golconde_plugin_api::Value;
+use golconde_plugin_support::shown::{json_text, noun};
 
 use crate::{
     number::{self, Refusal},
@@ -176,7 +177,7 @@ fn cell<'a>(kind: &Kind, value: &'a Value) -> Result<Cell<'a>, String> {
                 return Ok(Cell::Text(t.as_str().into()));
             }
             let mut text = String::new();
-            json_text(value, &mut text)?;
+            json_text(value, &mut text, float_text)?;
             Ok(Cell::Text(text.into()))
         }
         Kind::Bytea => match value {
@@ -248,56 +249,6 @@ fn array_literal(element: &Kind, value: &Value, out: &mut String) -> Result<(), 
     Ok(())
 }
 
-/// A value as JSON text: JSON stays as it is, text becomes a JSON string. JSON has no
-/// infinity and no NaN, so such a float is refused rather than stored as a string.
-fn json_text(value: &Value, out: &mut String) -> Result<(), String> {
-    match value {
-        Value::Float(f) if !f.is_finite() => {
-            return Err(format!("JSON has no number {}", float_text(*f)))
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                json_text(item, out)?;
-            }
-            out.push(']');
-        }
-        _ => shown_json(value, out),
-    }
-    Ok(())
-}
-
-/// A value as JSON text for a message; a float JSON cannot hold is shown as a string.
-fn shown_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) if f.is_finite() => out.push_str(&float_text(*f)),
-        Value::Float(f) => out.push_str(&serde_json::to_string(&float_text(*f)).expect("text")),
-        Value::Numeric(t) => out.push_str(t),
-        Value::Json(t) => out.push_str(t),
-        Value::Text(t) => out.push_str(&serde_json::to_string(t.as_str()).expect("text")),
-        Value::Bytes(b) => out.push_str(
-            &serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
-                .expect("text"),
-        ),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                shown_json(item, out);
-            }
-            out.push(']');
-        }
-    }
-}
-
 /// A float as PostgreSQL reads it back exactly.
 pub fn float_text(f: f64) -> String {
     if f.is_nan() {
@@ -327,28 +278,9 @@ fn no_nul(text: Cow<'_, str>) -> Result<Cow<'_, str>, String> {
     Ok(text)
 }
 
-/// What kind of value this is, for messages.
-fn noun(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Int(_) | Value::Float(_) | Value::Numeric(_) => "a number",
-        Value::Text(_) => "a string",
-        Value::Bytes(_) => "bytes",
-        Value::Json(_) => "a JSON object",
-        Value::Array(_) => "an array",
-    }
-}
-
 /// A value as quoted in an error message, cut short.
 pub fn show(value: &Value) -> String {
-    const MAX: usize = 80;
-    let mut text = String::new();
-    shown_json(value, &mut text);
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text,
-    }
+    golconde_plugin_support::shown::show(value, float_text)
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 //! An id is scoped by the tables its change writes (`scope`: their resolved, quoted names,
 //! sorted, joined by commas): two producers or pipelines that happen to use the same ids
 //! for different tables never skip each other's changes. Beside it is the change's
-//! [`Fingerprint`](crate::fingerprint::Fingerprint) (`hash`): a change whose id and scope
-//! were applied with the same content is a replay; with other content it is not (a
-//! producer reusing ids), so it applies, with a warning, and its content becomes the one
-//! later replays are compared with.
+//! [`Fingerprint`] (`hash`): a change whose id and scope were applied with the same
+//! content is a replay; with other content it is not (a producer reusing ids), so it
+//! applies, with a warning, and its content becomes the one later replays are compared
+//! with.
 //!
 //! Each entry also keeps what its change returned (an insert's generated keys), so the
 //! fan-out copy of a replayed `add` still carries the keys the first delivery got.
@@ -16,12 +16,12 @@
 //! Entries written before scopes existed (an `applied` table whose key is the id alone)
 //! are migrated in place: they get the scope `''`, no hash, and keep skipping any change
 //! with their id until they are pruned, as they did.
+//!
+//! [`Fingerprint`]: golconde_plugin_support::fingerprint::Fingerprint
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use golconde_plugin_api::{Column, RVec, Value};
-use serde_json::{json, Value as Json};
+pub use golconde_plugin_support::applied::{decode, encode};
 use tokio_postgres::Client;
 
 use crate::schema::quote_ident;
@@ -197,106 +197,4 @@ pub async fn prune(
             &[&retention_s],
         )
         .await
-}
-
-/// What a change returned, as stored: `None` when it returned nothing.
-pub fn encode(returned: &[RVec<Column>]) -> Option<String> {
-    if returned.iter().all(|r| r.is_empty()) {
-        return None;
-    }
-    let ops: Vec<Json> = returned
-        .iter()
-        .map(|columns| {
-            Json::Array(
-                columns
-                    .iter()
-                    .map(|c| json!([c.name.as_str(), encode_value(&c.value)]))
-                    .collect(),
-            )
-        })
-        .collect();
-    Some(Json::Array(ops).to_string())
-}
-
-/// The inverse of [`encode`]; anything unreadable counts as nothing returned.
-pub fn decode(stored: Option<&str>, operations: usize) -> RVec<RVec<Column>> {
-    let mut returned: Vec<RVec<Column>> = stored
-        .and_then(|s| serde_json::from_str::<Vec<Vec<(String, Json)>>>(s).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|columns| {
-            columns
-                .into_iter()
-                .map(|(name, value)| Column::new(name, decode_value(&value)))
-                .collect()
-        })
-        .collect();
-    returned.resize(operations, RVec::new());
-    returned.into()
-}
-
-/// A value as `[tag, text]`, so that no number goes through an `f64`.
-fn encode_value(value: &Value) -> Json {
-    match value {
-        Value::Null => json!(["n"]),
-        Value::Bool(b) => json!(["b", b.to_string()]),
-        Value::Int(i) => json!(["i", i.to_string()]),
-        Value::Float(f) => json!(["f", f.to_string()]),
-        Value::Numeric(t) => json!(["d", t.as_str()]),
-        Value::Text(t) => json!(["s", t.as_str()]),
-        Value::Json(t) => json!(["j", t.as_str()]),
-        Value::Bytes(b) => json!([
-            "x",
-            base64::engine::general_purpose::STANDARD.encode(b.as_slice())
-        ]),
-        Value::Array(items) => json!(["a", items.iter().map(encode_value).collect::<Vec<_>>()]),
-    }
-}
-
-fn decode_value(json: &Json) -> Value {
-    let tag = json.get(0).and_then(Json::as_str).unwrap_or("n");
-    let item = json.get(1);
-    let text = item.and_then(Json::as_str).unwrap_or_default();
-    match tag {
-        "b" => Value::Bool(text == "true"),
-        "i" => text.parse().map(Value::Int).unwrap_or(Value::Null),
-        "f" => text.parse().map(Value::Float).unwrap_or(Value::Null),
-        "d" => Value::Numeric(text.into()),
-        "s" => Value::Text(text.into()),
-        "j" => Value::Json(text.into()),
-        "x" => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(|b| Value::Bytes(b.into()))
-            .unwrap_or(Value::Null),
-        "a" => Value::Array(
-            item.and_then(Json::as_array)
-                .map(|items| items.iter().map(decode_value).collect())
-                .unwrap_or_default(),
-        ),
-        _ => Value::Null,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn returned_columns_survive_the_round_trip() {
-        let returned = vec![
-            RVec::from(vec![
-                Column::new("id", Value::Int(i64::MAX)),
-                Column::new("code", Value::Text("a\"b".into())),
-                Column::new(
-                    "big",
-                    Value::Numeric("123456789012345678901234567890".into()),
-                ),
-            ]),
-            RVec::new(),
-        ];
-        let stored = encode(&returned).unwrap();
-        assert_eq!(decode(Some(&stored), 2).into_vec(), returned);
-        assert_eq!(encode(&[RVec::new()]), None);
-        assert_eq!(decode(None, 1).into_vec(), vec![RVec::new()]);
-    }
 }

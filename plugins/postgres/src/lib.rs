@@ -7,10 +7,12 @@
 //! groups consecutive operations of one shape into one `unnest`-based statement
 //! (`plan`), and applies the batch, isolating the changes that cannot apply
 //! (`session`); with `dedupe = true` it records change ids in the same transaction
-//! (`dedupe`), scoped by table and compared by content (`fingerprint`). Errors that may
-//! or may not pass on a retry are counted per change (`doubt`), so one message holds its
+//! (`dedupe`), scoped by table and compared by content (a change's fingerprint). Errors
+//! that may or may not pass on a retry are counted per change, so one message holds its
 //! queue back at most `max_attempts` times. `number` reads numbers exactly; `fuzzing` is
-//! for the fuzz target and is no interface.
+//! for the fuzz target and is no interface. What this plugin shares with `mysql` (the
+//! fingerprint, the counting of doubtful errors, the order of bisection, the table cache,
+//! decimal text read exactly) is `golconde-plugin-support`'s.
 //!
 //! Key decisions, and why:
 //! - **tokio-postgres with a single-threaded runtime per session**, driven only while the
@@ -33,15 +35,13 @@
 //!   `sslrootcert` or the system's roots; `sslcert`/`sslkey` for a client certificate): no
 //!   OpenSSL to link, no aws-lc to build (`tls`).
 //!
-//! May depend on: `golconde-plugin-api`, tokio (inside only), tokio-postgres, rustls (ring),
-//! serde, base64, `fastrand` (`load_balance_hosts=random`). Knows nothing of the message
+//! May depend on: `golconde-plugin-api`, `golconde-plugin-support`, tokio (inside only),
+//! tokio-postgres, rustls (ring), serde, base64, `fastrand` (`load_balance_hosts=random`). Knows nothing of the message
 //! format: that is the processor's.
 
 mod config;
 mod convert;
 mod dedupe;
-mod doubt;
-mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 mod number;
@@ -51,22 +51,19 @@ mod session;
 mod timestamp;
 mod tls;
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
 };
 
 use golconde_plugin_api::{Database, Host, Plugin, PluginError};
+use golconde_plugin_support::{applied::Pruning, doubt::Doubts};
 
 pub use config::{Config, UnknownColumns};
 pub use schema::quote_ident;
 pub use session::PgSession;
 
 use config::Settings;
-use doubt::Doubts;
 use schema::Catalog;
 
 /// What every session of one database instance shares.
@@ -76,7 +73,7 @@ pub struct Shared {
     catalog: Catalog,
     doubts: Doubts,
     dedupe_ready: AtomicBool,
-    last_prune: Mutex<Option<Instant>>,
+    pruning: Pruning,
 }
 
 impl Shared {
@@ -91,16 +88,7 @@ impl Shared {
     /// Whether it is time to prune golconde.applied; claims the turn if so. Pruning runs
     /// ten times per retention period, and at least every ten minutes.
     fn prune_due(&self) -> bool {
-        let interval = (self.settings.dedupe_retention / 10)
-            .clamp(Duration::from_secs(1), Duration::from_secs(600));
-        let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
-        match *last {
-            Some(at) if at.elapsed() < interval => false,
-            _ => {
-                *last = Some(Instant::now());
-                true
-            }
-        }
+        self.pruning.due(self.settings.dedupe_retention)
     }
 }
 
@@ -118,7 +106,7 @@ impl Postgres {
                 catalog: Catalog::default(),
                 doubts: Doubts::default(),
                 dedupe_ready: AtomicBool::new(false),
-                last_prune: Mutex::new(None),
+                pruning: Pruning::default(),
             }),
         })
     }
@@ -138,6 +126,8 @@ impl Plugin for Postgres {
 
 impl Database for Postgres {
     type Session = PgSession;
+    // A delete with no restriction is `DELETE FROM` the table (see `plan::sql`).
+    const DELETES_ALL_ROWS: bool = true;
 
     fn connect(&self) -> Result<PgSession, PluginError> {
         PgSession::connect(self.shared.clone())

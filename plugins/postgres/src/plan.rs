@@ -231,7 +231,9 @@ pub fn prepare<'a>(
                 stale_suspect: true,
             })
         }
-        Action::Update | Action::Delete if restriction.is_empty() => {
+        // A delete with no restriction at all is a truncate (`golconde.delete_all`), which
+        // the host passes only on purpose; an update of every row never is.
+        Action::Update if restriction.is_empty() => {
             return Err(format!(
                 "an {verb} of `{t}` without a restriction would touch every row; it is refused"
             )
@@ -595,6 +597,11 @@ pub fn sql(op: &Prepared<'_>) -> String {
             )
             .expect("writing to a String");
         }
+        Action::Delete if op.restriction.is_empty() => {
+            // Every row, in the batch's transaction (TRUNCATE would take the table's
+            // strongest lock and ignore the rows' triggers).
+            write!(sql, "DELETE FROM {}", table.quoted).expect("writing to a String");
+        }
         Action::Delete => {
             write!(
                 sql,
@@ -751,6 +758,13 @@ mod tests {
             sql(&operation(Action::Delete, &[], &[("na\"me", Value::Null)])),
             r#"DELETE FROM "s"."t" AS t USING (VALUES (1)) AS v(x) WHERE t."na""me" IS NULL"#
         );
+        assert_eq!(
+            sql(&operation(Action::Delete, &[], &[])),
+            r#"DELETE FROM "s"."t""#
+        );
+        let every_row = operation(Action::Update, &row, &[]);
+        let refused = prepare(&t, &every_row, UnknownColumns::Error).unwrap_err();
+        assert!(refused.message.contains("without a restriction"));
     }
 
     #[test]

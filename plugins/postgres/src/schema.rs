@@ -1,17 +1,16 @@
 //! What the plugin knows of a target table: its columns and their types, its primary key
-//! and unique indexes, read from the catalog once and cached until the table changes; a
-//! name that names no table is remembered as missing for a moment ([`MISSING_FOR`]), and
-//! a table of the system catalogs or of the dedupe schema is refused ([`refusal`]).
+//! and unique indexes, read from the catalog once and cached until the table changes
+//! ([`Catalog`]); a name that names no table is remembered as missing for a moment
+//! ([`MISSING_FOR`]), and a table of the system catalogs or of the dedupe schema is
+//! refused ([`refusal`]).
 //!
 //! **Invariant:** every identifier that reaches SQL goes through [`quote_ident`], and every
 //! type name used in a cast is the catalog's own `schema.typname`, quoted, never text from
 //! a message.
+//!
+//! [`MISSING_FOR`]: golconde_plugin_support::catalog::MISSING_FOR
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
@@ -354,65 +353,9 @@ pub enum Introspection {
     Database(#[from] tokio_postgres::Error),
 }
 
-/// How long a table found missing is taken to be missing without asking the server
-/// again: long enough that a stream of messages for it costs a query now and then rather
-/// than one each, short enough that a table created meanwhile is soon written to.
-pub const MISSING_FOR: Duration = Duration::from_secs(2);
-
-/// The most names remembered as missing; past it, expired ones are dropped, and if none
-/// has expired, all of them (messages naming ever new tables must not grow it).
-const MAX_MISSING: usize = 1024;
-
 /// The tables read so far, shared by every session of one database instance, keyed by
 /// the name operations use; and the names recently found to name no table.
-#[derive(Debug, Default)]
-pub struct Catalog {
-    tables: Mutex<HashMap<String, Arc<Table>>>,
-    missing: Mutex<HashMap<String, Instant>>,
-}
-
-impl Catalog {
-    pub fn get(&self, name: &str) -> Option<Arc<Table>> {
-        lock(&self.tables).get(name).cloned()
-    }
-
-    pub fn insert(&self, name: &str, table: Arc<Table>) {
-        lock(&self.missing).remove(name);
-        lock(&self.tables).insert(name.to_string(), table);
-    }
-
-    /// Whether `name` was found missing less than [`MISSING_FOR`] ago.
-    pub fn is_missing(&self, name: &str) -> bool {
-        lock(&self.missing)
-            .get(name)
-            .is_some_and(|at| at.elapsed() < MISSING_FOR)
-    }
-
-    pub fn insert_missing(&self, name: &str) {
-        let mut missing = lock(&self.missing);
-        if missing.len() >= MAX_MISSING {
-            missing.retain(|_, at| at.elapsed() < MISSING_FOR);
-            if missing.len() >= MAX_MISSING {
-                missing.clear();
-            }
-        }
-        missing.insert(name.to_string(), Instant::now());
-    }
-
-    /// Forgets `names`, so they are read again: their definition changed under us.
-    pub fn forget<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let mut tables = lock(&self.tables);
-        let mut missing = lock(&self.missing);
-        for name in names {
-            tables.remove(name);
-            missing.remove(name);
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub type Catalog = golconde_plugin_support::catalog::Catalog<Table>;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 //! Between the two are errors that may or may not pass on a retry: a missing privilege or
 //! a row-level security policy (SQLSTATE 42501) and `statement_timeout` (57014). A grant
 //! or a quieter server may fix them, so they are transient at first; but one message
-//! must not hold its queue back forever, so each change's failures are counted (`doubt`)
+//! must not hold its queue back forever, so each change's failures are counted (`Doubts`)
 //! and a change that reaches `max_attempts` is isolated like bad data and reported as
 //! permanent, saying how often it failed, why, and what to do.
 //!
@@ -19,12 +19,18 @@
 //! failure is transient and nothing of the batch is kept.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use golconde_plugin_api::{Applied, Change, Column, PluginError, RVec, Value};
+use golconde_plugin_support::{
+    bisect::Bisection,
+    doubt::Verdict,
+    errors::{chain, with_id},
+    fingerprint::Fingerprint,
+};
 use tokio::{runtime::Runtime, task::JoinHandle};
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
 
@@ -32,7 +38,6 @@ use crate::{
     config::{Candidate, Settings},
     convert::{float_text, Cell},
     dedupe,
-    fingerprint::Fingerprint,
     plan::{self, Origin, Prepared},
     schema::{self, Introspection, Kind, Table},
     timestamp, tls, Shared,
@@ -463,16 +468,10 @@ impl Inner {
                 // Which change is at fault is not known yet: each was attempted, and the
                 // attempt failed. Isolating them costs a statement (and, for a timeout, its
                 // wait) per step, so that is done only once one has failed often enough.
-                let doubts = &self.shared.doubts;
-                let attempted: HashSet<Fingerprint> = candidates
-                    .iter()
-                    .map(|&i| Fingerprint::of(&changes[i]))
-                    .collect();
-                let failures = attempted
-                    .into_iter()
-                    .map(|change| doubts.failed(change))
-                    .max()
-                    .unwrap_or(0);
+                let failures = self
+                    .shared
+                    .doubts
+                    .failed_together(candidates.iter().map(|&i| &changes[i]));
                 if failures < self.shared.settings.max_attempts {
                     return Err(self.doubtful(&e, failures));
                 }
@@ -521,13 +520,12 @@ impl Inner {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| self.transient("committing", e))?;
-        if !self.shared.doubts.is_empty() {
-            let applied = candidates
+        self.shared.doubts.forget_changes(
+            candidates
                 .iter()
                 .filter(|&&i| results[i].is_ok())
-                .map(|&i| Fingerprint::of(&changes[i]));
-            self.shared.doubts.forget(applied);
-        }
+                .map(|&i| &changes[i]),
+        );
         Ok(Attempt::Done(results))
     }
 
@@ -786,7 +784,7 @@ impl Inner {
 
     /// The slow path, inside the open transaction: bisects `candidates` under savepoints
     /// until every change that cannot apply stands alone. `counted`: this attempt's
-    /// failure was already counted against every candidate (see `doubt`).
+    /// failure was already counted against every candidate (see `Doubts::judge`).
     async fn isolate(
         &mut self,
         changes: &[Change],
@@ -797,18 +795,14 @@ impl Inner {
     ) -> Result<(), PluginError> {
         let started = Instant::now();
         let mut bad = 0;
-        // Ranges of `candidates`, the next one on top; a range's left half is finished
-        // before its right half starts, which keeps each row's changes in order.
-        let mut ranges = vec![(0, candidates.len())];
-        while let Some((lo, hi)) = ranges.pop() {
-            if lo == hi {
-                continue;
-            }
+        // Positions in `candidates`, handed out in order, so each row's changes keep theirs.
+        let mut bisection = Bisection::new(candidates.len());
+        while let Some(range) = bisection.next_range() {
             self.execute("SAVEPOINT golconde").await?;
-            let (error, doubtful) = match self.run(plans, &candidates[lo..hi]).await {
+            let (error, doubtful) = match self.run(plans, &candidates[range.clone()]).await {
                 Ok(applied) => {
                     self.execute("RELEASE SAVEPOINT golconde").await?;
-                    for (i, applied) in candidates[lo..hi].iter().zip(applied) {
+                    for (i, applied) in candidates[range].iter().zip(applied) {
                         results[*i] = Some(Ok(applied));
                     }
                     continue;
@@ -820,30 +814,20 @@ impl Inner {
             };
             self.execute("ROLLBACK TO SAVEPOINT golconde; RELEASE SAVEPOINT golconde")
                 .await?;
-            if hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                ranges.push((mid, hi));
-                ranges.push((lo, mid));
+            let Some(at) = bisection.failed(range) else {
                 continue;
-            }
-            let i = candidates[lo];
+            };
+            let i = candidates[at];
             let ops = plans[i].as_ref().expect("candidates are planned");
             let error = error.expect("a single change always matches its keys");
             let mut message = self.describe(&error, ops).await?;
             if doubtful {
-                let fingerprint = Fingerprint::of(&changes[i]);
-                let doubts = &self.shared.doubts;
-                let failures = if counted {
-                    doubts.failures(fingerprint)
-                } else {
-                    doubts.failed(fingerprint)
-                };
-                if failures < self.shared.settings.max_attempts {
+                let max_attempts = self.shared.settings.max_attempts;
+                match self.shared.doubts.judge(&changes[i], counted, max_attempts) {
                     // It may pass yet: the whole batch waits for the retry.
-                    return Err(self.doubtful(&error, failures));
+                    Verdict::Retry(failures) => return Err(self.doubtful(&error, failures)),
+                    Verdict::AtFault(failures) => message = given_up(&error, failures, &message),
                 }
-                doubts.forget([fingerprint]);
-                message = given_up(&error, failures, &message);
             }
             bad += 1;
             results[i] = Some(Err(PluginError::permanent(with_id(&changes[i], message))));
@@ -1056,21 +1040,6 @@ fn returned_value(kind: &Kind, text: Option<String>) -> Value {
     }
 }
 
-/// An error with its causes: tokio-postgres keeps a TLS failure's reason in its source.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// What a failed statement means, by SQLSTATE class.
 fn classify(e: tokio_postgres::Error) -> Failure {
     let Some(code) = e.code() else {
@@ -1118,11 +1087,4 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
     message.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
     message
-}
-
-fn with_id(change: &Change, message: String) -> String {
-    match change.id.as_ref().into_option() {
-        Some(id) => format!("change `{id}`: {message}"),
-        None => message,
-    }
 }

@@ -196,7 +196,7 @@ fn unknown_columns_can_be_ignored_in_data_but_never_in_a_restriction() {
 }
 
 #[test]
-fn update_and_delete_without_restriction_are_refused() {
+fn an_update_without_restriction_is_refused_and_a_delete_without_one_empties_the_table() {
     let db = Db::new("no_restriction");
     db.exec(TABLES);
     db.exec("INSERT INTO {s}.child (id, name) VALUES (1, 'keep'), (2, 'keep')");
@@ -211,14 +211,22 @@ fn update_and_delete_without_restriction_are_refused() {
                 vec![col("name", text("gone"))],
                 vec![],
             ),
+            // A truncate, which the host passes since the plugin offers
+            // `golconde.delete_all`; the insert after it stays.
             op(Action::Delete, &child, vec![], vec![]),
+            op(
+                Action::Insert,
+                &child,
+                vec![col("id", Value::Int(3)), col("name", text("after"))],
+                vec![],
+            ),
         ],
     );
-    for result in &results {
-        assert!(permanent(result).contains("every row"), "{result:?}");
-    }
+    assert!(permanent(&results[0]).contains("every row"), "{results:?}");
+    assert!(results[1].is_ok() && results[2].is_ok(), "{results:?}");
+    assert_eq!(db.count("SELECT count(*) FROM {s}.child"), 1);
     assert_eq!(
-        db.count("SELECT count(*) FROM {s}.child WHERE name = 'keep'"),
-        2
+        db.count("SELECT count(*) FROM {s}.child WHERE name = 'after'"),
+        1
     );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use golconde_plugin_api::{Database, Session, Value};
+use golconde_plugin_api::{testing::logged, Database, Session, Value};
 
 const TABLE: &str = "CREATE TABLE {s}.users (id bigserial PRIMARY KEY, name text NOT NULL)";
 

@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::{server::Server, *};
-use golconde_plugin_api::{Database, ErrorKind, PluginError, Session};
+use golconde_plugin_api::{testing::logged, Database, ErrorKind, PluginError, Session};
 
 const TABLE: &str = "CREATE TABLE {s}.items (id int PRIMARY KEY, name text NOT NULL)";
 

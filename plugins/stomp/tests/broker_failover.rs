@@ -17,7 +17,7 @@ use std::{
 
 use common::*;
 use golconde_plugin_api::{
-    sdk::parse_config, AckMode, Consumer, ErrorKind, PluginError, Transport,
+    sdk::parse_config, testing::logged, AckMode, Consumer, ErrorKind, PluginError, Transport,
 };
 use golconde_stomp::{Config, Stomp};
 

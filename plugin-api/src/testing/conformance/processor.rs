@@ -25,6 +25,10 @@ pub struct ProcessorSuite {
     /// `Delete` and data for `Upsert` and `Update`, no column twice; the same change each
     /// time (its `id` is the idempotency key of redeliveries).
     pub good: Vec<Message>,
+    /// Messages the processor acknowledges without writing anything (a tombstone, say):
+    /// each must give a change with no operation, twice the same. A hostile input with the
+    /// same body as one of these (an empty body) is expected to be skipped, not refused.
+    pub skipped: Vec<Message>,
     /// What the database returns for each `Insert` operation when [`ProcessorSuite::good`]
     /// are checked with `enrich`: the generated keys (default `id` = 1).
     pub returned: Vec<Column>,
@@ -45,6 +49,7 @@ impl Default for ProcessorSuite {
         ProcessorSuite {
             config: "{}".into(),
             good: Vec::new(),
+            skipped: Vec::new(),
             returned: vec![Column::new("id", Value::Int(1))],
             accepts_any_body: false,
             time_limit: DEFAULT_TIME_LIMIT,
@@ -59,6 +64,7 @@ impl Default for ProcessorSuite {
 /// Besides what every kind is checked for (see [`super`]):
 /// - each of [`ProcessorSuite::good`] gives a well-formed change (see the field), twice the
 ///   same;
+/// - each of [`ProcessorSuite::skipped`] gives a change with no operation, twice the same;
 /// - hostile inputs (an empty body, invalid UTF-8, 1 MiB of `[`, an object of 100,000
 ///   fields, random bytes, each good message cut in half) give a [`ErrorKind::Permanent`]
 ///   error, never a transient, config or panic one, and never hang; the processor then
@@ -116,6 +122,7 @@ fn run<P: Processor>(report: &mut Report, suite: &ProcessorSuite) {
     }
     // Later checks use the good messages that passed; hostile inputs need none of them.
     let changes = good(report, &processor, suite);
+    skipped(report, &processor, suite);
     hostile(report, &processor, suite);
     report.check(
         "still accepts the good messages after refusing hostile ones",
@@ -245,6 +252,23 @@ fn good(
     changes
 }
 
+/// Checks that each message the suite lists as skipped gives an empty change, the same twice.
+fn skipped(report: &mut Report, processor: &Arc<ProcessorBox>, suite: &ProcessorSuite) {
+    for message in &suite.skipped {
+        let what = format!("skips {} (a change with no operation)", excerpt(message));
+        let outcome =
+            (0..2).try_for_each(|_| match process(processor, message, suite.time_limit)? {
+                Ok(change) if change.operations.is_empty() => Ok(()),
+                Ok(change) => Err(format!(
+                    "gave {} operation(s): {change:?}",
+                    change.operations.len()
+                )),
+                Err(e) => Err(format!("refused with {}", show(&e))),
+            });
+        report.check(&what, outcome);
+    }
+}
+
 /// Bytes that look like nothing, the same on every run.
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     // xorshift64*: enough to look random to a parser, and reproducible.
@@ -309,6 +333,9 @@ fn hostile_inputs(suite: &ProcessorSuite) -> Vec<(String, Message)> {
 
 fn hostile(report: &mut Report, processor: &Arc<ProcessorBox>, suite: &ProcessorSuite) {
     for (name, message) in hostile_inputs(suite) {
+        if suite.skipped.iter().any(|s| s.body == message.body) {
+            continue; // checked by `skipped`
+        }
         let what = if suite.accepts_any_body {
             format!("answers {name} with a change or a permanent error, in time")
         } else {

@@ -256,32 +256,3 @@ pub fn col(name: &str, value: Value) -> Column {
 pub fn text(t: &str) -> Value {
     Value::Text(t.into())
 }
-
-/// Log lines (warnings and worse) written while `f` runs on this thread.
-pub fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
-    use std::{
-        io::Write,
-        sync::{Arc, Mutex},
-    };
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-    impl Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    (result, text)
-}

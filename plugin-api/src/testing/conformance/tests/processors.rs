@@ -189,6 +189,7 @@ fn every_broken_rule_of_a_processor_is_reported() {
         conformance::processor::<Sloppy>(conformance::ProcessorSuite {
             config: r#"{"table": "t"}"#.into(),
             good: vec![Message::new("upsert"), Message::new("delete")],
+            skipped: vec![Message::new("upsert")],
             time_limit: Duration::from_secs(1),
             library: Some(library!(crate::testing::conformance::tests)),
             ..Default::default()
@@ -197,6 +198,7 @@ fn every_broken_rule_of_a_processor_is_reported() {
     let expected = [
         "refuses an unknown key (`golconde_conformance_unknown_key`) with a config error naming it",
         "accepts good message `upsert`",
+        "skips `upsert` (a change with no operation)",
         "refuses an empty body with a permanent error, in time",
         "refuses invalid UTF-8 with a permanent error, in time",
         "refuses 1 MiB of `[` with a permanent error, in time",

@@ -1,8 +1,9 @@
 //! A change's fingerprint: SHA-256 over a canonical encoding of its operations, so that
-//! "the same change" means the same content on every host and in every version: the
-//! dedupe table stores it beside an id to tell a replay from a reused id, and the retry
-//! limit counts failures per fingerprint. Never `DefaultHasher`, whose output may change
-//! with the Rust version and which is not meant to resist collisions.
+//! "the same change" means the same content on every host and in every version: a
+//! database plugin's dedupe table stores it beside an id to tell a replay from a reused
+//! id, and the retry limit counts failures per fingerprint ([`crate::doubt`]). Never
+//! `DefaultHasher`, whose output may change with the Rust version and which is not meant
+//! to resist collisions.
 //!
 //! The encoding is unambiguous: every variable part is preceded by its length and every
 //! value by a tag, so no two different changes encode alike. The change's id is not part
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// The fingerprint of `change`'s operations (its id left out).
     pub fn of(change: &Change) -> Fingerprint {
         let mut hash = Sha256::new();
         length(&mut hash, change.operations.len());

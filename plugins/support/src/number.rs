@@ -1,4 +1,6 @@
-//! JSON number text to [`Value`]: the narrowest representation that keeps the number exact.
+//! JSON number text to [`Value`]: the narrowest representation that keeps the number
+//! exact. The processors share it, so that one number means the same whichever of them
+//! read it.
 
 use golconde_plugin_api::Value;
 
@@ -6,20 +8,20 @@ use golconde_plugin_api::Value;
 /// decimal round trip (`DBL_DIG`).
 const F64_DIGITS: usize = 15;
 
-/// `text` is a JSON number as written in the message (serde_json has validated its syntax).
+/// `text` is a JSON number as written in the input (serde_json has validated its syntax):
+/// an `Int` when it is an integer that fits 64 bits, a `Float` when it has at most 15
+/// significant digits and neither overflows nor underflows, its exact text otherwise.
 pub fn to_value(text: &str) -> Value {
-    let integral = !text.contains(['.', 'e', 'E']);
-    if integral {
+    if !text.contains(['.', 'e', 'E']) {
         return match text.parse::<i64>() {
             Ok(i) => Value::Int(i),
             Err(_) => Value::Numeric(text.into()),
         };
     }
-    if significant_digits(text) <= F64_DIGITS {
+    let digits = significant_digits(text);
+    if digits <= F64_DIGITS {
         if let Ok(f) = text.parse::<f64>() {
-            // Zero is exact; anything else must not have over- or underflowed.
-            let exact_zero = f == 0.0 && significant_digits(text) == 0;
-            if f.is_normal() || exact_zero {
+            if f.is_normal() || (f == 0.0 && digits == 0) {
                 return Value::Float(f);
             }
         }
@@ -27,19 +29,17 @@ pub fn to_value(text: &str) -> Value {
     Value::Numeric(text.into())
 }
 
-/// The digits of the mantissa between the first and the last non-zero one. Counted in
-/// place: the text may be megabytes of zeros.
+/// The digits of the mantissa from the first to the last non-zero one, counted in place:
+/// the text may be megabytes of zeros.
 fn significant_digits(text: &str) -> usize {
     let mantissa = text.split(['e', 'E']).next().unwrap_or("");
-    let mut first = None;
-    let mut last = 0;
+    let mut span: Option<(usize, usize)> = None;
     for (i, digit) in mantissa.bytes().filter(u8::is_ascii_digit).enumerate() {
         if digit != b'0' {
-            first.get_or_insert(i);
-            last = i;
+            span = Some(span.map_or((i, i), |(first, _)| (first, i)));
         }
     }
-    first.map_or(0, |first| last - first + 1)
+    span.map_or(0, |(first, last)| last - first + 1)
 }
 
 #[cfg(test)]
@@ -73,6 +73,15 @@ mod tests {
         assert_eq!(
             to_value("123456789012345.0"),
             Value::Float(123456789012345.0)
+        );
+    }
+
+    #[test]
+    fn all_seventeen_digits_of_a_float64_keep_their_text() {
+        // A float64 written with all 17 digits Java gives it.
+        assert_eq!(
+            to_value("0.30000000000000004"),
+            Value::Numeric("0.30000000000000004".into())
         );
     }
 

@@ -1,6 +1,6 @@
 //! The changes in doubt: those whose last attempts failed with an error that may or may
-//! not pass on a retry (a missing privilege or a row-level security policy, SQLSTATE
-//! 42501; `statement_timeout`, 57014), counted per change (by its content's
+//! not pass on a retry (which errors those are is the database plugin's to say: a missing
+//! privilege, a statement timeout), counted per change (by its content's
 //! [`Fingerprint`]). Below `max_attempts` such a failure holds the batch back as
 //! transient, since a grant or a quieter server may fix it; at `max_attempts` the change
 //! is taken to be at fault and dead-lettered, so one message cannot block its queue
@@ -10,13 +10,19 @@
 //! session. Bounded: past [`MAX_TRACKED`] changes the one that failed longest ago is
 //! forgotten (it starts counting again if it fails again).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
+
+use golconde_plugin_api::Change;
 
 use crate::fingerprint::Fingerprint;
 
 /// The most changes counted at once.
 pub const MAX_TRACKED: usize = 4096;
 
+/// The failure counts of one database instance.
 #[derive(Debug, Default)]
 pub struct Doubts {
     inner: Mutex<Inner>,
@@ -27,6 +33,16 @@ struct Inner {
     counts: HashMap<Fingerprint, Count>,
     /// Counts failures of all changes: orders them by recency.
     clock: u64,
+}
+
+/// What becomes of a change that failed alone with an error that may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It has failed this many times, fewer than `max_attempts`: the batch is retried.
+    Retry(u32),
+    /// It has failed this many times, `max_attempts` or more: it is at fault, and is
+    /// forgotten here since it is dead-lettered.
+    AtFault(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +77,41 @@ impl Doubts {
         count.failures
     }
 
+    /// Counts one more failure of every change of a batch that failed as a whole (a
+    /// change given twice counts once); answers the most failures any of them has had.
+    pub fn failed_together<'c>(&self, changes: impl IntoIterator<Item = &'c Change>) -> u32 {
+        let attempted: HashSet<Fingerprint> = changes.into_iter().map(Fingerprint::of).collect();
+        attempted
+            .into_iter()
+            .map(|change| self.failed(change))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Judges `change`, which failed alone. `counted`: this failure was already counted
+    /// (by [`Doubts::failed_together`] for the batch it was in), so it is not counted
+    /// again.
+    pub fn judge(&self, change: &Change, counted: bool, max_attempts: u32) -> Verdict {
+        let fingerprint = Fingerprint::of(change);
+        let failures = if counted {
+            self.failures(fingerprint)
+        } else {
+            self.failed(fingerprint)
+        };
+        if failures < max_attempts {
+            return Verdict::Retry(failures);
+        }
+        self.forget([fingerprint]);
+        Verdict::AtFault(failures)
+    }
+
+    /// Forgets `changes`, which committed; fingerprints nothing while no change is in doubt.
+    pub fn forget_changes<'c>(&self, changes: impl IntoIterator<Item = &'c Change>) {
+        if !self.is_empty() {
+            self.forget(changes.into_iter().map(Fingerprint::of));
+        }
+    }
+
     /// How often `change` has failed so far.
     pub fn failures(&self, change: Fingerprint) -> u32 {
         self.lock().counts.get(&change).map_or(0, |c| c.failures)
@@ -86,7 +137,21 @@ impl Doubts {
 
 #[cfg(test)]
 mod tests {
+    use golconde_plugin_api::{Action, Operation, ROption, RVec};
+
     use super::*;
+
+    fn change(table: &str) -> Change {
+        Change {
+            id: ROption::RNone,
+            operations: RVec::from(vec![Operation {
+                action: Action::Insert,
+                table: table.into(),
+                data: RVec::new(),
+                restriction: RVec::new(),
+            }]),
+        }
+    }
 
     fn fingerprint(n: usize) -> Fingerprint {
         let mut bytes = [0; 32];
@@ -119,5 +184,20 @@ mod tests {
         assert_eq!(doubts.failures(fingerprint(0)), 2);
         assert_eq!(doubts.failures(fingerprint(1)), 0);
         assert_eq!(doubts.failures(fingerprint(MAX_TRACKED)), 1);
+    }
+
+    #[test]
+    fn a_batch_counts_each_change_once_and_a_lone_change_is_judged() {
+        let doubts = Doubts::default();
+        let (a, b) = (change("a"), change("b"));
+        assert_eq!(doubts.failed_together([&a, &b, &a]), 1);
+        assert_eq!(doubts.failed_together([&a]), 2);
+        // Counted already with its batch: judged on the count as it stands.
+        assert_eq!(doubts.judge(&a, true, 3), Verdict::Retry(2));
+        assert_eq!(doubts.judge(&a, false, 3), Verdict::AtFault(3));
+        assert_eq!(doubts.failures(Fingerprint::of(&a)), 0);
+        assert_eq!(doubts.failures(Fingerprint::of(&b)), 1);
+        doubts.forget_changes([&b]);
+        assert!(doubts.is_empty());
     }
 }
