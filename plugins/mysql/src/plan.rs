@@ -118,7 +118,8 @@ impl Prepared<'_> {
                 .count()
     }
 
-    fn size(&self) -> usize {
+    /// The bytes of its values.
+    pub fn size(&self) -> usize {
         self.data
             .iter()
             .chain(&self.restriction)
@@ -330,6 +331,12 @@ pub struct Server {
     pub consecutive_ids: bool,
     /// How many bytes of values one statement may carry.
     pub max_bytes: usize,
+    /// How many bytes of values one operation may have: what fits in one packet
+    /// (`max_allowed_packet`) beside the statement's text. The server drops the connection
+    /// on a larger packet, which would look transient.
+    pub max_row_bytes: usize,
+    /// The server's `max_allowed_packet`, for the error that names it.
+    pub max_packet: u64,
 }
 
 /// One statement and the operations it applies.
@@ -649,6 +656,8 @@ mod tests {
         returning: true,
         consecutive_ids: true,
         max_bytes: 1 << 24,
+        max_row_bytes: 1 << 25,
+        max_packet: 1 << 25,
     };
 
     fn sqls(ops: &[Operation], server: Server) -> Vec<(String, usize)> {
@@ -741,11 +750,7 @@ mod tests {
     #[test]
     fn mysql_returns_generated_keys_by_last_insert_id() {
         let insert = |n: &str| operation(Action::Insert, &[("na`me", Value::Text(n.into()))], &[]);
-        let consecutive = Server {
-            returning: false,
-            consecutive_ids: true,
-            max_bytes: 1 << 24,
-        };
+        let consecutive = Server { ..MARIADB };
         assert_eq!(
             sqls(&[insert("a"), insert("b")], consecutive),
             [(

@@ -172,6 +172,9 @@ pub async fn open(shared: &Shared) -> Result<(Conn, Flavour), PluginError> {
                 returning: mariadb && (major, minor) >= (10, 5),
                 consecutive_ids: matches!(lock_mode, Some(0 | 1)),
                 max_bytes: (packet as usize / 2).clamp(1 << 16, 16 << 20),
+                // Room for the statement's text and each parameter's header.
+                max_row_bytes: (packet as usize).saturating_sub(1 << 16),
+                max_packet: packet,
             },
             increment: increment.max(1),
         })
@@ -447,6 +450,7 @@ impl Inner {
         tables: &Tables,
     ) -> Vec<Result<Vec<Prepared<'c>>, Unplanned<'c>>> {
         let unknown = self.shared.settings.unknown_columns;
+        let server = self.flavour.server;
         changes
             .iter()
             .map(|change| {
@@ -457,10 +461,22 @@ impl Inner {
                         let table = tables[op.table.as_str()].as_ref().map_err(|e| {
                             (PluginError::permanent(with_id(change, e.clone())), None)
                         })?;
-                        plan::prepare(table, op, unknown).map_err(|misfit| {
+                        let prepared = plan::prepare(table, op, unknown).map_err(|misfit| {
                             let error = PluginError::permanent(with_id(change, misfit.message));
                             (error, misfit.stale_suspect.then_some(op.table.as_str()))
-                        })
+                        })?;
+                        if prepared.size() > server.max_row_bytes {
+                            let message = format!(
+                                "the change's values for `{}` are {} bytes, more than the \
+                                 server takes in one statement (`max_allowed_packet` = {}): \
+                                 raise `max_allowed_packet` on the server, then replay it",
+                                table.display,
+                                prepared.size(),
+                                server.max_packet
+                            );
+                            return Err((PluginError::permanent(with_id(change, message)), None));
+                        }
+                        Ok(prepared)
                     })
                     .collect()
             })

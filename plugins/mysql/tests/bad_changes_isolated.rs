@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use golconde_plugin_api::{Action, Value};
 
 const TABLES: &str = "
 CREATE TABLE `{s}`.parent (id int PRIMARY KEY) ENGINE = InnoDB;
@@ -124,4 +125,44 @@ fn a_value_that_does_not_fit_fails_alone_naming_table_column_and_value() {
     assert!(error.contains("300"), "{error}");
     assert!(error.contains("-128 to 127"), "{error}");
     assert_eq!(db.count("SELECT count(*) FROM `{s}`.t"), 2);
+}
+
+/// One change whose values are more than the server takes in one packet
+/// (`max_allowed_packet`): it alone is refused, as its own fault, naming the setting; the
+/// others commit and the session goes on. Sent, it would make the server drop the
+/// connection, which looks transient and would hold the queue back for ever.
+#[test]
+fn a_change_larger_than_the_servers_packet_is_refused_alone() {
+    let db = Db::new("huge_change");
+    db.exec("CREATE TABLE `{s}`.docs (id bigint PRIMARY KEY, body longtext)");
+    let plugin = db.plugin("");
+    let docs = db.table("docs");
+    let huge = "x".repeat(17 << 20);
+    let results = apply(
+        &plugin,
+        &[
+            op(
+                Action::Upsert,
+                &docs,
+                vec![col("id", Value::Int(1)), col("body", text("small"))],
+                vec![],
+            ),
+            op(
+                Action::Upsert,
+                &docs,
+                vec![col("id", Value::Int(2)), col("body", text(&huge))],
+                vec![],
+            ),
+            op(
+                Action::Upsert,
+                &docs,
+                vec![col("id", Value::Int(3)), col("body", text("small"))],
+                vec![],
+            ),
+        ],
+    );
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let error = permanent(&results[1]);
+    assert!(error.contains("max_allowed_packet"), "{error}");
+    assert_eq!(db.count("SELECT count(*) FROM `{s}`.docs"), 2);
 }
