@@ -158,16 +158,23 @@ fn database_connections_killed_mid_stream() {
     s.publish_versions();
     let daemon = Daemon::start(&s.config);
     s.wait_mid_stream(&daemon);
-    let mut killed = 0;
+    let (mut killed, mut mid_stream) = (0, false);
     for _ in 0..3 {
-        killed += s.db.terminate_golconde_connections();
+        // On a loaded machine the stream may be done before a kill lands: only a kill
+        // with messages still to apply must cost a retried batch.
+        let remaining = s.queues.depth(&s.queue) != (0, 0);
+        let n = s.db.terminate_golconde_connections();
+        killed += n;
+        mid_stream |= n > 0 && remaining;
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(killed > 0, "no Golconde connection to kill");
     s.wait_drained(&daemon);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
-    assert!(log.contains("retrying the batch"), "{log}");
+    if mid_stream {
+        assert!(log.contains("retrying the batch"), "{log}");
+    }
     s.assert_last_versions();
 }
 
