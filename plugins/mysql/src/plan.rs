@@ -750,7 +750,10 @@ mod tests {
     #[test]
     fn mysql_returns_generated_keys_by_last_insert_id() {
         let insert = |n: &str| operation(Action::Insert, &[("na`me", Value::Text(n.into()))], &[]);
-        let consecutive = Server { ..MARIADB };
+        let consecutive = Server {
+            returning: false,
+            ..MARIADB
+        };
         assert_eq!(
             sqls(&[insert("a"), insert("b")], consecutive),
             [(
