@@ -97,8 +97,10 @@ dead_letter = {{ transport = "rabbit", queue = "{dead}" }}
         self.queues.publish(&self.queue, bodies);
     }
 
-    /// Sends an ordinary change and waits for its row: the pipeline is alive and has got
-    /// past everything sent before.
+    /// Sends an ordinary change and waits for its row and for the queue to be acknowledged
+    /// to the end: the pipeline is alive and everything sent before is committed (with
+    /// several workers, its row can commit before rows of earlier batches on other workers;
+    /// acknowledgements go back in order, each after its batch and all before it committed).
     fn still_applies(&mut self) {
         let id = self.next;
         self.next += 1;
@@ -113,6 +115,13 @@ dead_letter = {{ transport = "rabbit", queue = "{dead}" }}
         assert!(
             applied,
             "an ordinary message was not applied after it; log:\n{log}"
+        );
+        let (queues, queue) = (&self.queues, &self.queue);
+        let acknowledged = eventually(Duration::from_secs(60), || queues.depth(queue) == (0, 0));
+        assert!(
+            acknowledged,
+            "messages left unacknowledged on `{queue}`: {:?}; log:\n{log}",
+            queues.depth(queue)
         );
         assert!(
             !log.contains("panicked at") && !log.contains("stopped:"),

@@ -189,9 +189,15 @@ fn sessions_killed_mid_stream_lose_nothing() {
         queues.depth(&queue).0 < MESSAGES * 3 / 4
     });
     assert!(started, "never got going; log:\n{}", daemon.log());
-    let mut killed = 0;
+    let (mut killed, mut mid_stream) = (0, false);
     for _ in 0..3 {
-        killed += db.kill_golconde_connections();
+        let n = db.kill_golconde_connections();
+        killed += n;
+        // On a loaded machine the stream may be done before a kill lands: only when the
+        // table is short of its last versions after the kill must a batch be retried.
+        mid_stream |= n > 0
+            && db.rows("select id, version from items order by id")
+                != last_versions(KEYS, MESSAGES);
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(killed > 0, "no Golconde connection to kill");
@@ -203,7 +209,9 @@ fn sessions_killed_mid_stream_lose_nothing() {
         queues.depth(&queue)
     );
     assert!(status.success(), "{log}");
-    assert!(log.contains("retrying the batch"), "{log}");
+    if mid_stream {
+        assert!(log.contains("retrying the batch"), "{log}");
+    }
     assert_eq!(
         db.rows("select id, version from items order by id"),
         last_versions(KEYS, MESSAGES)

@@ -64,7 +64,7 @@ fn host_v1(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// A plugin built with today's SDK (ABI 1.1) in a host of ABI 1.0: it loads and works
+/// A plugin built with today's SDK (ABI 1.1 or later) in a host of ABI 1.0: it loads and works
 /// without what 1.1 added, and where it needs it, refuses with a message that says so.
 #[test]
 fn a_plugin_of_abi_1_1_works_in_a_host_of_abi_1_0_without_the_new_services() {

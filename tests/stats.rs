@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use golconde_e2e::{
-    body, eventually, fixture_config, http_get as get, with_stats, Daemon, Scratch,
+    body, eventually, fixture_config, http_get as get,
+    services::{real_config, unique, Database, Queues},
+    with_stats, Daemon, Scratch,
 };
 
 #[test]
@@ -60,6 +62,65 @@ fn counters_are_served_over_http() {
     );
     assert_eq!(body(&get(&address, "/health")), "ok\n");
     assert!(get(&address, "/nope").contains(" 404"));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The lag of a pipeline on RabbitMQ is what waits on its queue, as the broker counts it.
+#[test]
+fn lag_is_what_waits_on_the_queue() {
+    let mut queues = Queues::new();
+    let queue = queues.name("lag");
+    let mut db = Database::create(
+        "lag",
+        "create table items (id bigint primary key, version int not null)",
+    );
+    // A pipeline that takes at most 10 messages off the queue and cannot commit them
+    // while the test holds the table locked: everything else waits on the queue. (A
+    // table that does not exist would stop the pipeline, and with it the daemon, before
+    // the lag is read.)
+    db.client
+        .batch_execute("begin; lock table items in access exclusive mode")
+        .expect("lock");
+    let scratch = Scratch::new();
+    let config = scratch.config(&with_stats(&real_config(
+        &unique("lag"),
+        &[("db", &db, "")],
+        &format!(
+            r#"
+[[pipelines]]
+name = "stalled"
+transport = "rabbit"
+queue = "{queue}"
+processor = "autosql"
+database = "db"
+table = "items"
+prefetch = 10
+batch = {{ max_messages = 10, max_wait_ms = 5 }}
+"#
+        ),
+    )));
+    let messages: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"action": "set", "data": {{"id": {i}, "version": 1}}}}"#))
+        .collect();
+    queues.publish(&queue, &messages);
+    let mut daemon = Daemon::start(&config);
+    let address = daemon.stats_address();
+    let lag = || {
+        let stats: serde_json::Value =
+            serde_json::from_str(body(&get(&address, "/stats"))).expect("JSON");
+        stats["pipelines"][0]["lag"].as_u64()
+    };
+    let told = eventually(Duration::from_secs(30), || lag() == Some(190));
+    assert!(told, "lag {:?}; log:\n{}", lag(), daemon.log());
+    let metrics = get(&address, "/metrics");
+    assert!(
+        body(&metrics).contains(&format!(
+            "golconde_lag_messages{{pipeline=\"stalled\",queue=\"{queue}\"}} 190"
+        )),
+        "{metrics}"
+    );
+    db.client.batch_execute("rollback").expect("unlock");
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }

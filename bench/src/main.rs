@@ -1,23 +1,26 @@
-//! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP and
-//! STOMP -> autosql -> postgres, AMQP with the pipeline in a process of its own, AMQP ->
-//! autosql -> mysql into MariaDB, AMQP -> debezium -> postgres) against the limits of the
-//! broker alone (ceiling A) and of the database alone (ceiling B for PostgreSQL, C for
-//! MariaDB), against the first Golconde's one-message-at-a-time model (the baseline), its
-//! publish-to-commit latency at half load, its peak memory, and the debezium processor's
-//! CPU time per message against autosql's.
-//! `scripts/bench` builds everything in release and runs it; see bench/README.md.
+//! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP, STOMP,
+//! NATS JetStream and Redis Streams -> autosql -> postgres, AMQP with the pipeline in a
+//! process of its own, AMQP -> autosql -> mysql into MariaDB, AMQP -> debezium -> postgres)
+//! against the limits of each broker alone (ceiling A for RabbitMQ, N for NATS, R for
+//! Redis) and of the database alone (ceiling B for PostgreSQL, C for MariaDB), against the
+//! first Golconde's one-message-at-a-time model (the baseline), its publish-to-commit
+//! latency at half load, its peak memory, and the debezium processor's CPU time per message
+//! against autosql's. `scripts/bench` builds everything in release and runs it; see
+//! bench/README.md.
 //!
-//! Depends on lapin, tokio-postgres, mysql_async and the release `golconde` binary and
-//! plugin libraries found beside this executable. Key decisions: Golconde is measured as the
-//! real daemon process, on a queue pre-loaded before the clock starts; every run is
-//! checked for correctness (every key at its last version, nothing left on the queue),
-//! so a fast but wrong run fails the bench instead of producing a figure.
+//! Depends on lapin, async-nats, redis, tokio-postgres, mysql_async and the release
+//! `golconde` binary and plugin libraries found beside this executable. Key decisions:
+//! Golconde is measured as the real daemon process, on a queue pre-loaded before the clock
+//! starts; every run is checked for correctness (every key at its last version, nothing
+//! left on the queue), so a fast but wrong run fails the bench instead of producing a
+//! figure.
 
 mod broker;
 mod daemon;
 mod db;
 mod mariadb;
 mod report;
+mod streams;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -34,8 +37,9 @@ use crate::workload::{Expected, Format, Workload};
 /// (2 x batch.max_messages x workers).
 const PREFETCH: u16 = 1000;
 
-const PARTS: [&str; 9] = [
-    "amqp", "process", "mysql", "debezium", "stomp", "ceilings", "baseline", "latency", "memory",
+const PARTS: [&str; 11] = [
+    "amqp", "process", "mysql", "debezium", "stomp", "nats", "redis", "ceilings", "baseline",
+    "latency", "memory",
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -70,8 +74,9 @@ struct Args {
     batch: Option<u32>,
     /// Parts to run, comma-separated: amqp, process (AMQP with the pipeline in a process of
     /// its own), mysql (AMQP -> autosql -> MariaDB), debezium (AMQP -> debezium -> postgres,
-    /// beside amqp's autosql runs), stomp, ceilings (A: broker, B: PostgreSQL, C: MariaDB),
-    /// baseline, latency, memory.
+    /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, then NATS ->
+    /// autosql -> postgres), redis (ceiling R: Redis Streams alone, then Redis -> autosql ->
+    /// postgres), ceilings (A: broker, B: PostgreSQL, C: MariaDB), baseline, latency, memory.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -185,6 +190,23 @@ impl Mode {
         processor: "debezium",
         ..Mode::AMQP
     };
+    const NATS: Mode = Mode {
+        transport: "nats",
+        ..Mode::AMQP
+    };
+    const REDIS: Mode = Mode {
+        transport: "redis",
+        ..Mode::AMQP
+    };
+
+    /// The stream broker the mode consumes from, if not RabbitMQ.
+    fn stream(&self) -> Option<streams::Kind> {
+        match self.transport {
+            "nats" => Some(streams::Kind::Nats),
+            "redis" => Some(streams::Kind::Redis),
+            _ => None,
+        }
+    }
 
     fn format(&self) -> Format {
         match self.processor {
@@ -287,6 +309,12 @@ async fn run(args: Args) -> Result<()> {
     }
     if plan.wants("debezium") {
         files.push("libgolconde_debezium.so");
+    }
+    if plan.wants("nats") {
+        files.push("libgolconde_nats.so");
+    }
+    if plan.wants("redis") {
+        files.push("libgolconde_redis.so");
     }
     for file in files {
         if !release.join(file).exists() {
@@ -481,6 +509,38 @@ impl Bench {
         if self.plan.wants("stomp") {
             turns.push(vec![Mode::STOMP]);
         }
+        // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
+        for (part, mode, kind, name) in [
+            ("nats", Mode::NATS, streams::Kind::Nats, report::CEILING_N),
+            (
+                "redis",
+                Mode::REDIS,
+                streams::Kind::Redis,
+                report::CEILING_R,
+            ),
+        ] {
+            if !self.plan.wants(part) {
+                continue;
+            }
+            let mut figure = Figure::new(name, workload.messages);
+            for _ in 0..runs {
+                let queue = self.stream_queue(kind, workload, Format::Golconde).await?;
+                let t = streams::ceiling(kind, &queue, workload.messages).await?;
+                let left =
+                    streams::settled(kind, &queue, "ceiling", Duration::from_secs(5)).await?;
+                streams::delete(kind, &queue).await?;
+                if left != Some(0) {
+                    bail!("{name}: {left:?} messages left unacknowledged on `{queue}`");
+                }
+                progress(&format!(
+                    "{name}: {:.0}/s",
+                    workload.messages as f64 / t.as_secs_f64()
+                ));
+                figure.rate(workload.messages, t);
+            }
+            self.report.add(figure);
+            turns.push(vec![mode]);
+        }
         for modes in turns {
             for workers in self.plan.workers.clone() {
                 if modes.is_empty() {
@@ -540,6 +600,19 @@ impl Bench {
     async fn loaded_queue(&mut self, workload: Workload, format: Format) -> Result<String> {
         let queue = self.fresh_queue().await?;
         broker::preload(&self.amqp, &queue, broker::bodies(workload, format)).await?;
+        Ok(queue)
+    }
+
+    /// A fresh stream of the bench on `kind` holding `workload`, all confirmed.
+    async fn stream_queue(
+        &mut self,
+        kind: streams::Kind,
+        workload: Workload,
+        format: Format,
+    ) -> Result<String> {
+        self.queues += 1;
+        let queue = format!("golconde-bench-{}-{}", std::process::id(), self.queues);
+        streams::preload(kind, &queue, broker::bodies(workload, format)).await?;
         Ok(queue)
     }
 
@@ -650,7 +723,10 @@ impl Bench {
         expected: &Expected,
     ) -> Result<Run> {
         self.truncate(mode.database).await?;
-        let queue = self.loaded_queue(workload, mode.format()).await?;
+        let queue = match mode.stream() {
+            Some(kind) => self.stream_queue(kind, workload, mode.format()).await?,
+            None => self.loaded_queue(workload, mode.format()).await?,
+        };
         let mut daemon = self.start(mode, &queue, "users", workers)?;
         let limit = Duration::from_secs(60 + workload.messages / 500);
         loop {
@@ -661,9 +737,12 @@ impl Bench {
                     daemon.tail()
                 );
             }
-            if broker::ready(&self.channel, &queue).await? == 0
-                && self.reached(mode.database, expected).await?
-            {
+            let ready = match mode.stream() {
+                // The pipeline, and so its consumer, is named `bench`.
+                Some(kind) => streams::unacked(kind, &queue, "bench").await? != Some(0),
+                None => broker::ready(&self.channel, &queue).await? != 0,
+            };
+            if !ready && self.reached(mode.database, expected).await? {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -700,7 +779,16 @@ impl Bench {
         ));
         daemon.stop()?;
         self.verify(mode.database, &workload, expected).await?;
-        self.expect_empty(&queue).await?;
+        match mode.stream() {
+            Some(kind) => {
+                let left = streams::settled(kind, &queue, "bench", Duration::from_secs(5)).await?;
+                streams::delete(kind, &queue).await?;
+                if left != Some(0) {
+                    bail!("{left:?} messages were left unacknowledged on `{queue}`");
+                }
+            }
+            None => self.expect_empty(&queue).await?,
+        }
         Ok(Run {
             elapsed: end - start,
             rss,

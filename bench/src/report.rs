@@ -18,6 +18,8 @@ pub const CEILING_A: &str = "ceiling A: broker, ack each";
 pub const CEILING_A_CUMULATIVE: &str = "ceiling A: broker, ack every 100";
 pub const CEILING_B: &str = "ceiling B: database, 1,000-row UNNEST";
 pub const CEILING_C: &str = "ceiling C: mariadb, 1,000-row INSERT ... ON DUPLICATE KEY UPDATE";
+pub const CEILING_N: &str = "ceiling N: nats-server alone (async-nats), ack each";
+pub const CEILING_R: &str = "ceiling R: redis-server alone (redis-rs), XACK per 500";
 pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
 
 #[derive(Default)]
@@ -108,6 +110,15 @@ impl Figure {
     /// Ratios to the ceilings apply to Golconde's autosql figures (PostgreSQL: A and B;
     /// MariaDB: A and C). The debezium figures have messages of another size than ceiling
     /// A's, so they are compared with autosql's instead.
+    /// The ceiling of the stream broker a Golconde figure consumed from (NATS, Redis).
+    fn stream_ceiling(&self) -> Option<&'static str> {
+        match self.golconde.as_deref() {
+            Some("nats") => Some(CEILING_N),
+            Some("redis") => Some(CEILING_R),
+            _ => None,
+        }
+    }
+
     fn has_ratios(&self) -> bool {
         (self.golconde.is_some() || self.memory) && self.processor == "autosql"
     }
@@ -217,6 +228,15 @@ impl Report {
             });
         }
         let b = self.median_rate(CEILING_B);
+        if let Some(own) = figure.stream_ceiling() {
+            let own = self.median_rate(own);
+            let lower = own.zip(b).map(|(own, b)| own.min(b));
+            return json!({
+                "to_stream_ceiling": r(own),
+                "to_ceiling_b": r(b),
+                "to_min_stream_ceiling_b": r(lower),
+            });
+        }
         let base = self.median_rate(BASELINE);
         json!({
             "to_ceiling_a_ack_each": r(a),
@@ -276,6 +296,23 @@ impl Report {
             peak.map(|p| p < 150.0),
         ));
         out.extend(self.isolation_targets());
+        for (transport, ceiling, letter) in [("nats", CEILING_N, "N"), ("redis", CEILING_R, "R")] {
+            let Some((rate, workers)) = self.best_golconde(transport) else {
+                continue;
+            };
+            let own = self.median_rate(ceiling);
+            let lower = own.zip(b).map(|(own, b)| own.min(b));
+            out.push((
+                format!(
+                    "end-to-end {} >= 0.85 x ceiling {letter}: {} (workers={workers}); against \
+                     min(ceiling {letter}, ceiling B): {}",
+                    transport.to_uppercase(),
+                    fmt_ratio(own.map(|c| rate / c)),
+                    fmt_ratio(lower.map(|c| rate / c)),
+                ),
+                own.map(|c| rate >= 0.85 * c),
+            ));
+        }
         let mysql = self
             .best(|f| f.golconde.as_deref() == Some("amqp") && f.database == "mysql" && !f.process);
         let c = a.zip(self.median_rate(CEILING_C)).map(|(a, c)| a.min(c));
@@ -377,7 +414,7 @@ impl Report {
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
             "part",
             "messages",
             "msgs/s median [min-max]",
@@ -387,6 +424,8 @@ impl Report {
             "/C",
             "/minAB",
             "/minAC",
+            "/NR",
+            "/minNRB",
             "x base",
             "CPU us/msg",
             "p50 ms",
@@ -406,7 +445,7 @@ impl Report {
                 _ => "-".into(),
             };
             println!(
-                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
@@ -416,6 +455,8 @@ impl Report {
                 g("to_ceiling_c"),
                 g("to_min_ceiling"),
                 g("to_min_ceiling_a_c"),
+                g("to_stream_ceiling"),
+                g("to_min_stream_ceiling_b"),
                 g("to_baseline"),
                 fmt_spread(spread(&f.cpu_us), 1),
                 fmt_spread(spread(&f.p50), 1),
@@ -437,7 +478,7 @@ impl Report {
             }
         }
         println!();
-        println!("targets (issue 6, process isolation, mysql):");
+        println!("targets (issue 6, process isolation, mysql, nats, redis):");
         for (text, met) in self.targets() {
             let mark = match met {
                 Some(true) => "met   ",

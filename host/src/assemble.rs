@@ -63,6 +63,18 @@ impl<T> std::ops::Deref for Current<T> {
     }
 }
 
+impl<T> Instance<T> {
+    /// Whether `other` was built from the same section by the same plugin library: a
+    /// reload keeps the running one of the two, connections and all.
+    pub fn same_build(&self, other: &Instance<T>) -> bool {
+        self.name == other.name
+            && self.plugin.file == other.plugin.file
+            && self.plugin.name == other.plugin.name
+            && self.recipe.settings == other.recipe.settings
+            && self.recipe.config_dir == other.recipe.config_dir
+    }
+}
+
 impl<T: Kind> Instance<T> {
     /// The instance as it is now.
     pub fn get(&self) -> Current<T> {
@@ -213,7 +225,59 @@ pub struct Assembly {
     pub problems: Vec<Problem>,
 }
 
+/// The connection instances pipelines are running on, by section name.
+#[derive(Default, Clone)]
+pub struct Connections {
+    pub transports: BTreeMap<String, Arc<Instance<TransportBox>>>,
+    pub databases: BTreeMap<String, Arc<Instance<DatabaseBox>>>,
+}
+
+impl Connections {
+    /// Those `pipelines` use.
+    pub fn of<'a>(pipelines: impl IntoIterator<Item = &'a PipelineParts>) -> Connections {
+        let mut used = Connections::default();
+        for p in pipelines {
+            let targets = p.dead_letter.iter().chain(&p.fan_out).map(|(t, _)| t);
+            for t in std::iter::once(&p.transport).chain(targets) {
+                used.transports.insert(t.name.clone(), t.clone());
+            }
+            used.databases
+                .insert(p.database.name.clone(), p.database.clone());
+        }
+        used
+    }
+}
+
+/// `built`, or the running instance of the same build in its place.
+fn reuse<T>(
+    built: &Arc<Instance<T>>,
+    running: &BTreeMap<String, Arc<Instance<T>>>,
+) -> Arc<Instance<T>> {
+    match running.get(&built.name) {
+        Some(old) if old.same_build(built) => old.clone(),
+        _ => built.clone(),
+    }
+}
+
 impl Assembly {
+    /// Puts the running instances of `running` in place of those built anew from the same
+    /// sections, so that pipelines started now share connections with those that run on.
+    pub fn reuse(&mut self, running: &Connections) {
+        for t in self.transports.values_mut() {
+            *t = reuse(t, &running.transports);
+        }
+        for d in self.databases.values_mut() {
+            *d = reuse(d, &running.databases);
+        }
+        for p in &mut self.pipelines {
+            p.transport = reuse(&p.transport, &running.transports);
+            p.database = reuse(&p.database, &running.databases);
+            for (t, _) in p.dead_letter.iter_mut().chain(&mut p.fan_out) {
+                *t = reuse(t, &running.transports);
+            }
+        }
+    }
+
     /// Pipeline `name` alone, with its connections: what its own process builds.
     pub fn build_pipeline(file: &ConfigFile, registry: &Registry, name: &str) -> Assembly {
         Assembly::build_selected(file, registry, |p| p.name == name, false)

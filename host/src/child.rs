@@ -67,7 +67,8 @@ pub fn run(path: &Path, name: &str, search: impl FnOnce(&ConfigFile) -> Vec<Path
     }
     let _span = tracing::info_span!("pipeline", name).entered();
     let shutdown = Shutdown::default();
-    let signals = match crate::watch_signals(shutdown.clone()) {
+    // SIGHUP is for the daemon, which reloads; here it is noted and ignored.
+    let signals = match crate::control::Signals::watch(shutdown.clone()) {
         Ok(signals) => signals,
         Err(e) => return channel.cannot_start(&format!("{e:#}")),
     };

@@ -63,6 +63,9 @@ pub struct Config {
     /// How long, at most, a stopping daemon waits for in-flight batches.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Where `golconde run` writes its process id, for `golconde reload`; relative to the
+    /// configuration file.
+    pub pid_file: Option<PathBuf>,
     /// Whether pipelines run as threads of this process or each in a process of its own;
     /// a pipeline may say otherwise for itself.
     #[serde(default)]
@@ -97,8 +100,13 @@ impl Default for LogConfig {
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StatsConfig {
-    /// `host:port` to serve `/stats`, `/metrics` and `/health` on; off when absent.
+    /// `host:port` to serve the dashboard, `/stats`, `/metrics` and `/health` on; off when
+    /// absent.
     pub listen: Option<String>,
+    /// A bearer token every route but `/health` wants.
+    pub token: Option<String>,
+    /// A file holding that token (relative to the configuration file), instead of `token`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where a pipeline runs.
@@ -124,7 +132,7 @@ pub enum LogFormat {
 
 /// A `[transports.NAME]` or `[databases.NAME]` section: the plugin to use, and everything
 /// else handed to that plugin.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 pub struct Connection {
     pub plugin: String,
     #[serde(flatten)]
@@ -133,7 +141,7 @@ pub struct Connection {
 
 /// A pipeline's `processor = { plugin = "...", ... }`, or `processor = "..."` for a
 /// processor with no settings of its own.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProcessorConfig {
     pub plugin: String,
     pub settings: toml::Table,
@@ -179,7 +187,7 @@ impl<'de> Deserialize<'de> for ProcessorConfig {
 }
 
 /// One `[[pipelines]]` entry.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     pub name: String,
@@ -215,7 +223,7 @@ pub struct PipelineConfig {
     pub fan_out: Vec<Target>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     #[serde(default = "defaults::max_messages")]
@@ -234,7 +242,7 @@ impl Default for BatchConfig {
 }
 
 /// Backoff for transient failures and for restarting workers.
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "defaults::initial_backoff_ms")]
@@ -253,7 +261,7 @@ impl Default for RetryConfig {
 }
 
 /// A queue on a named transport (dead-letter queue, fan-out target).
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub transport: String,
@@ -347,6 +355,11 @@ impl ConfigFile {
         }
     }
 
+    /// Where `golconde run` writes its process id, if it does.
+    pub fn pid_file(&self) -> Option<PathBuf> {
+        self.config.pid_file.as_ref().map(|p| self.dir().join(p))
+    }
+
     /// Where pipeline `p` runs.
     pub fn isolation(&self, p: &PipelineConfig) -> Isolation {
         p.isolation.unwrap_or(self.config.isolation)
@@ -375,9 +388,50 @@ impl ConfigFile {
         dirs
     }
 
+    /// The token of `[stats]`, read from `token_file` if that is where it is.
+    pub fn stats_token(&self) -> Result<Option<String>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            message,
+        };
+        let Some(file) = &self.config.stats.token_file else {
+            return Ok(self.config.stats.token.clone());
+        };
+        let path = self.dir().join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            invalid(format!(
+                "`[stats] token_file` = `{}`: cannot read {}: {e}",
+                file.display(),
+                path.display()
+            ))
+        })?;
+        let token = text.lines().next().unwrap_or_default();
+        if token.trim().is_empty() {
+            return Err(invalid(format!(
+                "`[stats] token_file`: {} is empty; write the token in it",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
+    }
+
     /// Checks what the types cannot: names that refer to each other, and limits.
     fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.config;
+        if c.stats.token.is_some() && c.stats.token_file.is_some() {
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                message: "`[stats]` has both `token` and `token_file`: keep one".into(),
+            });
+        }
+        if c.stats.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                message: "`[stats] token` is empty: set a token, or remove the key to leave \
+                          the endpoint open"
+                    .into(),
+            });
+        }
         let fail = |section: &Spanned<PipelineConfig>, message: String| ConfigError::Invalid {
             path: self.path.clone(),
             message: format!(
@@ -701,6 +755,38 @@ processor = { plugin = "autosql" }
 database = "primary"
 table = "public.users"
 "#;
+
+    #[test]
+    fn the_stats_token_comes_from_the_file_or_a_file_of_its_own() {
+        let with = |stats: &str| parse(&format!("[stats]\n{stats}\n{MINIMAL}"));
+        let file = with("token = \"s3cret\"").unwrap();
+        assert_eq!(file.stats_token().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(with("").unwrap().stats_token().unwrap(), None);
+        let both = with("token = \"a\"\ntoken_file = \"t\"").unwrap_err();
+        assert!(
+            both.to_string().contains("both `token` and `token_file`"),
+            "{both}"
+        );
+        let empty = with("token = \" \"").unwrap_err();
+        assert!(
+            empty.to_string().contains("`[stats] token` is empty"),
+            "{empty}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("golconde-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "from a file\n").unwrap();
+        let text = format!("[stats]\ntoken_file = \"token\"\n{MINIMAL}");
+        let file = ConfigFile::parse(&dir.join("golconde.toml"), text.clone(), |_| None).unwrap();
+        assert_eq!(file.stats_token().unwrap().as_deref(), Some("from a file"));
+        let missing = ConfigFile::parse(&dir.join("sub/golconde.toml"), text, |_| None).unwrap();
+        let error = missing.stats_token().unwrap_err().to_string();
+        assert!(
+            error.contains("`[stats] token_file` = `token`: cannot read"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_minimal_file_gets_sane_defaults() {

@@ -19,8 +19,8 @@ use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
 use golconde_plugin_api::{
     abi::{Constructor, PluginKind, PluginLibRef},
     ext::{
-        construct::ConstructV1, delete_all::DeleteAllV1, Extension, ExtensionHeader,
-        EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL,
+        construct::ConstructV1, consume_as::ConsumeAsV1, delete_all::DeleteAllV1, lag::LagV1,
+        Extension, ExtensionHeader, EXTENSIONS_MAGIC, EXTENSIONS_SYMBOL,
     },
     AbiVersion,
 };
@@ -42,6 +42,12 @@ pub struct PluginInfo {
     /// A database that offers `golconde.delete_all` 1 (ABI 1.1): it takes a `Delete` with
     /// an empty restriction as "every row". Without it, the host refuses such a change.
     pub deletes_all_rows: bool,
+    /// A transport that offers `golconde.consume_as` 1 (ABI 1.2): the host opens its
+    /// consumers naming the pipeline. Without it, the 1.0 `consume`.
+    pub consume_as: Option<&'static ConsumeAsV1>,
+    /// A transport that offers `golconde.lag` 1 (ABI 1.3): it says how many messages
+    /// wait for a pipeline. Without it, no lag is shown.
+    pub lag: Option<&'static LagV1>,
 }
 
 /// A library that was found but cannot be used, and why.
@@ -319,6 +325,8 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
             let construct_v1 = find::<ConstructV1>(&extensions, name, kind, &refuse)?;
             let deletes_all_rows = find::<DeleteAllV1>(&extensions, name, kind, &refuse)?
                 .is_some_and(|t| t.deletes_all_rows);
+            let consume_as = find::<ConsumeAsV1>(&extensions, name, kind, &refuse)?;
+            let lag = find::<LagV1>(&extensions, name, kind, &refuse)?;
             Ok(PluginInfo {
                 file: file.to_path_buf(),
                 kind,
@@ -329,6 +337,8 @@ pub fn load_library(file: &Path) -> Result<Option<Vec<PluginInfo>>, Refused> {
                 constructor: entry.constructor,
                 construct_v1,
                 deletes_all_rows,
+                consume_as,
+                lag,
             })
         })
         .collect::<Result<_, _>>()

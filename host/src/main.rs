@@ -7,12 +7,16 @@
 //! (running threads). `anyhow` stops here: the modules return their own errors.
 
 mod assemble;
+mod capture;
 mod child;
 mod config;
+mod control;
+mod fleet;
 mod loader;
 mod logging;
 mod pipeline;
 mod pool;
+mod replay;
 mod route;
 mod scaffold;
 mod send;
@@ -31,11 +35,11 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     assemble::Assembly,
-    config::{ConfigFile, Isolation},
+    config::ConfigFile,
+    control::{PidFile, Signals},
+    fleet::Fleet,
     loader::Registry,
-    pipeline::RunningPipeline,
     pool::Shutdown,
-    supervise::Supervisor,
 };
 
 /// Golconde moves data changes from message queues into databases.
@@ -51,6 +55,50 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CaptureAction {
+    /// Install (or bring up to date) the trigger that writes each inserted, updated or
+    /// deleted row of --table to the outbox, in the same transaction. Idempotent, in one
+    /// transaction; creates the outbox if missing. Needs PostgreSQL 12+ and a primary key.
+    Install {
+        /// The configuration file; --database names one of its `[databases.NAME]`.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The `[databases.NAME]` (plugin `postgres`) holding the table.
+        #[arg(long, value_name = "NAME")]
+        database: String,
+        /// The table to capture: `schema.table`, or `table` (found by `search_path`).
+        /// Messages name the table as written here.
+        #[arg(long, value_name = "TABLE")]
+        table: String,
+        /// The outbox table: the `queue` of a `pgoutbox` transport.
+        #[arg(long, value_name = "TABLE", default_value = "golconde.outbox")]
+        outbox: String,
+        /// Print the SQL instead of running it (to review, or to install by hand).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Remove the capture triggers of --table; the outbox and what it holds stay.
+    Uninstall {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        database: String,
+        #[arg(long, value_name = "TABLE")]
+        table: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// List the captured tables of the database, their outboxes and what waits in them.
+    Status {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        database: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run every pipeline of a configuration file in the foreground until SIGINT or SIGTERM.
     ///
@@ -62,6 +110,23 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Also look for plugin libraries here (before `plugin_dirs` of the file).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Ask a running daemon to read its configuration file again, without a restart.
+    ///
+    /// Checks FILE as `golconde check` does (a file with problems is refused here, and the
+    /// daemon is not disturbed), then sends SIGHUP to the daemon whose process id is in
+    /// the file's `pid_file` (or --pid-file). The daemon checks the file once more, then
+    /// drains and stops removed pipelines, starts new ones, and drains and restarts changed
+    /// ones with their new settings; pipelines whose settings did not change never pause.
+    /// Its log says what it did. `kill -HUP PID` does the same.
+    Reload {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The daemon's pid file, instead of the configuration's `pid_file`.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
     },
@@ -97,6 +162,48 @@ enum Command {
         input: Option<PathBuf>,
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
+    },
+    /// Move the messages of a pipeline's dead-letter queue back to its source queue.
+    ///
+    /// For after the cause is fixed (a column added, a limit raised): each message goes back
+    /// to the pipeline's `transport` and `queue` with its original body and headers, without
+    /// the `x-golconde-*` headers dead-lettering added, and with `x-golconde-replayed` (the
+    /// time of the replay). Each is published and confirmed by the broker before it is
+    /// acknowledged on the dead-letter queue, so a crash leaves a message on both queues,
+    /// never on neither. Messages not moved stay on the dead-letter queue, in order.
+    ///
+    /// Stops when the dead-letter queue has nothing more for 1.5 s, at --limit, or at the
+    /// first message this run moved that comes back (a daemon running the pipeline
+    /// dead-lettered it again): no message is moved twice in one run. Prints one line per
+    /// message and a summary of what was moved and what was left, and why. Exits 1 on an
+    /// error; what was not moved stays where it was.
+    Replay {
+        /// The configuration file (TOML) declaring the pipeline and its transports.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The pipeline (`name` of a `[[pipelines]]` entry) whose `dead_letter` queue to
+        /// move back.
+        #[arg(long, value_name = "NAME")]
+        pipeline: String,
+        /// Move at most N messages; the ones after them stay on the dead-letter queue.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Move only messages whose `x-golconde-error` header contains TEXT, ignoring case;
+        /// the others stay on the dead-letter queue, untouched and in order.
+        #[arg(long = "where-error", value_name = "TEXT")]
+        where_error: Option<String>,
+        /// Print what would be moved; move nothing and acknowledge nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also look for plugin libraries here (before `plugin_dirs` of the file).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Capture a PostgreSQL table's changes into an outbox, in the transaction that makes
+    /// them, for the `pgoutbox` transport to consume (see docs/capture.md).
+    Capture {
+        #[command(subcommand)]
+        action: CaptureAction,
     },
     /// List the plugins found in plugin directories, and the libraries that were refused.
     ///
@@ -152,10 +259,46 @@ fn main() -> ExitCode {
             connect,
             plugin_dirs,
         } => check(&config, connect, plugin_dirs),
+        Command::Reload {
+            config,
+            pid_file,
+            plugin_dirs,
+        } => reload(&config, pid_file, plugin_dirs),
         Command::Plugins {
             config,
             plugin_dirs,
         } => plugins(config.as_deref(), plugin_dirs),
+        Command::Capture { action } => {
+            let (config, database, action, print) = match action {
+                CaptureAction::Install {
+                    config,
+                    database,
+                    table,
+                    outbox,
+                    print,
+                } => (
+                    config,
+                    database,
+                    capture::Action::Install { table, outbox },
+                    print,
+                ),
+                CaptureAction::Uninstall {
+                    config,
+                    database,
+                    table,
+                    print,
+                } => (
+                    config,
+                    database,
+                    capture::Action::Uninstall { table },
+                    print,
+                ),
+                CaptureAction::Status { config, database } => {
+                    (config, database, capture::Action::Status, false)
+                }
+            };
+            capture::run(&config, &database, action, print).map(|()| ExitCode::SUCCESS)
+        }
         Command::RunPipeline {
             config,
             pipeline,
@@ -179,6 +322,25 @@ fn main() -> ExitCode {
             input,
             plugin_dirs,
         } => send_lines(&config, &transport, &queue, input.as_deref(), plugin_dirs),
+        Command::Replay {
+            config,
+            pipeline,
+            limit,
+            where_error,
+            dry_run,
+            plugin_dirs,
+        } => {
+            let options = replay::Options {
+                pipeline,
+                limit,
+                where_error,
+                dry_run,
+            };
+            replay::run(&config, &options, |file| {
+                search_path(plugin_dirs, Some(file))
+            })
+            .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,
@@ -359,69 +521,63 @@ fn check(path: &Path, connect: bool, cli_dirs: Vec<PathBuf>) -> anyhow::Result<E
     }
 }
 
+fn reload(
+    path: &Path,
+    pid_file: Option<PathBuf>,
+    cli_dirs: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    const KEPT: &str = "not reloaded: the daemon keeps running as it is";
+    let file = match ConfigFile::load(path) {
+        Ok(file) => file,
+        Err(e) => {
+            println!("problem: {e}\n{KEPT}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(pid_file) = pid_file.or_else(|| file.pid_file()) else {
+        bail!(
+            "{}: no `pid_file` to find the daemon by: set `pid_file` in the file (and restart \
+             the daemon once), pass --pid-file, or send SIGHUP to the daemon yourself",
+            path.display()
+        );
+    };
+    if check(path, false, cli_dirs)? != ExitCode::SUCCESS {
+        println!("{KEPT}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let pid = control::request_reload(&pid_file)?;
+    println!(
+        "asked golconde (pid {pid}) to reload {}; its log says what changed",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let file = ConfigFile::load(path)?;
     logging::init(&file.config.log).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // Watched before plugins load, so a stop requested during a slow start is still a
     // graceful one: the pipelines start, see the shutdown, and the process exits 0.
     let shutdown = Shutdown::default();
-    let signals = watch_signals(shutdown.clone())?;
+    let signals = Signals::watch(shutdown.clone())?;
     let stats = stats::Stats::default();
     if let Some(listen) = &file.config.stats.listen {
-        let address = stats::serve(listen, stats.clone(), shutdown.clone())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        tracing::info!("serving counters on http://{address}/stats and /metrics");
-    }
-    let grace = Duration::from_millis(file.config.shutdown_grace_ms);
-    let in_threads = |p: &config::PipelineConfig| file.isolation(p) == Isolation::Thread;
-
-    // Plugin code is loaded here only for pipelines that run in this process.
-    let mut running = Vec::new();
-    let threaded = file
-        .config
-        .pipelines
-        .iter()
-        .filter(|p| in_threads(p.get_ref()))
-        .count();
-    if threaded > 0 {
-        let registry = Registry::discover(&search_path(cli_dirs.clone(), Some(&file)));
-        // With every pipeline here, every declared connection is built (and a broken one
-        // reported), as `check` does; otherwise only what these pipelines use.
-        let everything = threaded == file.config.pipelines.len();
-        let assembly = Assembly::build_selected(&file, &registry, in_threads, everything);
-        for problem in &assembly.problems {
-            tracing::error!("{problem}");
-        }
-        for parts in assembly.pipelines {
-            let name = parts.config.name.clone();
-            running.push(
-                RunningPipeline::start(parts, &shutdown, stats.register(&name), None)
-                    .with_context(|| format!("starting the threads of pipeline `{name}`"))?,
-            );
-        }
-    }
-    let config_path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut supervised = Vec::new();
-    for section in &file.config.pipelines {
-        let p = section.get_ref();
-        if in_threads(p) {
-            continue;
-        }
-        let spec = supervise::ChildSpec {
-            pipeline: p.name.clone(),
-            config: config_path.clone(),
-            plugin_dirs: cli_dirs.clone(),
-            retry: p.retry,
-            memory_limit_mb: p.memory_limit_mb,
-            grace,
-            log_format: file.config.log.format,
+        let token = file.stats_token()?;
+        let guarded = if token.is_some() {
+            ", with a token"
+        } else {
+            ""
         };
-        supervised.push(
-            Supervisor::start(spec, &shutdown, stats.register(&p.name))
-                .with_context(|| format!("starting the supervisor of pipeline `{}`", p.name))?,
+        let address = stats::serve(listen, token, stats.clone(), shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tracing::info!(
+            "serving counters on http://{address}/stats and /metrics, the dashboard on \
+             http://{address}/{guarded}"
         );
     }
-    if running.is_empty() && supervised.is_empty() {
+    let mut fleet = Fleet::start(&file, path, cli_dirs, &shutdown, stats)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if fleet.len() == 0 {
         bail!(
             "{}: no pipeline could be started{}",
             path.display(),
@@ -432,21 +588,33 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    let _pid_file = file.pid_file().map(PidFile::write).transpose()?;
+    let in_processes = fleet.in_processes();
     tracing::info!(
         "{} pipeline(s) running{}",
-        running.len() + supervised.len(),
-        if supervised.is_empty() {
+        fleet.len(),
+        if in_processes == 0 {
             String::new()
         } else {
-            format!(", {} in processes of their own", supervised.len())
+            format!(", {in_processes} in processes of their own")
         }
     );
 
-    let all_finished = |running: &[RunningPipeline], supervised: &[Supervisor]| {
-        running.iter().all(RunningPipeline::is_finished)
-            && supervised.iter().all(Supervisor::is_finished)
-    };
-    while !shutdown.is_triggered() && !all_finished(&running, &supervised) {
+    let mut grace = Duration::from_millis(file.config.shutdown_grace_ms);
+    while !shutdown.is_triggered() && !fleet.all_finished() {
+        if signals.reload_requested() {
+            tracing::info!("reloading {}", path.display());
+            match fleet.reload() {
+                Ok(outcome) => tracing::info!("reloaded {}: {outcome}", path.display()),
+                Err(e) => tracing::error!(
+                    "reload refused, the running pipelines are kept as they are: {e}"
+                ),
+            }
+            if let Ok(file) = ConfigFile::load(path) {
+                grace = Duration::from_millis(file.config.shutdown_grace_ms);
+            }
+            continue;
+        }
         shutdown.sleep(Duration::from_millis(200));
     }
     if shutdown.is_triggered() {
@@ -454,7 +622,7 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     // Supervisors give their children the same grace, and a moment to report.
     let deadline = Instant::now() + grace + Duration::from_secs(2);
-    while !all_finished(&running, &supervised) {
+    while !fleet.all_finished() {
         if Instant::now() >= deadline {
             tracing::warn!(
                 "grace period over with batches still in flight; their messages stay on the \
@@ -464,17 +632,7 @@ fn run(path: &Path, cli_dirs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut failed = 0;
-    let outcomes = running
-        .into_iter()
-        .map(|p| (p.name.clone(), p.join()))
-        .chain(supervised.into_iter().map(|s| (s.name.clone(), s.join())));
-    for (name, outcome) in outcomes {
-        if let Err(e) = outcome {
-            failed += 1;
-            tracing::error!("pipeline `{name}` stopped: {e}");
-        }
-    }
+    let failed = fleet.join();
     signals.close();
     if shutdown.is_triggered() {
         tracing::info!("stopped");
@@ -537,26 +695,4 @@ fn send_lines(
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// The first SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
-fn watch_signals(shutdown: Shutdown) -> anyhow::Result<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing the SIGINT and SIGTERM handlers")?;
-    let handle = signals.handle();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if shutdown.is_triggered() {
-                    tracing::warn!("second signal ({signal}): exiting now");
-                    std::process::exit(130);
-                }
-                tracing::info!("signal {signal} received");
-                shutdown.trigger();
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(handle)
 }

@@ -36,14 +36,14 @@ use abi_stable::std_types::{RSlice, RStr};
 use golconde_plugin_api::{
     abi::{ConsumerBox, DatabaseBox, ProcessorBox, SessionBox, TransportBox},
     AckMode, Action, Applied, Change, ConsumeOptions, Delivery, ErrorKind, Message, PluginError,
-    TRANSPORT_ERROR_HEADER,
+    CHANGE_ID_HEADER, TRANSPORT_ERROR_HEADER,
 };
 
 use crate::{
     assemble::{allowed_tables, Current, Instance, PipelineParts},
     pool::{Backoff, Shutdown, Stop, WorkerPool},
     route::Router,
-    stats::PipelineStats,
+    stats::{PipelineStats, RunGuard},
     tables::AllowedTables,
 };
 
@@ -58,6 +58,9 @@ const PANIC_LIMIT: u32 = 3;
 /// processed, which matters when commits are slow (a remote or fsync-bound database).
 /// Acknowledgements still go back batch by batch, in order.
 const DEPTH: usize = 2;
+
+/// How often a pipeline asks its transport for its lag: as often as the dashboard samples.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a filling batch checks whether the batch before it has committed.
 const FILL_SLICE: Duration = Duration::from_millis(1);
@@ -106,6 +109,8 @@ struct InFlight {
     id: u64,
     batch: Vec<Delivery>,
     outcomes: Vec<Outcome>,
+    /// Each change's id, by position, kept for its fan-out copy (empty without fan-out).
+    change_ids: Vec<Option<String>>,
     results: mpsc::Receiver<JobResult>,
     /// How many of the jobs the batch was split into have not answered yet.
     jobs_left: usize,
@@ -168,7 +173,6 @@ fn applier_died() -> Stop {
 
 /// A pipeline's threads.
 pub struct RunningPipeline {
-    pub name: String,
     dispatcher: WorkerPool,
     appliers: WorkerPool,
 }
@@ -182,6 +186,7 @@ impl RunningPipeline {
     ) -> std::io::Result<RunningPipeline> {
         let name = parts.config.name.clone();
         let retry = parts.config.retry;
+        stats.starting(&parts.config.queue);
         // As many slots per applier as batches in flight, so handing out a batch never
         // waits behind an earlier one, and nothing queues up unbounded.
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..parts.config.workers)
@@ -202,10 +207,12 @@ impl RunningPipeline {
                     shutdown: shutdown.clone(),
                     session: None,
                     stats: stats.clone(),
+                    _alive: stats.applying(),
                 };
                 move || applier.run()
             },
         )?;
+        watch_lag(&parts, shutdown, stats.clone())?;
         let mut dispatcher = Some(Dispatcher {
             allowed: allowed_tables(&parts.config),
             router: Router::new(parts.config.workers),
@@ -215,6 +222,7 @@ impl RunningPipeline {
             watcher,
             batches: 0,
             shutdown: shutdown.clone(),
+            _alive: stats.running(),
             stats,
         });
         let dispatcher = WorkerPool::spawn(&name, "dispatch", 1, retry, shutdown, |_| {
@@ -228,7 +236,6 @@ impl RunningPipeline {
             }
         })?;
         Ok(RunningPipeline {
-            name,
             dispatcher,
             appliers,
         })
@@ -245,6 +252,59 @@ impl RunningPipeline {
         let applied = self.appliers.join();
         dispatched.and(applied)
     }
+}
+
+/// Asks the transport how many messages wait for the pipeline, every [`LAG_EVERY`], until
+/// the pipeline is stopped; for a transport of ABI 1.3 or later only.
+fn watch_lag(
+    parts: &PipelineParts,
+    shutdown: &Shutdown,
+    stats: Arc<PipelineStats>,
+) -> std::io::Result<()> {
+    let Some(table) = parts.transport.plugin.lag else {
+        return Ok(());
+    };
+    let transport = parts.transport.clone();
+    let (queue, pipeline) = (parts.config.queue.clone(), parts.config.name.clone());
+    let shutdown = shutdown.clone();
+    let span = tracing::info_span!("worker", pipeline, role = "lag", index = 0);
+    std::thread::Builder::new()
+        .name(format!("{pipeline}/lag"))
+        .spawn(move || {
+            let _entered = span.enter();
+            loop {
+                let current = transport.get();
+                let asked =
+                    (table.lag)(&current, RStr::from_str(&queue), RStr::from_str(&pipeline));
+                match asked.into_result() {
+                    Ok(lag) => stats.set_lag(lag.into_option()),
+                    // A panicked instance is never called again by this thread; the
+                    // pipeline's own threads rebuild it when they meet it.
+                    Err(e) if e.kind == ErrorKind::Panic => {
+                        tracing::warn!(
+                            "transport `{}` panicked telling the lag of queue `{queue}`; no \
+                             lag is shown for this pipeline until it restarts: {}",
+                            transport.name,
+                            e.message
+                        );
+                        stats.set_lag(None);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            "transport `{}` cannot tell the lag of queue `{queue}`: {}",
+                            transport.name,
+                            e.message
+                        );
+                        stats.set_lag(None);
+                    }
+                }
+                if shutdown.sleep(LAG_EVERY) {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Changes for one applier, and where to send the results.
@@ -284,12 +344,18 @@ struct Applier {
     shutdown: Shutdown,
     session: Option<SessionBox>,
     stats: Arc<PipelineStats>,
+    /// Counts the worker as alive for as long as its thread lives.
+    _alive: RunGuard,
 }
 
 impl Applier {
     fn run(&mut self) -> Stop {
         while let Ok(job) = self.jobs.recv() {
+            let started = Instant::now();
             let results = self.apply(&job.changes);
+            if results.is_ok() {
+                self.stats.applied_in(started.elapsed());
+            }
             let _ = job.reply.send(JobResult {
                 positions: job.positions,
                 results,
@@ -448,6 +514,8 @@ struct Dispatcher {
     batches: u64,
     shutdown: Shutdown,
     stats: Arc<PipelineStats>,
+    /// Counts the pipeline as running for as long as the dispatcher's thread lives.
+    _alive: RunGuard,
 }
 
 impl Dispatcher {
@@ -466,10 +534,14 @@ impl Dispatcher {
             ack_mode: AckMode::Cumulative,
         };
         let transport = self.parts.transport.get();
-        let consumer = match transport
-            .consume(RStr::from_str(&config.queue), options)
-            .into_result()
-        {
+        let queue = RStr::from_str(&config.queue);
+        let opened = match self.parts.transport.plugin.consume_as {
+            Some(table) => {
+                (table.consume_as)(&transport, queue, options, RStr::from_str(&config.name))
+            }
+            None => transport.consume(queue, options),
+        };
+        let consumer = match opened.into_result() {
             Ok(consumer) => consumer,
             Err(e) => {
                 return self.transport_failed(
@@ -488,6 +560,7 @@ impl Dispatcher {
             config.queue,
             self.parts.transport.name
         );
+        self.stats.progress();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let stop = loop {
             let stopping = self.shutdown.is_triggered();
@@ -529,6 +602,7 @@ impl Dispatcher {
         if let Err(e) = consumer.close().into_result() {
             tracing::warn!("closing the consumer of `{}`: {e}", self.parts.config.queue);
         }
+        self.stats.nothing_in_flight();
         stop
     }
 
@@ -633,6 +707,7 @@ impl Dispatcher {
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), Stop> {
         PipelineStats::add(&self.stats.received, batch.len());
+        self.stats.batch_started(batch.len());
         let id = self.batches;
         self.batches += 1;
         if let Some(watcher) = &self.watcher {
@@ -663,6 +738,19 @@ impl Dispatcher {
         if routes.alone || in_flight.back().is_some_and(|b| b.alone) {
             self.finish_all(consumer, in_flight)?;
         }
+        let change_ids = if self.parts.fan_out.is_empty() {
+            Vec::new()
+        } else {
+            outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Pending(change) => {
+                        change.id.as_ref().into_option().map(|id| id.to_string())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let (results, jobs) = self.send(&mut outcomes, routes.workers).inspect_err(|_| {
             self.watch_finished(id);
         })?;
@@ -670,6 +758,7 @@ impl Dispatcher {
             id,
             batch,
             outcomes,
+            change_ids,
             results,
             jobs_left: jobs,
             failed: None,
@@ -692,9 +781,10 @@ impl Dispatcher {
     /// Waits for a batch's commits, fans it out, dead-letters what cannot apply, and
     /// acknowledges it. `Err` stops the worker.
     fn finish(&mut self, consumer: &ConsumerBox, in_flight: InFlight) -> Result<(), Stop> {
-        let id = in_flight.id;
+        let (id, messages) = (in_flight.id, in_flight.batch.len());
         let finished = self.finish_batch(consumer, in_flight);
         self.watch_finished(id);
+        self.stats.batch_finished(messages);
         finished
     }
 
@@ -711,7 +801,10 @@ impl Dispatcher {
     ) -> Result<(), Stop> {
         in_flight.wait()?;
         let InFlight {
-            batch, outcomes, ..
+            batch,
+            outcomes,
+            change_ids,
+            ..
         } = in_flight;
 
         // What cannot go on, by position; and the fan-out copy of everything else applied.
@@ -721,7 +814,10 @@ impl Dispatcher {
             match outcome {
                 Outcome::Applied(applied) if !self.parts.fan_out.is_empty() => {
                     match self.enrich(delivery, applied)? {
-                        Ok(copy) => copies.push((position, copy)),
+                        Ok(mut copy) => {
+                            stamp_change_id(&mut copy, change_ids.get(position));
+                            copies.push((position, copy))
+                        }
                         Err(failure) => failures.push((
                             position,
                             failure.after("applied, but its fan-out copy could not be made"),
@@ -833,6 +929,10 @@ impl Dispatcher {
                     self.parts.config.queue
                 )));
             }
+            // The AMQP timestamp property, as the transports name it: seconds since 1970.
+            let timestamps = batch[..done].iter();
+            self.stats
+                .committed(timestamps.filter_map(|d| d.message.header("timestamp")));
         }
         let fanned_out = copies.iter().filter(|(p, _)| *p < done).count();
         self.count(&outcomes[..done], fanned_out, dead_lettered, done);
@@ -1190,6 +1290,16 @@ fn bare_copy(letter: &Message) -> Message {
 
 fn interrupted() -> PluginError {
     PluginError::transient("interrupted before it was applied")
+}
+
+/// Says on a fan-out copy which change it carries ([`CHANGE_ID_HEADER`]), replacing what
+/// an upstream pipeline said: the processor may have made another id of it.
+fn stamp_change_id(copy: &mut Message, id: Option<&Option<String>>) {
+    copy.headers
+        .retain(|h| !h.name.as_str().eq_ignore_ascii_case(CHANGE_ID_HEADER));
+    if let Some(Some(id)) = id {
+        copy.push_header(CHANGE_ID_HEADER, id.as_str());
+    }
 }
 
 /// How a delivery is named in messages: its `message-id` if it has one, else its tag.

@@ -11,7 +11,7 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex, Weak,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -21,35 +21,76 @@ use tracing::Span;
 
 use crate::config::RetryConfig;
 
-/// Set once, when the daemon is asked to stop; cheap to check, and sleepers wake up at once.
+/// Set once, when the daemon (or, for a [`Shutdown::child`], one pipeline) is asked to
+/// stop; cheap to check, and sleepers wake up at once.
 #[derive(Clone, Default)]
 pub struct Shutdown {
-    inner: Arc<(AtomicBool, Mutex<()>, Condvar)>,
+    inner: Arc<Signal>,
+}
+
+#[derive(Default)]
+struct Signal {
+    flag: AtomicBool,
+    /// Children to trigger with this one; the lock also orders sleepers and triggers.
+    children: Mutex<Vec<Weak<Signal>>>,
+    wake: Condvar,
+}
+
+impl Signal {
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let children = {
+            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+            std::mem::take(&mut *children)
+        };
+        for child in children.iter().filter_map(Weak::upgrade) {
+            child.trigger();
+        }
+    }
 }
 
 impl Shutdown {
     pub fn trigger(&self) {
-        let (flag, lock, wake) = &*self.inner;
-        flag.store(true, Ordering::SeqCst);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        wake.notify_all();
+        self.inner.trigger();
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.inner.0.load(Ordering::SeqCst)
+        self.inner.flag.load(Ordering::SeqCst)
+    }
+
+    /// A signal of its own that this one also triggers: one pipeline can be stopped (by a
+    /// reload) while the daemon's shutdown still stops everything.
+    pub fn child(&self) -> Shutdown {
+        let child = Shutdown::default();
+        {
+            let mut children = self
+                .inner
+                .children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !self.is_triggered() {
+                children.retain(|c| c.strong_count() > 0);
+                children.push(Arc::downgrade(&child.inner));
+                return child;
+            }
+        }
+        child.trigger();
+        child
     }
 
     /// Sleeps for `duration` unless shutdown comes first; says whether it did.
     pub fn sleep(&self, duration: Duration) -> bool {
-        let (flag, lock, wake) = &*self.inner;
+        let signal = &*self.inner;
         let deadline = Instant::now() + duration;
-        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !flag.load(Ordering::SeqCst) {
+        let mut guard = signal.children.lock().unwrap_or_else(|e| e.into_inner());
+        while !signal.flag.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            guard = wake
+            guard = signal
+                .wake
                 .wait_timeout(guard, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -250,6 +291,23 @@ mod tests {
         .unwrap();
         assert_eq!(handle.join().unwrap(), Err("third run".to_string()));
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_parent_stops_its_children_and_a_child_stops_alone() {
+        let daemon = Shutdown::default();
+        let (one, two) = (daemon.child(), daemon.child());
+        one.trigger();
+        assert!(one.is_triggered() && !two.is_triggered() && !daemon.is_triggered());
+        let sleeper = two.clone();
+        let t = std::thread::spawn(move || sleeper.sleep(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        daemon.trigger();
+        assert!(t.join().unwrap());
+        assert!(
+            daemon.child().is_triggered(),
+            "a child of a stopped parent starts stopped"
+        );
     }
 
     #[test]

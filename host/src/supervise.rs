@@ -63,7 +63,6 @@ pub struct ChildSpec {
 
 /// A supervisor thread and the pipeline it keeps running.
 pub struct Supervisor {
-    pub name: String,
     handle: JoinHandle<Result<(), String>>,
 }
 
@@ -75,14 +74,17 @@ impl Supervisor {
     ) -> std::io::Result<Supervisor> {
         let name = spec.pipeline.clone();
         let shutdown = shutdown.clone();
+        // The pipeline runs for as long as its supervisor does.
+        let alive = stats.running();
         let handle = std::thread::Builder::new()
             .name(format!("{name}/supervise"))
             .spawn(move || {
+                let _alive = alive;
                 let span = tracing::info_span!("supervise", pipeline = spec.pipeline.as_str());
                 let _entered = span.enter();
                 supervise(&spec, &shutdown, &stats)
             })?;
-        Ok(Supervisor { name, handle })
+        Ok(Supervisor { handle })
     }
 
     pub fn is_finished(&self) -> bool {
@@ -304,6 +306,7 @@ fn run_child(
     if let Some(info) = lock(&stats.process).as_mut() {
         info.pid = None;
     }
+    stats.process_ended();
     let last_lines = lock(&last_lines).iter().cloned().collect();
     Ok(Ended {
         status,

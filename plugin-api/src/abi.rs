@@ -32,7 +32,7 @@ use crate::{
 /// the layout of every type reachable from the root module. The crate's own major version
 /// equals the ABI major because `abi_stable` also compares the package version of each
 /// type; crate minor and patch releases leave the ABI alone.
-pub const ABI_VERSION: &str = "1.1.0";
+pub const ABI_VERSION: &str = "1.3.0";
 
 /// A parsed ABI version, for messages such as "built for ABI 2.0, host speaks 1.0".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,13 @@ use abi_stable::{
 /// transport removes this header from what a producer sent, so that only it can set it.
 pub const TRANSPORT_ERROR_HEADER: &str = "x-golconde-transport-error";
 
+/// The header the host puts on a fan-out copy of a change that has an id ([`Change::id`]),
+/// holding that id, so that a transport with deduplication of its own (JetStream's
+/// `Nats-Msg-Id`) can use it without parsing the body. Since ABI 1.2. A producer may reuse
+/// an id for other content: a transport must combine it with the body before dropping a
+/// copy as a duplicate.
+pub const CHANGE_ID_HEADER: &str = "x-golconde-change-id";
+
 /// One header of a message. Names keep the order and case the transport gave them.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,12 @@
 //!   whose restriction is empty by deleting every row of its table (a truncate). The host
 //!   sends such an operation only to a database that offers this; one built before it
 //!   never sees one.
+//! - [`consume_as`] `golconde.consume_as` 1 (ABI 1.2): opens a consumer for a named
+//!   pipeline, so that a broker with durable named consumers (JetStream, Redis consumer
+//!   groups) names it after the pipeline. Every transport built with the SDK of 1.2 or
+//!   later offers it; the host falls back to the 1.0 `consume` for one that does not.
+//! - [`lag`] `golconde.lag` 1 (ABI 1.3): how many messages wait on a queue for a pipeline,
+//!   for the host's metrics and dashboard. Without it the host shows no lag.
 //!
 //! Plugin authors never touch this module: `export_plugins!` exports the list, and the SDK
 //! implements every interface for every plugin.
@@ -38,7 +44,8 @@ use abi_stable::{
 };
 
 use crate::{
-    abi::{DatabaseBox, HostContext, ProcessorBox, TransportBox},
+    abi::{ConsumerBox, DatabaseBox, HostContext, ProcessorBox, TransportBox},
+    data::ConsumeOptions,
     error::PluginError,
     log::{LogLevel, LogSinkBox},
 };
@@ -197,6 +204,58 @@ pub mod delete_all {
     pub static DELETE_ALL_V1: DeleteAllV1 = DeleteAllV1 {
         deletes_all_rows: true,
     };
+}
+
+/// `golconde.consume_as` 1: [`crate::Transport::consume_as`] across the boundary. The
+/// frozen 1.0 trait object cannot gain a method, so the table takes the instance the host
+/// built, and the SDK finds the plugin's own type behind it (instances are built
+/// downcastable since 1.2).
+pub mod consume_as {
+    use super::*;
+
+    /// The interface's table.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    pub struct ConsumeAsV1 {
+        /// Opens a consumer of `queue` for the pipeline named `pipeline`, on `transport`,
+        /// an instance this plugin built.
+        pub consume_as: extern "C" fn(
+            transport: &TransportBox,
+            queue: RStr<'_>,
+            options: ConsumeOptions,
+            pipeline: RStr<'_>,
+        ) -> RResult<ConsumerBox, PluginError>,
+    }
+
+    impl Interface for ConsumeAsV1 {
+        const NAME: &'static str = "golconde.consume_as";
+        const VERSION: u32 = 1;
+    }
+}
+
+/// `golconde.lag` 1: [`crate::Transport::lag`] across the boundary, taking the instance
+/// the host built as `golconde.consume_as` does.
+pub mod lag {
+    use super::*;
+    use abi_stable::std_types::ROption;
+
+    /// The interface's table.
+    #[repr(C)]
+    #[derive(StableAbi)]
+    pub struct LagV1 {
+        /// Messages waiting on `queue` for the pipeline named `pipeline`, on `transport`,
+        /// an instance this plugin built; `RNone` when the broker cannot tell.
+        pub lag: extern "C" fn(
+            transport: &TransportBox,
+            queue: RStr<'_>,
+            pipeline: RStr<'_>,
+        ) -> RResult<ROption<u64>, PluginError>,
+    }
+
+    impl Interface for LagV1 {
+        const NAME: &'static str = "golconde.lag";
+        const VERSION: u32 = 1;
+    }
 }
 
 /// What a host of ABI 1.1 or later offers an instance besides [`HostContext`].

@@ -44,7 +44,7 @@ pub mod testing;
 pub use abi::{AbiVersion, ABI_VERSION};
 pub use data::{
     AckMode, Action, Applied, Change, Column, ConsumeOptions, Delivery, Header, Message, Operation,
-    Value, TRANSPORT_ERROR_HEADER,
+    Value, CHANGE_ID_HEADER, TRANSPORT_ERROR_HEADER,
 };
 pub use error::{ErrorKind, PluginError};
 pub use sdk::{Consumer, Database, Host, Plugin, Processor, Session, Transport};

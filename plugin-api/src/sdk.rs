@@ -19,8 +19,8 @@ use std::{
 
 use abi_stable::{
     prefix_type::PrefixTypeTrait,
-    sabi_trait::TD_Opaque,
-    std_types::{RArc, RResult, RSlice, RStr, RString, RVec},
+    sabi_trait::{TD_CanDowncast, TD_Opaque},
+    std_types::{RArc, ROption, RResult, RSlice, RStr, RString, RVec},
 };
 use serde::de::DeserializeOwned;
 use tracing::Dispatch;
@@ -36,6 +36,8 @@ use crate::{
     error::{ErrorKind, PluginError},
     ext::{
         construct::{Built, ConstructV1},
+        consume_as::ConsumeAsV1,
+        lag::LagV1,
         Extension, ExtensionHeader, ExtensionList, HostServices, EXTENSIONS_MAGIC,
     },
     log::dispatch_for,
@@ -88,6 +90,36 @@ pub trait Transport: Plugin {
     /// Any error restarts the dispatcher after a backoff (a panic also rebuilds the
     /// transport); nothing is lost, since nothing was acknowledged.
     fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Self::Consumer, PluginError>;
+
+    /// Starts consuming `queue` for the pipeline named `pipeline`, as [`Transport::consume`]
+    /// does otherwise. A broker whose consumers are named and durable on the server (a
+    /// JetStream consumer, a Redis consumer group) names this one after the pipeline, so
+    /// that every process running the pipeline shares it and two pipelines on one queue
+    /// each get their own. Since ABI 1.2 (interface `golconde.consume_as` 1): a host that
+    /// knows it calls this instead of `consume`; an older host calls `consume`, which
+    /// should then name the consumer after the queue. By default, `consume`.
+    fn consume_as(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        pipeline: &str,
+    ) -> Result<Self::Consumer, PluginError> {
+        let _ = pipeline;
+        self.consume(queue, options)
+    }
+
+    /// How many messages wait on `queue` for the pipeline named `pipeline`: on the broker
+    /// and not yet delivered to it (RabbitMQ's ready messages, a JetStream consumer's
+    /// pending count, a Redis consumer group's lag). `None` when the broker cannot tell.
+    /// Since ABI 1.3 (interface `golconde.lag` 1): the host asks every few seconds, from a
+    /// thread of its own, for its metrics and dashboard. Keep it cheap and bounded in time,
+    /// create nothing (a queue that does not exist yet is `None` or 0), and never disturb
+    /// consuming or publishing. An error is logged at debug level and shown as no lag. By
+    /// default, `None`.
+    fn lag(&self, queue: &str, pipeline: &str) -> Result<Option<u64>, PluginError> {
+        let _ = (queue, pipeline);
+        Ok(None)
+    }
 
     /// Publishes persistent messages to `queue` and returns once the broker has confirmed
     /// every one: fan-out copies, dead letters, `golconde send`. Called from a dispatcher
@@ -404,7 +436,9 @@ extern "C" fn construct_database<T: Database>(
 }
 
 fn erase_transport<T: Transport>(value: Guarded<T>) -> TransportBox {
-    FfiTransport_TO::from_ptr(RArc::new(value), TD_Opaque)
+    // Downcastable, so that `golconde.consume_as` (an interface beside the frozen trait
+    // object) finds its way back to the plugin's own type.
+    FfiTransport_TO::from_ptr(RArc::new(value), TD_CanDowncast)
 }
 
 fn erase_processor<T: Processor>(value: Guarded<T>) -> ProcessorBox {
@@ -447,6 +481,12 @@ struct Tables<T>(PhantomData<T>);
 impl<T: Transport> Tables<T> {
     const CONSTRUCT_TRANSPORT: ConstructV1 = ConstructV1 {
         construct: construct_v1_transport::<T>,
+    };
+    const CONSUME_AS: ConsumeAsV1 = ConsumeAsV1 {
+        consume_as: consume_as_transport::<T>,
+    };
+    const LAG: LagV1 = LagV1 {
+        lag: lag_transport::<T>,
     };
 }
 
@@ -494,11 +534,43 @@ extern "C" fn construct_v1_database<T: Database>(
 
 #[doc(hidden)]
 pub fn transport_extensions<T: Transport>() -> Vec<Extension> {
-    vec![Extension::new(
-        T::NAME,
-        "transport",
-        &Tables::<T>::CONSTRUCT_TRANSPORT,
-    )]
+    vec![
+        Extension::new(T::NAME, "transport", &Tables::<T>::CONSTRUCT_TRANSPORT),
+        Extension::new(T::NAME, "transport", &Tables::<T>::CONSUME_AS),
+        Extension::new(T::NAME, "transport", &Tables::<T>::LAG),
+    ]
+}
+
+extern "C" fn lag_transport<T: Transport>(
+    transport: &TransportBox,
+    queue: RStr<'_>,
+    pipeline: RStr<'_>,
+) -> RResult<ROption<u64>, PluginError> {
+    match transport.obj.downcast_as::<Guarded<T>>() {
+        Ok(guarded) => guarded.call("reading the lag", |t| {
+            t.lag(queue.as_str(), pipeline.as_str()).map(ROption::from)
+        }),
+        Err(_) => RResult::RErr(PluginError::permanent(format!(
+            "`golconde.lag` of transport `{}` was given an instance of another plugin",
+            T::NAME
+        ))),
+    }
+}
+
+extern "C" fn consume_as_transport<T: Transport>(
+    transport: &TransportBox,
+    queue: RStr<'_>,
+    options: ConsumeOptions,
+    pipeline: RStr<'_>,
+) -> RResult<ConsumerBox, PluginError> {
+    match transport.obj.downcast_as::<Guarded<T>>() {
+        Ok(guarded) => guarded.open_consumer(queue.as_str(), options, Some(pipeline.as_str())),
+        // Only a host mixing up its instances could get here.
+        Err(_) => RResult::RErr(PluginError::permanent(format!(
+            "`golconde.consume_as` of transport `{}` was given an instance of another plugin",
+            T::NAME
+        ))),
+    }
 }
 
 #[doc(hidden)]
@@ -709,19 +781,33 @@ fn install_panic_hook() {
     });
 }
 
+impl<T: Transport> Guarded<T> {
+    fn open_consumer(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        pipeline: Option<&str>,
+    ) -> RResult<ConsumerBox, PluginError> {
+        self.call("opening a consumer", |t| {
+            let consumer = match pipeline {
+                Some(pipeline) => t.consume_as(queue, options, pipeline)?,
+                None => t.consume(queue, options)?,
+            };
+            Ok(FfiConsumer_TO::from_ptr(
+                RArc::new(Guarded::new(consumer, self.dispatch.clone())),
+                TD_Opaque,
+            ))
+        })
+    }
+}
+
 impl<T: Transport> FfiTransport for Guarded<T> {
     fn consume(
         &self,
         queue: RStr<'_>,
         options: ConsumeOptions,
     ) -> RResult<ConsumerBox, PluginError> {
-        self.call("opening a consumer", |t| {
-            let consumer = t.consume(queue.as_str(), options)?;
-            Ok(FfiConsumer_TO::from_ptr(
-                RArc::new(Guarded::new(consumer, self.dispatch.clone())),
-                TD_Opaque,
-            ))
-        })
+        self.open_consumer(queue.as_str(), options, None)
     }
 
     fn publish(&self, queue: RStr<'_>, messages: RSlice<'_, Message>) -> RResult<(), PluginError> {

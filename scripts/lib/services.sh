@@ -95,6 +95,39 @@ ensure_rabbitmq() {
     fi
 }
 
+# NATS with JetStream for the `nats` plugin, on 127.0.0.1:4222. Debian's package does not
+# turn JetStream on, so a server started here is given `-js` and a store of its own.
+ensure_nats() {
+    command -v nats-server >/dev/null 2>&1 || apt_install nats-server
+    if ! port_open 4222; then
+        log "starting NATS with JetStream"
+        as_root mkdir -p /var/lib/nats-server
+        as_root sh -c 'setsid nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+            -l /var/log/nats-server.log >/dev/null 2>&1 < /dev/null &'
+        wait_port 4222 NATS
+    fi
+    # The server's greeting says whether JetStream is on.
+    local info
+    info=$(exec 3<>/dev/tcp/127.0.0.1/4222 && timeout 5 head -n 1 <&3) || true
+    case "$info" in
+        *'"jetstream":true'*) ;;
+        INFO*) die "the NATS server on 127.0.0.1:4222 runs without JetStream: restart it with \`-js\` (or \`jetstream {}\` in its configuration)" ;;
+        *) die "cannot read the greeting of the NATS server on 127.0.0.1:4222" ;;
+    esac
+}
+
+# Redis for the `redis` plugin, on 127.0.0.1:6379.
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-tools
+    if ! port_open 6379; then
+        log "starting Redis"
+        as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null
+        wait_port 6379 Redis
+    fi
+    [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ] \
+        || die "the Redis server on 127.0.0.1:6379 does not answer PING without a password"
+}
+
 # ActiveMQ, the broker the first Golconde ran on, for the STOMP plugin's tests: Debian's
 # package, started from a private folder with STOMP on 61614 (beside RabbitMQ's 61613) and
 # STOMP over TLS on 61615, and stopped again by stop_activemq. Exports
@@ -131,11 +164,19 @@ stop_activemq() {
     activemq_dir=
 }
 
+# Chromium, headless, for tests/dashboard.rs: it opens the stats dashboard in a real
+# browser and checks what the page shows and that it logs no error.
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
 ensure_services() {
     ensure_toolchain
     ensure_postgres
     ensure_mariadb
     ensure_rabbitmq
+    ensure_nats
+    ensure_redis
 }
 
 # cargo-fuzz, and the nightly toolchain it builds with (libFuzzer's instrumentation).

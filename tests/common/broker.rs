@@ -280,6 +280,21 @@ impl PrivateBroker {
         }
     }
 
+    /// Runs `rabbitmqctl ARGS` on this node; its output if it fails.
+    fn ctl_result(&self, args: &[&str]) -> Result<(), String> {
+        let output = self.ctl().args(args).output().expect("rabbitmqctl runs");
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "rabbitmqctl -n {} {}: {}{}",
+            self.node,
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+
     /// Runs `rabbitmqctl ARGS` on this node; fails the test with its output if it fails.
     fn ctl_ok(&self, args: &[&str]) {
         let output = self.ctl().args(args).output().expect("rabbitmqctl runs");
@@ -375,13 +390,32 @@ impl Cluster {
         }
         let (first, others) = nodes.split_first_mut().expect("one node at least");
         let seed = first.node.clone();
+        // Joins that race each other on the seed sometimes leave a node that cannot start
+        // (mnesia refuses); such a node resets and joins again, one at a time.
+        let one_at_a_time = std::sync::Mutex::new(());
         std::thread::scope(|scope| {
             for node in others {
-                let seed = &seed;
+                let (seed, one_at_a_time) = (&seed, &one_at_a_time);
                 scope.spawn(move || {
                     node.ctl_ok(&["stop_app"]);
                     node.ctl_ok(&["join_cluster", seed]);
-                    node.ctl_ok(&["start_app"]);
+                    let mut failure = node.ctl_result(&["start_app"]).err();
+                    for _ in 0..2 {
+                        let Some(why) = failure.take() else { break };
+                        let _alone = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+                        eprintln!("node {} could not join, joining again: {why}", node.node);
+                        let _ = node.ctl_result(&["stop_app"]);
+                        node.ctl_ok(&["reset"]);
+                        node.ctl_ok(&["join_cluster", seed]);
+                        failure = node.ctl_result(&["start_app"]).err();
+                    }
+                    if let Some(why) = failure {
+                        panic!(
+                            "node {} could not join {seed}: {why}\nits log:\n{}",
+                            node.node,
+                            node.server_log()
+                        );
+                    }
                     node.wait_up();
                 });
             }

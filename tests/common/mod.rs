@@ -5,8 +5,10 @@
 //! are `cdylib`s, which no test build produces on its own.
 
 pub mod broker;
+pub mod browser;
 pub mod mariadb;
 pub mod services;
+pub mod streams;
 
 use std::{
     collections::BTreeMap,
@@ -268,9 +270,19 @@ pub fn with_stats(configuration: &str) -> String {
 
 /// `GET path` from the stats endpoint at `address`: the whole response, status line and all.
 pub fn http_get(address: &str, path: &str) -> String {
+    http_get_with(address, path, &[])
+}
+
+/// [`http_get`] with request headers of its own (`("Authorization", "Bearer …")`).
+pub fn http_get_with(address: &str, path: &str, headers: &[(&str, &str)]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("the stats endpoint accepts");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("asked");
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("asked");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("answered");
     response

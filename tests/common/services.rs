@@ -18,8 +18,8 @@ use abi_stable::{
 use golconde_plugin_api::{
     abi::{Constructor, HostContext, TransportBox},
     log::{FfiLogSink, FfiLogSink_TO, LogLevel, LogRecord},
-    sdk::transport_entry,
-    AckMode, ConsumeOptions, Message,
+    sdk::{transport_entry, Transport},
+    AckMode, ConsumeOptions, Message, PluginError,
 };
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -85,8 +85,10 @@ impl Database {
 
     /// Ends every connection Golconde has open to this database.
     pub fn terminate_golconde_connections(&mut self) -> usize {
+        // The timeout makes the call wait until each backend has ended, so none of them
+        // commits anything once this returns.
         self.rows(&format!(
-            "select pg_terminate_backend(pid) from pg_stat_activity \
+            "select pg_terminate_backend(pid, 10000) from pg_stat_activity \
              where datname = '{}' and pid <> pg_backend_pid()",
             self.name
         ))
@@ -147,6 +149,52 @@ impl Rabbitmqctl {
     }
 }
 
+/// Builds transport `T` from its section (JSON) through its ABI constructor, as the host
+/// does, logging to stderr.
+pub fn construct_transport<T: Transport>(config: &str) -> Result<TransportBox, PluginError> {
+    let Constructor::Transport(construct) = transport_entry::<T>().constructor else {
+        unreachable!("a transport's entry has a transport's constructor");
+    };
+    construct_with(construct, config)
+}
+
+/// Builds transport `name` from its section (JSON) out of the build's plugin library
+/// `file` (`libgolconde_nats.so`), loaded as the host loads it: plugin crates cannot be
+/// linked into one binary, each exporting the symbols the host finds a library by.
+pub fn load_transport(file: &str, name: &str, config: &str) -> Result<TransportBox, PluginError> {
+    let path = crate::build_dir().join(file);
+    let header = abi_stable::library::lib_header_from_path(&path)
+        .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+    let module = header
+        .init_root_module::<golconde_plugin_api::abi::PluginLibRef>()
+        .unwrap_or_else(|e| panic!("{} is not a plugin library: {e}", path.display()));
+    let entry = (module.plugins())()
+        .into_iter()
+        .find(|e| e.name.as_str() == name)
+        .unwrap_or_else(|| panic!("{} has no plugin `{name}`", path.display()));
+    let Constructor::Transport(construct) = entry.constructor else {
+        panic!("`{name}` in {} is not a transport", path.display());
+    };
+    construct_with(construct, config)
+}
+
+fn construct_with(
+    construct: extern "C" fn(
+        RStr<'_>,
+        HostContext,
+    ) -> abi_stable::std_types::RResult<TransportBox, PluginError>,
+    config: &str,
+) -> Result<TransportBox, PluginError> {
+    construct(
+        RStr::from_str(config),
+        HostContext {
+            instance: RString::from("e2e"),
+            log: FfiLogSink_TO::from_ptr(RArc::new(StderrSink), TD_Opaque),
+        },
+    )
+    .into_result()
+}
+
 /// Queues of the test's own on the local RabbitMQ, deleted at the end.
 pub struct Queues {
     transport: TransportBox,
@@ -171,25 +219,13 @@ impl Queues {
     }
 
     fn declaring(url: &str, ctl: Rabbitmqctl, declare: &str) -> Queues {
-        let Constructor::Transport(construct) =
-            transport_entry::<golconde_amqp::AmqpTransport>().constructor
-        else {
-            unreachable!("amqp is a transport");
-        };
         let config = serde_json::json!({
             "url": url,
             "connection_name": unique("client"),
             "declare": declare,
         });
-        let transport = construct(
-            RStr::from_str(&config.to_string()),
-            HostContext {
-                instance: RString::from("e2e"),
-                log: FfiLogSink_TO::from_ptr(RArc::new(StderrSink), TD_Opaque),
-            },
-        )
-        .into_result()
-        .expect("the amqp plugin builds");
+        let transport = construct_transport::<golconde_amqp::AmqpTransport>(&config.to_string())
+            .expect("the amqp plugin builds");
         Queues {
             transport,
             names: Vec::new(),
@@ -346,24 +382,42 @@ impl Queues {
             .unwrap_or((0, 0))
     }
 
-    /// Closes every broker connection whose client-provided name contains `name` (make it
-    /// unique: other tests share the broker).
-    pub fn close_connections(name: &str) -> usize {
+    /// The pids of the broker connections whose client-provided name contains `name`
+    /// (make it unique: other tests share the broker).
+    pub fn connections_named(name: &str) -> Vec<String> {
         let output = Command::new("rabbitmqctl")
             .args(["-q", "list_connections", "pid", "client_properties"])
             .output()
             .expect("rabbitmqctl runs");
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains(name))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// The channel of the consumer on `queue`, if there is one: a consumer opened again
+    /// gets another.
+    pub fn consumer_channel(queue: &str) -> Option<String> {
+        let output = Command::new("rabbitmqctl")
+            .args(["-q", "list_consumers", "queue_name", "channel_pid"])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(queue))
+                    .then(|| fields.next().unwrap_or_default().to_string())
+            })
+    }
+
+    /// Closes every broker connection whose client-provided name contains `name`.
+    pub fn close_connections(name: &str) -> usize {
         let mut closed = 0;
-        for line in text.lines() {
-            if !line.contains(name) {
-                continue;
-            }
-            let Some(pid) = line.split_whitespace().next() else {
-                continue;
-            };
+        for pid in Queues::connections_named(name) {
             let status = Command::new("rabbitmqctl")
-                .args(["-q", "close_connection", pid, "golconde end-to-end test"])
+                .args(["-q", "close_connection", &pid, "golconde end-to-end test"])
                 .status()
                 .expect("rabbitmqctl runs");
             if status.success() {

@@ -170,6 +170,11 @@ impl Transport for AmqpTransport {
         Ok(self.publisher.publish(&self.engine, queue, messages)?)
     }
 
+    /// The queue's ready messages, asked on the publishing connection.
+    fn lag(&self, queue: &str, _pipeline: &str) -> Result<Option<u64>, PluginError> {
+        Ok(self.publisher.ready(&self.engine, queue)?)
+    }
+
     fn ping(&self) -> Result<(), PluginError> {
         let connector = self.engine.connector()?;
         self.engine.block_on(async {

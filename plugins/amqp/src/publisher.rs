@@ -17,8 +17,8 @@ use std::{collections::HashSet, sync::Arc};
 use futures_lite::future::poll_once;
 use golconde_plugin_api::Message;
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::ShortString,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{FieldTable, ShortString},
     BasicProperties, Channel, Confirmation, Connection,
 };
 
@@ -91,6 +91,43 @@ impl Publisher {
                 Err(_) => self.discard(&outlet, &connector).await,
             }
             result
+        })?
+    }
+
+    /// Messages ready on `queue` (delivered to no consumer yet), by a passive declare on a
+    /// channel of its own: a declare of a queue that does not exist closes the channel it
+    /// is made on, which must not be the publishing one. `None` for a queue that does not
+    /// exist (yet) or that this user may not see.
+    pub fn ready(&self, engine: &Engine, queue: &str) -> Result<Option<u64>, Error> {
+        let name = queue_name(queue)?;
+        let connector = engine.connector()?;
+        engine.block_on(async {
+            let outlet = self.outlet(&connector).await?;
+            let asking = async {
+                let channel = outlet.connection.create_channel().await?;
+                let options = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let declared = channel
+                    .queue_declare(name, options, FieldTable::default())
+                    .await;
+                if channel.status().connected() {
+                    let _ = channel.close(200, "lag read".into()).await;
+                }
+                declared
+            };
+            let limit = connector.settings.connect_timeout;
+            match tokio::time::timeout(limit, asking).await {
+                Ok(Ok(declared)) => Ok(Some(u64::from(declared.message_count()))),
+                Ok(Err(_)) => Ok(None),
+                Err(_) => Err(Error::Timeout {
+                    action: format!("counting the messages of queue `{queue}`"),
+                    endpoint: outlet.endpoint.clone(),
+                    ms: limit.as_millis(),
+                    hint: "",
+                }),
+            }
         })?
     }
 

@@ -35,8 +35,8 @@
 //!   limits say; a message over them is a permanent error naming the limit.
 //!
 //! May depend on: `golconde-plugin-api`, `golconde-plugin-support` (exact numbers, the
-//! limits' scan, raw JSON objects, shared with `debezium`), serde/serde_json (and
-//! `serde_path_to_error` for the configuration), base64. Nothing database-specific: column
+//! limits' scan, raw JSON objects, configuration errors naming their key, shared with
+//! `debezium`), serde/serde_json, base64. Nothing database-specific: column
 //! types are the database plugin's business.
 
 pub mod limits;
@@ -64,8 +64,8 @@ pub struct Settings {
     pub max_fields: usize,
 }
 
-/// [`Settings`] as written, read through `serde_path_to_error` so that a value of the
-/// wrong type is reported with its key.
+/// [`Settings`] as written, read so that a value of the wrong type is reported with its
+/// key (`golconde_plugin_support::config`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
@@ -80,15 +80,7 @@ struct RawSettings {
 
 impl<'de> Deserialize<'de> for Settings {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Settings, D::Error> {
-        let raw: RawSettings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." || path.is_empty() {
-                inner
-            } else {
-                serde::de::Error::custom(format!("`{path}`: {inner}"))
-            }
-        })?;
+        let raw: RawSettings = golconde_plugin_support::config::naming_path(deserializer)?;
         Ok(Settings {
             table: raw.table,
             tables: raw.tables,

@@ -37,8 +37,8 @@
 //!   Debezium event's shape.
 //!
 //! May depend on: `golconde-plugin-api`, `golconde-plugin-support` (exact numbers, the
-//! limits' scan, raw JSON objects, shared with `autosql`), serde/serde_json (and
-//! `serde_path_to_error` for the configuration), base64, md-5 and sha2 (digests of
+//! limits' scan, raw JSON objects, configuration errors naming their key, shared with
+//! `autosql`), serde/serde_json, base64, md-5 and sha2 (digests of
 //! placeholders and long keys).
 //! Nothing database-specific: column types are the database plugin's business.
 

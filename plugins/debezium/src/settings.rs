@@ -45,7 +45,7 @@ pub struct Settings {
     pub unavailable_value_placeholder: String,
 }
 
-/// [`Settings`] as written, read through `serde_path_to_error` so that a value of the
+/// [`Settings`] as written, read with `golconde_plugin_support::config` so that a value of the
 /// wrong type is reported with its key.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,15 +74,7 @@ struct RawSettings {
 
 impl<'de> Deserialize<'de> for Settings {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Settings, D::Error> {
-        let raw: RawSettings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." || path.is_empty() {
-                inner
-            } else {
-                serde::de::Error::custom(format!("`{path}`: {inner}"))
-            }
-        })?;
+        let raw: RawSettings = golconde_plugin_support::config::naming_path(deserializer)?;
         Ok(Settings {
             table: raw.table,
             tables: raw.tables,

@@ -1,20 +1,13 @@
 //! The plugin's configuration section, its validation, and the connection options made of
-//! it.
-//!
-//! A DSN may name several hosts (`host=a,b port=5432,5433`, `postgres://a:5432,b:5433/db`),
-//! as libpq allows, for a primary and its standbys. They are split here into one set of
-//! connection options per host ([`Candidate`]), so that connecting can give each host its
-//! own timeout and report each one's failure; tokio-postgres, given them all at once,
-//! spends one timeout on the whole list and reports only the last host's error.
+//! it (the DSN is read by `golconde_pg::dsn`, as every Golconde part that connects to
+//! PostgreSQL reads it).
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
 use golconde_plugin_api::PluginError;
 use serde::Deserialize;
-use tokio_postgres::config::{Host, LoadBalanceHosts};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::tls;
+use golconde_pg::dsn::Target;
 
 /// `[databases.NAME]` with `plugin = "postgres"`.
 #[derive(Debug, Deserialize)]
@@ -74,66 +67,21 @@ fn default_max_attempts() -> u32 {
     5
 }
 
-/// One host of the DSN, with everything else the DSN says.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub connect: tokio_postgres::Config,
-    /// `host:port`, for messages.
-    pub label: String,
-}
-
 /// The configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The DSN as tokio-postgres reads it, all hosts together.
-    pub connect: tokio_postgres::Config,
-    /// The same, host by host, in the order the DSN lists them; connecting tries them in
-    /// turn (shuffled with `load_balance_hosts=random`).
-    pub candidates: Vec<Candidate>,
-    pub tls: Tls,
-    /// The DSN without its password, for messages.
-    pub target: String,
+    /// Where to connect, and how.
+    pub pg: Target,
     pub unknown_columns: UnknownColumns,
     pub dedupe: bool,
     pub dedupe_retention: Duration,
     pub dedupe_schema: String,
     pub statement_timeout_ms: Option<u64>,
-    pub connect_timeout: Duration,
     pub max_attempts: u32,
 }
 
 impl Settings {
     pub fn from_config(config: Config) -> Result<Settings, PluginError> {
-        let (dsn, tls_options) =
-            tls::split_dsn(&config.dsn).map_err(|e| PluginError::config(format!("`dsn`: {e}")))?;
-        let mut connect = tokio_postgres::Config::from_str(&dsn).map_err(|e| {
-            // The parser's messages name an option, never a value; but an option it does
-            // not know may be a piece of a password with a space or an `&` in it.
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            let reason = format!("{e}{cause}");
-            if reason.contains("unknown option") && tls::may_hold_password(&config.dsn) {
-                return PluginError::config(
-                    "`dsn` names an option PostgreSQL does not know (not repeated here: it \
-                     may be part of a password; quote a value with spaces, password='a b', \
-                     and %-encode `&`, `@` and spaces in a URL)",
-                );
-            }
-            PluginError::config(format!("`dsn` cannot be parsed: {reason}"))
-        })?;
-        if connect.get_hosts().is_empty() {
-            return Err(PluginError::config(
-                "`dsn` names no host; add `host=...` (or use postgres://user@host/db)",
-            ));
-        }
-        check_host_counts(&connect)?;
-        connect.ssl_mode(tls_options.mode.ssl_mode());
-        let tls = Tls {
-            connector: tls::connector(&tls_options)
-                .map_err(|e| PluginError::config(format!("`dsn`: {e}")))?,
-            options: tls_options,
-        };
         if config.dedupe_retention_s == 0 {
             return Err(PluginError::config(
                 "`dedupe_retention_s` must be at least 1 (seconds)",
@@ -160,177 +108,28 @@ impl Settings {
                 "`max_attempts` must be at least 1 (1: dead-letter at the first failure)",
             ));
         }
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        connect.connect_timeout(connect_timeout);
-        if connect.get_application_name().is_none() {
-            connect.application_name("golconde");
-        }
-        let candidates = (0..connect.get_hosts().len())
-            .map(|i| Candidate {
-                connect: one_host(&connect, i),
-                label: label(&connect, i),
-            })
-            .collect();
+        let pg = Target::parse(
+            &config.dsn,
+            Duration::from_millis(config.connect_timeout_ms),
+        )
+        .map_err(PluginError::config)?;
         Ok(Settings {
-            target: describe(&connect),
-            candidates,
-            connect,
-            tls,
+            pg,
             unknown_columns: config.unknown_columns,
             dedupe: config.dedupe,
             dedupe_retention: Duration::from_secs(config.dedupe_retention_s),
             dedupe_schema: config.dedupe_schema,
             statement_timeout_ms: config.statement_timeout_ms,
-            connect_timeout,
             max_attempts: config.max_attempts,
         })
     }
-}
-
-/// How connections are encrypted.
-#[derive(Clone)]
-pub struct Tls {
-    pub connector: MakeRustlsConnect,
-    pub options: tls::Options,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.options.fmt(f)
-    }
-}
-
-/// The ports and `hostaddr`s must go with the hosts one to one (a single port serves
-/// all); tokio-postgres would only find out on every connection attempt.
-fn check_host_counts(config: &tokio_postgres::Config) -> Result<(), PluginError> {
-    let hosts = config.get_hosts().len();
-    let ports = config.get_ports().len();
-    if ports > 1 && ports != hosts {
-        return Err(PluginError::config(format!(
-            "`dsn` names {hosts} hosts and {ports} ports; give one port for all hosts, or one \
-             per host in the same order (port=5432,5433)"
-        )));
-    }
-    let addresses = config.get_hostaddrs().len();
-    if addresses > 0 && addresses != hosts {
-        return Err(PluginError::config(format!(
-            "`dsn` names {hosts} hosts and {addresses} hostaddrs; give one hostaddr per host, \
-             in the same order"
-        )));
-    }
-    Ok(())
-}
-
-/// The options of `all` for its `i`th host alone. tokio-postgres has no way to drop
-/// hosts from a configuration, so every other option is copied over;
-/// `tests::one_host_keeps_every_other_option` fails if one is missed.
-fn one_host(all: &tokio_postgres::Config, i: usize) -> tokio_postgres::Config {
-    let mut one = tokio_postgres::Config::new();
-    if let Some(user) = all.get_user() {
-        one.user(user);
-    }
-    if let Some(password) = all.get_password() {
-        one.password(password);
-    }
-    if let Some(dbname) = all.get_dbname() {
-        one.dbname(dbname);
-    }
-    if let Some(options) = all.get_options() {
-        one.options(options);
-    }
-    if let Some(name) = all.get_application_name() {
-        one.application_name(name);
-    }
-    if let Some(timeout) = all.get_connect_timeout() {
-        one.connect_timeout(*timeout);
-    }
-    if let Some(timeout) = all.get_tcp_user_timeout() {
-        one.tcp_user_timeout(*timeout);
-    }
-    if let Some(interval) = all.get_keepalives_interval() {
-        one.keepalives_interval(interval);
-    }
-    if let Some(retries) = all.get_keepalives_retries() {
-        one.keepalives_retries(retries);
-    }
-    one.ssl_mode(all.get_ssl_mode())
-        .ssl_negotiation(all.get_ssl_negotiation())
-        .keepalives(all.get_keepalives())
-        .keepalives_idle(all.get_keepalives_idle())
-        .target_session_attrs(all.get_target_session_attrs())
-        .channel_binding(all.get_channel_binding())
-        .load_balance_hosts(all.get_load_balance_hosts());
-    match &all.get_hosts()[i] {
-        Host::Tcp(name) => one.host(name),
-        Host::Unix(path) => one.host_path(path),
-    };
-    if let Some(address) = all.get_hostaddrs().get(i) {
-        one.hostaddr(*address);
-    }
-    if let Some(port) = port(all, i) {
-        one.port(port);
-    }
-    one
-}
-
-/// The port of the `i`th host, if the DSN gives one.
-fn port(config: &tokio_postgres::Config, i: usize) -> Option<u16> {
-    let ports = config.get_ports();
-    ports.get(i).or(ports.first()).copied()
-}
-
-fn host_name(host: &Host) -> String {
-    match host {
-        Host::Tcp(name) => name.clone(),
-        Host::Unix(path) => path.display().to_string(),
-    }
-}
-
-/// `host:port` of the `i`th host (the port PostgreSQL uses if the DSN gives none).
-fn label(config: &tokio_postgres::Config, i: usize) -> String {
-    let name = host_name(&config.get_hosts()[i]);
-    format!("{name}:{}", port(config, i).unwrap_or(5432))
-}
-
-impl Settings {
-    /// The hosts in the order to try them now: as listed, or shuffled with
-    /// `load_balance_hosts=random`, as libpq does.
-    pub fn candidates(&self) -> Vec<&Candidate> {
-        let mut order: Vec<&Candidate> = self.candidates.iter().collect();
-        if self.connect.get_load_balance_hosts() == LoadBalanceHosts::Random {
-            fastrand::shuffle(&mut order);
-        }
-        order
-    }
-}
-
-/// `user@host:port/dbname`, never the password.
-fn describe(config: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let name = host_name(host);
-            match port(config, i) {
-                Some(port) => format!("{name}:{port}"),
-                None => name,
-            }
-        })
-        .collect();
-    let user = config
-        .get_user()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("");
-    format!("postgres://{user}{}/{db}", hosts.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use golconde_plugin_api::{sdk::parse_config, ErrorKind};
-    use tokio_postgres::config::TargetSessionAttrs;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
 
     fn settings(json: &str) -> Result<Settings, PluginError> {
         Settings::from_config(parse_config::<Config>(json)?)
@@ -343,15 +142,15 @@ mod tests {
         assert!(!s.dedupe);
         assert_eq!(s.dedupe_retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(s.statement_timeout_ms, None);
-        assert_eq!(s.connect.get_application_name(), Some("golconde"));
+        assert_eq!(s.pg.connect.get_application_name(), Some("golconde"));
         assert_eq!(s.max_attempts, 5);
     }
 
     #[test]
     fn the_password_never_appears_in_the_target_or_an_error() {
         let s = settings(r#"{"dsn": "postgres://app:s3cr3t@db.example:6543/shop"}"#).unwrap();
-        assert_eq!(s.target, "postgres://app@db.example:6543/shop");
-        assert!(!format!("{:?}", s.connect).contains("s3cr3t"));
+        assert_eq!(s.pg.target, "postgres://app@db.example:6543/shop");
+        assert!(!format!("{:?}", s.pg.connect).contains("s3cr3t"));
         let err = settings(r#"{"dsn": "host=x password=s3cr3t sslmode=sometimes"}"#).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Config);
         assert!(err.message.contains("sslmode"), "{err}");
@@ -406,7 +205,7 @@ mod tests {
         for dsn in dsns {
             let json = serde_json::json!({ "dsn": dsn }).to_string();
             let shown = match settings(&json) {
-                Ok(s) => format!("{} {:?}", s.target, s),
+                Ok(s) => format!("{} {:?}", s.pg.target, s),
                 Err(e) => {
                     assert_eq!(e.kind, ErrorKind::Config, "{dsn}");
                     e.message.to_string()
@@ -428,8 +227,16 @@ mod tests {
         ] {
             let json = serde_json::json!({ "dsn": dsn }).to_string();
             let s = settings(&json).unwrap_or_else(|e| panic!("{dsn}: {e}"));
-            assert_eq!(s.connect.get_password(), Some(password.as_bytes()), "{dsn}");
-            assert!(s.target.starts_with("postgres://"), "{dsn}: {}", s.target);
+            assert_eq!(
+                s.pg.connect.get_password(),
+                Some(password.as_bytes()),
+                "{dsn}"
+            );
+            assert!(
+                s.pg.target.starts_with("postgres://"),
+                "{dsn}: {}",
+                s.pg.target
+            );
         }
     }
 
@@ -466,7 +273,7 @@ mod tests {
     }
 
     fn labels(s: &Settings) -> Vec<&str> {
-        s.candidates.iter().map(|c| c.label.as_str()).collect()
+        s.pg.candidates.iter().map(|c| c.label.as_str()).collect()
     }
 
     #[test]
@@ -480,10 +287,10 @@ mod tests {
             let s = settings(&json).unwrap_or_else(|e| panic!("{dsn}: {e}"));
             assert_eq!(labels(&s), ["a.example:5432", "b.example:5433"], "{dsn}");
             assert_eq!(
-                s.target, "postgres://app@a.example:5432,b.example:5433/shop",
+                s.pg.target, "postgres://app@a.example:5432,b.example:5433/shop",
                 "{dsn}"
             );
-            for (candidate, host) in s.candidates.iter().zip(["a.example", "b.example"]) {
+            for (candidate, host) in s.pg.candidates.iter().zip(["a.example", "b.example"]) {
                 let c = &candidate.connect;
                 assert_eq!(c.get_hosts(), [Host::Tcp(host.into())], "{dsn}");
                 assert_eq!(c.get_ports().len(), 1, "{dsn}");
@@ -509,11 +316,14 @@ mod tests {
         assert_eq!(labels(&s), ["a:5432", "b:5432", "c:5432"]);
         let s = settings(r#"{"dsn": "host=a,b hostaddr=10.0.0.1,10.0.0.2"}"#).unwrap();
         assert_eq!(
-            s.candidates[1].connect.get_hostaddrs(),
+            s.pg.candidates[1].connect.get_hostaddrs(),
             ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
         );
         // The host name stays, for the certificate check; the address is only dialled.
-        assert_eq!(s.candidates[1].connect.get_hosts(), [Host::Tcp("b".into())]);
+        assert_eq!(
+            s.pg.candidates[1].connect.get_hosts(),
+            [Host::Tcp("b".into())]
+        );
     }
 
     #[test]
@@ -533,32 +343,17 @@ mod tests {
         }
     }
 
-    /// `one_host` copies every option but the hosts: with one host, it gives back the
-    /// configuration it was given, whatever the options.
-    #[test]
-    fn one_host_keeps_every_other_option() {
-        let all: tokio_postgres::Config = "host=db hostaddr=10.0.0.1 port=6543 user=u \
-             password=p dbname=d options='-c x=y' application_name=a sslmode=require \
-             sslnegotiation=direct connect_timeout=3 tcp_user_timeout=4 keepalives=0 \
-             keepalives_idle=5 keepalives_interval=6 keepalives_retries=7 \
-             target_session_attrs=read-write channel_binding=require load_balance_hosts=random"
-            .parse()
-            .unwrap();
-        assert!(one_host(&all, 0) == all, "{:?}\n{all:?}", one_host(&all, 0));
-        let plain: tokio_postgres::Config = "host=/run/postgresql".parse().unwrap();
-        assert!(one_host(&plain, 0) == plain, "{plain:?}");
-    }
-
     #[test]
     fn load_balance_hosts_random_shuffles_the_hosts_each_time() {
         let s = settings(r#"{"dsn": "host=a,b,c"}"#).unwrap();
         for _ in 0..10 {
-            let order: Vec<&str> = s.candidates().iter().map(|c| c.label.as_str()).collect();
+            let order: Vec<&str> = s.pg.candidates().iter().map(|c| c.label.as_str()).collect();
             assert_eq!(order, ["a:5432", "b:5432", "c:5432"]);
         }
         let s = settings(r#"{"dsn": "host=a,b,c load_balance_hosts=random"}"#).unwrap();
-        let firsts: std::collections::HashSet<String> =
-            (0..100).map(|_| s.candidates()[0].label.clone()).collect();
+        let firsts: std::collections::HashSet<String> = (0..100)
+            .map(|_| s.pg.candidates()[0].label.clone())
+            .collect();
         assert_eq!(firsts.len(), 3, "{firsts:?}");
     }
 

@@ -207,9 +207,13 @@ fn decimal_is(text: &str, i: i64) -> bool {
     if digits.bytes().all(|b| b == b'0') {
         return i == 0;
     }
+    // Leading zeros say nothing (`0007` is 7, `0.07e2` is 7), however many there are:
+    // the point moves left with each one dropped.
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    let digits = &digits[lead..];
     // The point sits after `point` digits; beyond 40 the value has too many digits for
     // an i64, and an exponent that does not parse is far beyond that.
-    let Some(point) = exponent.map(|e| whole.len() as i64 + e) else {
+    let Some(point) = exponent.map(|e| whole.len() as i64 - lead as i64 + e) else {
         return false;
     };
     if !(0..=40).contains(&point) {
@@ -242,6 +246,11 @@ mod tests {
         assert!(!decimal_is("15", -15));
         assert!(!decimal_is("1e19", i64::MAX));
         assert!(!decimal_is("1e99999999999999999999", 0));
+        // However many leading zeros, and with the point among them.
+        let zeros = "0".repeat(200);
+        assert!(decimal_is(&format!("  {zeros}1"), 1));
+        assert!(decimal_is(&format!("{zeros}.{zeros}1e201"), 1));
+        assert!(!decimal_is(&format!("{zeros}1.5"), 1));
     }
 
     /// Numbers as text the way they come: JSON numbers, edges, junk.

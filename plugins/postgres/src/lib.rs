@@ -25,18 +25,18 @@
 //!   a batch of 500 upserts to a handful of round trips.
 //! - **Bisection under savepoints** finds the changes that cannot apply without giving up
 //!   the set-based fast path for the others.
-//! - **A DSN naming several hosts is tried host by host by the plugin** (`config`,
-//!   `session::open`), not handed to tokio-postgres whole: each host gets its own
+//! - **A DSN naming several hosts is tried host by host** (`golconde_pg::dsn`,
+//!   `golconde_pg::connect`), not handed to tokio-postgres whole: each host gets its own
 //!   `connect_timeout_ms`, so a hung one cannot use up the time of those after it, and
 //!   each one's failure is logged and reported. `target_session_attrs=read-write` is still
 //!   tokio-postgres's check, per host.
 //! - **TLS through rustls and ring**, with libpq's `sslmode` meanings (`prefer` and
 //!   `require` encrypt without verifying, `verify-ca`/`verify-full` verify against
 //!   `sslrootcert` or the system's roots; `sslcert`/`sslkey` for a client certificate): no
-//!   OpenSSL to link, no aws-lc to build (`tls`).
+//!   OpenSSL to link, no aws-lc to build (`golconde_pg::tls`).
 //!
-//! May depend on: `golconde-plugin-api`, `golconde-plugin-support`, tokio (inside only),
-//! tokio-postgres, rustls (ring), serde, base64, `fastrand` (`load_balance_hosts=random`). Knows nothing of the message
+//! May depend on: `golconde-plugin-api`, `golconde-plugin-support`, `golconde-pg` (reading
+//! a DSN and connecting), tokio (inside only), tokio-postgres, serde, base64. Knows nothing of the message
 //! format: that is the processor's.
 
 mod config;
@@ -49,7 +49,6 @@ mod plan;
 mod schema;
 mod session;
 mod timestamp;
-mod tls;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -138,7 +137,7 @@ impl Database for Postgres {
         let missing = || {
             PluginError::permanent(format!(
                 "table `{table}` does not exist in {}",
-                shared.settings.target
+                shared.settings.pg.target
             ))
         };
         let definition = match shared.catalog.get(table) {
@@ -156,7 +155,7 @@ impl Database for Postgres {
                             schema::Introspection::BadName(e) => PluginError::permanent(e),
                             schema::Introspection::Database(e) => PluginError::transient(format!(
                                 "reading the definition of `{table}` on {}: {e}",
-                                shared.settings.target
+                                shared.settings.pg.target
                             )),
                         })
                 })?;

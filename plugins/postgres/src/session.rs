@@ -26,21 +26,17 @@ use std::{
 
 use golconde_plugin_api::{Applied, Change, Column, PluginError, RVec, Value};
 use golconde_plugin_support::{
-    bisect::Bisection,
-    doubt::Verdict,
-    errors::{chain, with_id},
-    fingerprint::Fingerprint,
+    bisect::Bisection, doubt::Verdict, errors::with_id, fingerprint::Fingerprint,
 };
 use tokio::{runtime::Runtime, task::JoinHandle};
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
 
 use crate::{
-    config::{Candidate, Settings},
     convert::{float_text, Cell},
     dedupe,
     plan::{self, Origin, Prepared},
     schema::{self, Introspection, Kind, Table},
-    timestamp, tls, Shared,
+    timestamp, Shared,
 };
 
 /// A statement failed; what that means for the batch.
@@ -106,50 +102,18 @@ pub fn runtime() -> Result<Runtime, PluginError> {
         .map_err(|e| PluginError::transient(format!("cannot start the plugin's runtime: {e}")))
 }
 
-/// Opens a connection to the first host of the DSN that takes it; must run inside
-/// `runtime`, which then drives it. Each host gets `connect_timeout_ms` of its own, and a
-/// host that fails is logged before the next is tried; when none takes the connection,
-/// the error names each host and why.
+/// Opens a connection to the first host of the DSN that takes it (see
+/// `golconde_pg::connect::open`); must run inside `runtime`, which then drives it.
 pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginError> {
     let settings = &shared.settings;
-    let candidates = settings.candidates();
-    let mut failures = Vec::new();
-    let mut opened = None;
-    for (i, candidate) in candidates.iter().enumerate() {
-        match connect_one(settings, candidate).await {
-            Ok(pair) => {
-                opened = Some((pair, &candidate.label));
-                break;
-            }
-            Err(reason) => {
-                if let Some(next) = candidates.get(i + 1) {
-                    tracing::warn!(
-                        host = %candidate.label,
-                        "cannot connect to {} ({reason}); trying {} next",
-                        candidate.label,
-                        next.label
-                    );
-                }
-                failures.push((&candidate.label, reason));
-            }
+    let (client, connection, label) = golconde_pg::connect::open(&settings.pg)
+        .await
+        .map_err(PluginError::transient)?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection to {label} ended: {e}");
         }
-    }
-    let Some(((client, connection), label)) = opened else {
-        let target = &settings.target;
-        return Err(PluginError::transient(match failures.as_slice() {
-            [(_, reason)] => format!("cannot connect to {target}: {reason}"),
-            _ => format!(
-                "cannot connect to any of the {} hosts of {target}: {}",
-                failures.len(),
-                failures
-                    .iter()
-                    .map(|(label, reason)| format!("{label}: {reason}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        }));
-    };
-    tracing::debug!("connected to {label}");
+    });
     if let Some(ms) = settings.statement_timeout_ms {
         client
             .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -157,44 +121,11 @@ pub async fn open(shared: &Shared) -> Result<(Client, JoinHandle<()>), PluginErr
             .map_err(|e| {
                 PluginError::transient(format!(
                     "setting statement_timeout on {}: {e}",
-                    settings.target
+                    settings.pg.target
                 ))
             })?;
     }
     Ok((client, connection))
-}
-
-/// Connects to one host, within `connect_timeout_ms`, and starts driving the connection;
-/// the error says why not, with a hint where there is one.
-async fn connect_one(
-    settings: &Settings,
-    candidate: &Candidate,
-) -> Result<(Client, JoinHandle<()>), String> {
-    match tokio::time::timeout(
-        settings.connect_timeout,
-        candidate.connect.connect(settings.tls.connector.clone()),
-    )
-    .await
-    {
-        Err(_) => Err(format!(
-            "timed out after {} ms (`connect_timeout_ms`)",
-            settings.connect_timeout.as_millis()
-        )),
-        Ok(Err(e)) => {
-            let reason = chain(&e);
-            let hint = tls::connect_hint(&reason, &settings.tls.options);
-            Err(format!("{reason}{hint}"))
-        }
-        Ok(Ok((client, connection))) => {
-            let label = candidate.label.clone();
-            let connection = tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("connection to {label} ended: {e}");
-                }
-            });
-            Ok((client, connection))
-        }
-    }
 }
 
 impl PgSession {
@@ -207,14 +138,14 @@ impl PgSession {
                 dedupe::ensure_table(&client, schema).await.map_err(|e| {
                     PluginError::transient(format!(
                         "cannot create {schema}.applied on {} for `dedupe`: {e}",
-                        shared.settings.target
+                        shared.settings.pg.target
                     ))
                 })?;
                 shared.set_dedupe_ready();
             }
             Ok::<_, PluginError>((client, connection))
         })?;
-        tracing::debug!("connected to {}", shared.settings.target);
+        tracing::debug!("connected to {}", shared.settings.pg.target);
         Ok(PgSession {
             inner: Some(Inner {
                 client,
@@ -262,7 +193,7 @@ impl golconde_plugin_api::Session for PgSession {
         if inner.client.is_closed() {
             return Err(PluginError::transient(format!(
                 "the connection to {} is closed; reconnecting",
-                inner.shared.settings.target
+                inner.shared.settings.pg.target
             )));
         }
         self.runtime.block_on(inner.apply(changes))
@@ -340,7 +271,7 @@ impl Inner {
                 format!(
                     "table `{name}` does not exist in {} (or user cannot see it); create \
                      it, or fix the message's table",
-                    self.shared.settings.target
+                    self.shared.settings.pg.target
                 )
             };
             let table = match self.shared.catalog.get(name) {
@@ -559,7 +490,7 @@ impl Inner {
     fn transient(&self, what: &str, e: tokio_postgres::Error) -> PluginError {
         PluginError::transient(format!(
             "{what} on {}: {}; nothing of the batch was committed",
-            self.shared.settings.target,
+            self.shared.settings.pg.target,
             db_message(&e)
         ))
     }
@@ -674,7 +605,7 @@ impl Inner {
             return Err(PluginError::transient(format!(
                 "another session committed some of this batch's change ids meanwhile; \
                  rolled back, the retry will skip them (on {})",
-                self.shared.settings.target
+                self.shared.settings.pg.target
             )));
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! The plugin's configuration section, and its validation into [`Settings`].
 //!
-//! Decoding goes through `serde_path_to_error` so that a value of the wrong type is
+//! Decoding goes through `golconde_plugin_support::config` so that a value of the wrong type is
 //! reported with its key (`heartbeat_ms: invalid type ...`), not just as a type mismatch;
 //! every other check in [`Settings::from_config`] names its key too. Nothing here touches
 //! the network: `golconde check` builds plugins offline.
@@ -99,17 +99,7 @@ pub struct Config(RawConfig);
 
 impl<'de> Deserialize<'de> for Config {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Config, D::Error> {
-        serde_path_to_error::deserialize(deserializer)
-            .map(Config)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if path == "." || path.is_empty() {
-                    inner
-                } else {
-                    serde::de::Error::custom(format!("`{path}`: {inner}"))
-                }
-            })
+        golconde_plugin_support::config::naming_path(deserializer).map(Config)
     }
 }
 

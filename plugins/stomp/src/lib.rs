@@ -5,7 +5,7 @@
 //! `tokio-util` codec ([`codec`]) over frames ([`frame`]), a connection with heart-beats
 //! and receipts ([`connection`]), a self-healing subscription ([`consumer`]) and publishing
 //! with receipts as confirmations ([`publisher`]). May depend on: `golconde-plugin-api`,
-//! tokio and tokio-util, `bytes`, `memchr`, serde and `serde_path_to_error`
+//! `golconde-plugin-support` (its runtime and TLS set-up), tokio and tokio-util, `bytes`, `memchr`, serde
 //! (configuration only), `thiserror`, `tracing`, rustls, `fastrand` (the order of the
 //! brokers); never on a host crate.
 //!
@@ -125,10 +125,10 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod publisher;
-pub mod tls;
+
+pub use golconde_plugin_support::{runtime::Runtime, tls};
 
 use std::{
-    ops::Deref,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -141,37 +141,6 @@ pub use config::{Config, Settings};
 pub use consumer::StompConsumer;
 
 use crate::{connection::open_any, message::destination, publisher::Publisher};
-
-/// The plugin's tokio runtime. Dropping it does not wait for its tasks: a connection still
-/// open then is simply closed, and the broker requeues what it had delivered.
-pub struct Runtime(Option<tokio::runtime::Runtime>);
-
-impl Runtime {
-    fn new() -> std::io::Result<Runtime> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("golconde-stomp")
-            .enable_io()
-            .enable_time()
-            .build()
-            .map(|r| Runtime(Some(r)))
-    }
-}
-
-impl Deref for Runtime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
 
 /// One configured STOMP broker.
 pub struct Stomp {
@@ -203,7 +172,7 @@ impl Stomp {
         if let Some(runtime) = self.runtime.get() {
             return Ok(runtime.clone());
         }
-        let runtime = Runtime::new().map_err(|e| {
+        let runtime = Runtime::new("golconde-stomp").map_err(|e| {
             PluginError::transient(format!("cannot start the STOMP plugin's runtime: {e}"))
         })?;
         Ok(self.runtime.get_or_init(|| Arc::new(runtime)).clone())

@@ -13,6 +13,11 @@
 //!   definitions read so far), [`applied`] (the stored form of what a change returned,
 //!   and when to prune), [`shown`] (values written as JSON and quoted in errors),
 //!   [`errors`] (an error with its causes, a change's message with its id).
+//! - For every plugin: [`config`] (a configuration section read so that an error names
+//!   its key).
+//! - For transports, with the feature `transport`: `runtime` (the tokio runtime a
+//!   transport instance owns) and `tls` (rustls client configuration from the `tls_*`
+//!   keys).
 //!
 //! Key decision: **a plain library, not a plugin.** It exports no root module, so any
 //! number of plugins link it (two plugin crates linked into one library would clash on
@@ -20,13 +25,16 @@
 //! one plugin. It is not published and promises no stability: it changes with the
 //! shipped plugins, and third-party plugins depend on `golconde-plugin-api` alone.
 //!
-//! May depend on: `golconde-plugin-api` (its data types only), serde and serde_json,
-//! memchr, base64, sha2. No database driver, no tokio, no I/O: what depends on a
-//! connection stays in the plugin, so that this stays testable alone.
+//! May depend on: `golconde-plugin-api` (its data types only), serde, serde_json and
+//! `serde_path_to_error`, memchr, base64, sha2. No database driver, no I/O: what depends on a connection stays
+//! in the plugin, so that this stays testable alone. The one exception is the feature
+//! `transport`, off unless a transport asks for it: tokio and rustls, to start a runtime
+//! and to read certificate files, never to connect.
 
 pub mod applied;
 pub mod bisect;
 pub mod catalog;
+pub mod config;
 pub mod decimal;
 pub mod doubt;
 pub mod errors;
@@ -34,4 +42,8 @@ pub mod fingerprint;
 pub mod json;
 pub mod limits;
 pub mod number;
+#[cfg(feature = "transport")]
+pub mod runtime;
 pub mod shown;
+#[cfg(feature = "transport")]
+pub mod tls;

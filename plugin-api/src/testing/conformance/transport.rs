@@ -10,6 +10,7 @@ use crate::{
     abi::{ConsumerBox, PluginKind, TransportBox},
     data::{AckMode, ConsumeOptions, Delivery, Message},
     error::{ErrorKind, PluginError},
+    ext::{consume_as::ConsumeAsV1, lag::LagV1, Interface},
     sdk::Transport,
     testing::{build_transport, Library},
 };
@@ -78,7 +79,12 @@ impl Default for TransportSuite {
 /// - once everything is acknowledged, nothing comes again;
 /// - `receive` on an empty queue waits about its timeout (not much less, not much more)
 ///   and returns nothing; with a timeout of 0 it returns at once;
-/// - a consumer with a prefetch of 0 is refused with a config error.
+/// - a consumer with a prefetch of 0 is refused with a config error;
+/// - given `library`, the library offers `golconde.consume_as` 1 for the transport, and a
+///   consumer opened through it, for a named pipeline, receives what was published;
+/// - given `library`, the library offers `golconde.lag` 1 for the transport, which says 3
+///   for a pipeline with 3 messages waiting and 0 once it took them (or `None` for both:
+///   the broker cannot tell).
 ///
 /// The suite's queues are left empty, and deleted with [`TransportSuite::delete_queue`].
 ///
@@ -198,6 +204,107 @@ impl Run<'_> {
                 self.close(&consumer)
             }),
         );
+        if let Some(library) = &suite.library {
+            report.check(
+                "the library offers `golconde.consume_as` 1, which consumes for a named pipeline",
+                self.consume_as::<T>(library, &transport),
+            );
+            report.check(
+                "the library offers `golconde.lag` 1, which counts what waits for a pipeline \
+                 (or says it cannot)",
+                self.lag::<T>(library, &transport),
+            );
+        }
+    }
+
+    /// Asks for the lag through `golconde.lag` 1, as a host of ABI 1.3 or later does: 3
+    /// messages published while the pipeline's consumer was closed wait for it; none once
+    /// it took and acknowledged them. `None` (the broker cannot tell) passes, but then for
+    /// every question.
+    fn lag<T: Transport>(
+        &self,
+        library: &Library,
+        transport: &Arc<TransportBox>,
+    ) -> Result<(), String> {
+        let lag = interface::<LagV1>(library, T::NAME)?;
+        let consume_as = interface::<ConsumeAsV1>(library, T::NAME)?;
+        let queue = self.queue("lag");
+        let pipeline = format!("golconde-conformance-lag-{}", self.id);
+        let ask = |what: &str| -> Result<Option<u64>, String> {
+            let (transport, queue, pipeline) = (transport.clone(), queue.clone(), pipeline.clone());
+            bounded(self.limit(), "`lag`", move || {
+                (lag.lag)(
+                    &transport,
+                    RStr::from_str(&queue),
+                    RStr::from_str(&pipeline),
+                )
+                .into_result()
+                .map(|n| n.into_option())
+            })?
+            .map_err(|e| format!("`lag` {what} failed: {}", show(&e)))
+        };
+        let open = || self.open_as(consume_as, transport, &queue, &pipeline);
+        // The consumer made once, so that brokers with named consumers know the pipeline.
+        self.close(&open()?)?;
+        self.publish(transport, &queue, (0..3).map(|i| self.message(i)).collect())?;
+        let waiting = ask("with 3 messages waiting")?;
+        let consumer = open()?;
+        let got = self.receive_n(&consumer, 3, 3)?;
+        self.expect_indices(&got, &[0, 1, 2], false)?;
+        self.ack(&consumer, got[2].tag)?;
+        self.close(&consumer)?;
+        let drained = ask("once every message was taken")?;
+        match (waiting, drained) {
+            (None, None) | (Some(3), Some(0)) => Ok(()),
+            _ => Err(format!(
+                "with 3 messages waiting it said {waiting:?}, once they were taken \
+                 {drained:?}: expected 3 and 0, or None for both"
+            )),
+        }
+    }
+
+    /// Consumes through `golconde.consume_as` 1, as a host of ABI 1.2 or later does.
+    fn consume_as<T: Transport>(
+        &self,
+        library: &Library,
+        transport: &Arc<TransportBox>,
+    ) -> Result<(), String> {
+        let table = interface::<ConsumeAsV1>(library, T::NAME)?;
+        let queue = self.queue("consume-as");
+        self.publish(transport, &queue, vec![self.message(0)])?;
+        let pipeline = format!("golconde-conformance-{}", self.id);
+        let consumer = self.open_as(table, transport, &queue, &pipeline)?;
+        let got = self.receive_n(&consumer, 1, 1)?;
+        self.expect_indices(&got, &[0], false)?;
+        self.ack(&consumer, got[0].tag)?;
+        self.close(&consumer)
+    }
+
+    /// Opens a cumulative consumer of `queue` for `pipeline` through `golconde.consume_as`.
+    fn open_as(
+        &self,
+        table: &'static ConsumeAsV1,
+        transport: &Arc<TransportBox>,
+        queue: &str,
+        pipeline: &str,
+    ) -> Result<Arc<ConsumerBox>, String> {
+        let (transport, queue, pipeline) =
+            (transport.clone(), queue.to_string(), pipeline.to_string());
+        let options = ConsumeOptions {
+            prefetch: self.suite.messages as u32,
+            ack_mode: AckMode::Cumulative,
+        };
+        bounded(self.limit(), "`consume_as`", move || {
+            (table.consume_as)(
+                &transport,
+                RStr::from_str(&queue),
+                options,
+                RStr::from_str(&pipeline),
+            )
+            .into_result()
+        })?
+        .map(Arc::new)
+        .map_err(|e| format!("`consume_as` failed: {}", show(&e)))
     }
 
     fn build<T: Transport>(&self) -> Result<Arc<TransportBox>, String> {
@@ -504,4 +611,15 @@ impl Run<'_> {
             report.check("closing a consumer", Err(why));
         }
     }
+}
+
+/// The table of interface `I` the library lists for transport `plugin`.
+fn interface<I: Interface>(library: &Library, plugin: &str) -> Result<&'static I, String> {
+    library
+        .extensions()?
+        .iter()
+        .filter(|e| e.plugin.as_str() == plugin && e.kind.as_str() == "transport")
+        .find_map(|e| e.get::<I>())
+        .ok_or_else(|| format!("the library does not list `{}` for this transport", I::NAME))?
+        .map_err(|e| format!("`{}`: its layout differs from this crate's: {e}", I::NAME))
 }

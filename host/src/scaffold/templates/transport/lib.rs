@@ -111,7 +111,9 @@ impl Transport for FileQueue {
     type Consumer = FileConsumer;
 
     /// Opens the queue's one consumer. Any error here makes the host close and retry after
-    /// a backoff; nothing is lost, since nothing was acknowledged.
+    /// a backoff; nothing is lost, since nothing was acknowledged. (A broker whose
+    /// consumers are named and durable on the server would also implement
+    /// `Transport::consume_as`, which tells the pipeline's name, and name them after it.)
     fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<FileConsumer, PluginError> {
         if options.prefetch == 0 {
             return Err(PluginError::config(format!(
