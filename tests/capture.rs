@@ -173,6 +173,26 @@ fn install_writes_each_change_as_a_message_in_its_transaction() {
     assert!(!output.status.success());
     assert!(text.contains("`missing` does not exist"), "{text}");
 
+    // A role that writes the table needs the grants docs/capture.md lists, no more.
+    let app = format!("golconde_app_{}", std::process::id());
+    src.client
+        .batch_execute(&format!(
+            "create role {app}; grant select, insert, update, delete on users to {app}; \
+             grant usage on schema golconde to {app}; \
+             grant insert on golconde.outbox to {app}; \
+             grant usage on sequence golconde.outbox_seq to {app}"
+        ))
+        .unwrap();
+    src.client
+        .batch_execute(&format!(
+            "set role {app}; update users set name = 'by app' where id = 10; reset role"
+        ))
+        .unwrap();
+    src.client
+        .batch_execute(&format!("drop owned by {app}; drop role {app}"))
+        .unwrap();
+    assert_eq!(outbox_bodies(&mut src).len(), 6);
+
     let (output, text) = capture("uninstall", &config, "src", &["--table", "users"]);
     assert!(output.status.success(), "{text}");
     src.client
@@ -180,7 +200,7 @@ fn install_writes_each_change_as_a_message_in_its_transaction() {
         .unwrap();
     assert_eq!(
         outbox_bodies(&mut src).len(),
-        5,
+        6,
         "the outbox stays, and grows no more"
     );
 }

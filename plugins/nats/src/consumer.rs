@@ -78,6 +78,10 @@ use crate::{
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// How long past its expiry a pull request without an answer is taken for lost.
 const PULL_GRACE: Duration = Duration::from_secs(2);
+/// How long closing waits at most for what an open pull request is bringing, and how
+/// often it asks JetStream meanwhile whether anything is still on its way.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+const CLOSE_DRAIN_STEP: Duration = Duration::from_millis(50);
 /// How often a paused recovery asks JetStream how many deliveries are still pending: an
 /// acknowledgement the earlier consumer sent just before it closed may reach JetStream
 /// after this consumer counted it as missing, and then nothing is missing any more.
@@ -824,16 +828,49 @@ impl Puller {
         lock(&self.shared.state).closed = true;
         self.shared.arrived.notify_one();
         let mut late = Vec::new();
-        let open_pull = self.pull.take().is_some();
-        if open_pull {
+        let open_pull = self.pull.take();
+        if let Some(pull) = &open_pull {
+            // What the open pull request brings must be seen and given back: a delivery to
+            // an inbox no longer listened to would come back only after `ack_wait`, and
+            // hold up the next consumer until then. While JetStream has delivered past what
+            // arrived, or has messages the request will bring, they are waited for (a
+            // while at most: another process pulling from the same consumer may take them).
+            let mut remaining = pull.remaining;
+            let mut seen = self.last_delivery;
+            let until = Instant::now() + CLOSE_DRAIN;
             let _ = self.client.flush().await;
-            let _ = consumer_info(&self.js, &self.stream, &self.name).await;
-            while let Some(Some(message)) = self.subscription.next().now_or_never() {
-                if let Some(reply) = message.reply.filter(|r| parse_reply(r.as_str()).is_some()) {
-                    late.push((reply, AckKind::Nak(None)));
+            'drain: while remaining > 0 && Instant::now() < until {
+                let Ok(Some(info)) = consumer_info(&self.js, &self.stream, &self.name).await else {
+                    break;
+                };
+                if info.delivered_consumer_seq <= seen && info.num_pending == 0 {
+                    break;
+                }
+                let wait = (Instant::now() + CLOSE_DRAIN_STEP).min(until);
+                while let Ok(Some(message)) =
+                    tokio::time::timeout_at(wait, self.subscription.next()).await
+                {
+                    let delivery = message.reply.and_then(|r| {
+                        let (_, _, delivery, _) = parse_reply(r.as_str())?;
+                        Some((r, delivery))
+                    });
+                    match delivery {
+                        Some((reply, delivery)) => {
+                            remaining -= 1;
+                            seen = seen.max(delivery);
+                            late.push((reply, AckKind::Nak(None)));
+                            if remaining == 0 {
+                                break 'drain;
+                            }
+                        }
+                        // A status: the request ended.
+                        None if message.status.is_some_and(|s| s != StatusCode::OK) => break 'drain,
+                        None => {}
+                    }
                 }
             }
         }
+        let open_pull = open_pull.is_some();
         let _ = self.subscription.unsubscribe().await;
         if open_pull {
             let _ = self.client.flush().await;

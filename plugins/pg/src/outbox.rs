@@ -10,8 +10,19 @@
 //! | `headers json` | `[[name, value], ...]` or null |
 //! | `body bytea` | the message (a captured change: JSON in UTF-8) |
 //!
-//! Beside it, `<outbox>_delivered` holds one number: the highest `seq` a consumer has
-//! handed over, so that the next consumer flags what comes again as redelivered.
+//! Beside it, `<outbox>_delivered` holds one row: `delivered_up_to`, the highest `seq` a
+//! consumer has handed over, so that the next consumer flags what comes again as
+//! redelivered; and `waiting`, set by a consumer that found nothing to read and sleeps.
+//!
+//! # Waking the consumer
+//!
+//! A `NOTIFY` costs every transaction that sends one a database-wide lock at commit, which
+//! serialises capturing commits. So writers notify only while the consumer says it waits:
+//! a deferred trigger on the outbox looks at `waiting` when the writing transaction
+//! commits, and notifies if it is set. A consumer that is busy reading is never notified,
+//! and one that finds nothing sets `waiting`, looks once more (for what committed before
+//! its flag was seen), then sleeps. Only a transaction whose commit was under way while the
+//! consumer set its flag can miss it; its rows wait for the consumer's next poll.
 //!
 //! # Order, and why reading every committed row in `seq` order is right
 //!
@@ -126,8 +137,11 @@ pub fn literal(text: &str) -> String {
 }
 
 /// The statements that create `outbox` and what goes with it, each only if missing: its
-/// schema, sequence, table, `_delivered` table, and the statement trigger that wakes
-/// consumers with `NOTIFY`.
+/// schema, sequence, table, `_delivered` table, and the deferred trigger that wakes a
+/// waiting consumer with `NOTIFY`.
+///
+/// The wake-up trigger's function runs with its owner's rights, so that writers need no
+/// right on `_delivered`: it reads one flag and calls nothing of theirs.
 pub fn create_sql(outbox: &Name) -> String {
     let table = outbox.sql();
     let seq = outbox.sibling("_seq").sql();
@@ -147,17 +161,22 @@ CREATE TABLE IF NOT EXISTS {table} (
     body bytea NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {delivered} (delivered_up_to bigint NOT NULL);
+ALTER TABLE {delivered} ADD COLUMN IF NOT EXISTS waiting boolean NOT NULL DEFAULT false;
 INSERT INTO {delivered} SELECT 0 WHERE NOT EXISTS (SELECT FROM {delivered});
 ALTER SEQUENCE {seq} OWNED BY {table}.seq;
-CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql AS $golconde$
+CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path FROM CURRENT AS $golconde$
 BEGIN
-    PERFORM pg_notify(TG_ARGV[0], '');
+    IF EXISTS (SELECT FROM {delivered} WHERE waiting) THEN
+        PERFORM pg_catalog.pg_notify(TG_ARGV[0], '');
+    END IF;
     RETURN NULL;
 END
 $golconde$;
 DROP TRIGGER IF EXISTS golconde_notify ON {table};
-CREATE TRIGGER golconde_notify AFTER INSERT ON {table}
-    FOR EACH STATEMENT EXECUTE FUNCTION {notify}({channel});
+CREATE CONSTRAINT TRIGGER golconde_notify AFTER INSERT ON {table}
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {notify}({channel});
 COMMENT ON TABLE {table} IS 'Golconde outbox: changes waiting to be replicated. Rows are deleted once delivered; see docs/capture.md';
 ",
         seq_text = seq.replace('\'', "''"),

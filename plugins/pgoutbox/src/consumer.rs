@@ -6,6 +6,10 @@
 //! rows are deleted, so those are rows that committed after the consumer had passed
 //! their `seq`; then, if they all fit, the rows after `cursor`. Both in `seq` order, so two
 //! changes of one row always go in commit order (`golconde_pg::outbox` says why).
+//!
+//! Writers notify only a consumer that said it waits (`waiting` in `<outbox>_delivered`),
+//! because a `NOTIFY` serialises their commits: a consumer sets the flag when a read comes
+//! back empty, reads once more, and sleeps; the first read that finds rows clears it.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -50,6 +54,9 @@ struct State {
     /// Handed over and not yet acknowledged: tag -> seq.
     held: BTreeMap<u64, i64>,
     held_seqs: HashSet<i64>,
+    /// What this consumer last wrote to `waiting`; `None` until it wrote it once (a
+    /// consumer before it may have left it set).
+    waiting: Option<bool>,
     /// Set when the connection was lost: every call fails, and the host opens a new
     /// consumer (which reads from the start of the outbox again).
     broken: Option<String>,
@@ -75,6 +82,8 @@ struct Statements {
     delete: String,
     delivered: String,
     record: String,
+    wait: String,
+    unwait: String,
 }
 
 impl OutboxConsumer {
@@ -95,8 +104,15 @@ impl OutboxConsumer {
             delete: format!("DELETE FROM {table} WHERE seq = ANY($1)"),
             delivered: format!("SELECT coalesce(max(delivered_up_to), 0) FROM {delivered_table}"),
             record: format!(
-                "UPDATE {delivered_table} SET delivered_up_to = $1 WHERE delivered_up_to < $1"
+                "UPDATE {delivered_table} SET delivered_up_to = greatest(delivered_up_to, $1), \
+                 waiting = false WHERE delivered_up_to < $1 OR waiting"
             ),
+            // The flag needs no durability: a lost one costs a poll interval at most.
+            wait: format!(
+                "BEGIN; SET LOCAL synchronous_commit TO off; \
+                 UPDATE {delivered_table} SET waiting = true WHERE NOT waiting; COMMIT"
+            ),
+            unwait: format!("UPDATE {delivered_table} SET waiting = false WHERE waiting"),
         };
         let consumer = OutboxConsumer {
             runtime,
@@ -113,6 +129,7 @@ impl OutboxConsumer {
                 next_tag: 1,
                 held: BTreeMap::new(),
                 held_seqs: HashSet::new(),
+                waiting: None,
                 broken: None,
                 sql,
             }),
@@ -294,12 +311,15 @@ impl OutboxConsumer {
             );
         }
         state.cursor = highest;
-        if highest > state.delivered_before {
+        if !deliveries.is_empty()
+            && (highest > state.delivered_before || state.waiting != Some(false))
+        {
             let conn = state.conn.as_ref().expect("connected");
             conn.client
                 .execute(&state.sql.record, &[&highest])
                 .await
                 .map_err(|e| self.failed(&e, "recording what was handed over from"))?;
+            state.waiting = Some(false);
         }
         Ok(deliveries)
     }
@@ -354,6 +374,17 @@ impl OutboxConsumer {
         }
     }
 
+    /// Says that this consumer waits, so that the next writer notifies it.
+    async fn set_waiting(&self, state: &mut State) -> Result<(), PluginError> {
+        let conn = state.conn.as_ref().expect("connected");
+        conn.client
+            .batch_execute(&state.sql.wait)
+            .await
+            .map_err(|e| self.failed(&e, "flagging as waiting"))?;
+        state.waiting = Some(true);
+        Ok(())
+    }
+
     /// Waits until `deadline` for a notification or the poll interval, whichever first.
     async fn pause(&self, deadline: Instant) {
         let now = Instant::now();
@@ -406,6 +437,11 @@ impl Consumer for OutboxConsumer {
                     let got = self.read(&mut state, room).await?;
                     if !got.is_empty() {
                         return Ok(got);
+                    }
+                    if state.waiting != Some(true) {
+                        // What committed before the flag was seen notified no one.
+                        self.set_waiting(&mut state).await?;
+                        continue;
                     }
                 }
                 if Instant::now() >= deadline {
@@ -475,6 +511,14 @@ impl Consumer for OutboxConsumer {
     fn close(&self) -> Result<(), PluginError> {
         let mut state = self.lock();
         let conn = state.conn.take();
+        if let (Some(conn), Some(_)) = (&conn, state.locked) {
+            // With no one waiting, writers need not notify; best effort, the next
+            // consumer's first read clears it too.
+            let unwait = &state.sql.unwait;
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), conn.client.execute(unwait, &[])).await
+            });
+        }
         state.locked = None;
         drop(conn);
         Ok(())

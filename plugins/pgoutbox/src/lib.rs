@@ -7,7 +7,8 @@
 //!   that commits late with a lower `seq`;
 //! - `ack` deletes the rows acknowledged (cumulative, in delivery order);
 //! - `publish` inserts (fan-out to an outbox, dead letters), committed before it returns;
-//! - consumers wake on `LISTEN`/`NOTIFY` (with a poll every `poll_interval_ms` besides);
+//! - a consumer that found nothing wakes on `LISTEN`/`NOTIFY`, which writers send only
+//!   while it says it waits (with a poll every `poll_interval_ms` besides);
 //! - one consumer per outbox at a time, by a session advisory lock: a second one waits,
 //!   and takes over when the first one's session ends (its process died or stopped).
 //!
