@@ -164,6 +164,24 @@ fn install_writes_each_change_as_a_message_in_its_transaction() {
         "{status}"
     );
     assert!(status.contains("5 message(s) waiting"), "{status}");
+    // Each table's own outbox, read from its trigger.
+    src.client
+        .batch_execute("create table other (id int primary key)")
+        .unwrap();
+    let (output, text) = capture(
+        "install",
+        &config,
+        "src",
+        &["--table", "other", "--outbox", "side.box of 'other'"],
+    );
+    assert!(output.status.success(), "{text}");
+    let (_, status) = capture("status", &config, "src", &[]);
+    assert!(
+        status.contains("public.other -> side.box of 'other'")
+            && status.contains("outbox side.box of 'other': 0 message(s) waiting")
+            && status.contains("public.users -> golconde.outbox"),
+        "{status}"
+    );
 
     // A table without a primary key cannot be captured; the error says what to add.
     let (output, text) = capture("install", &config, "src", &["--table", "nokey"]);

@@ -186,11 +186,11 @@ async fn status(client: &Client, target: &str) -> anyhow::Result<()> {
     println!("captured on {target}:");
     let mut outboxes: Vec<String> = Vec::new();
     for table in &installed {
-        let into = outbox_of(&table.comment);
+        let into = table.outbox.as_deref();
         println!(
             "  {} -> {}",
             table.table,
-            into.unwrap_or("(an outbox its trigger's comment does not name)")
+            into.unwrap_or("(an outbox its trigger does not name: install it again)")
         );
         if let Some(into) = into {
             if !outboxes.iter().any(|o| o == into) {
@@ -216,10 +216,4 @@ async fn status(client: &Client, target: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The outbox a capture trigger's comment names (`... into OUTBOX (messages ...`).
-fn outbox_of(comment: &str) -> Option<&str> {
-    let rest = comment.split_once(" into ")?.1;
-    Some(rest.split_once(" (")?.0)
 }

@@ -439,7 +439,7 @@ END
 CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS {tag}{refuse}{tag};
 DROP TRIGGER IF EXISTS {TRIGGER} ON {table};
 CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION {function}();
+    FOR EACH ROW EXECUTE FUNCTION {function}({outbox_arg});
 COMMENT ON TRIGGER {TRIGGER} ON {table} IS {comment};
 DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {table};
 CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {table}
@@ -447,6 +447,9 @@ CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {table}
 COMMIT;
 ",
         create = create_sql(outbox),
+        // Unused by the function (its outbox is written into it): it says where the
+        // trigger writes, for `capture status`.
+        outbox_arg = literal(&outbox.to_string()),
     )
 }
 
@@ -475,8 +478,8 @@ pub struct Installed {
     pub table_sql: String,
     /// The trigger function.
     pub function: Name,
-    /// The trigger's comment: where it writes.
-    pub comment: String,
+    /// The outbox it writes to, as `--outbox` named it.
+    pub outbox: Option<String>,
 }
 
 /// Every table of the database with a Golconde capture trigger.
@@ -484,7 +487,7 @@ pub async fn installed(client: &Client) -> Result<Vec<Installed>, String> {
     let rows = client
         .query(
             "SELECT n.nspname, c.relname, pn.nspname, p.proname, \
-                    coalesce(obj_description(t.oid, 'pg_trigger'), '') \
+                    t.tgargs \
              FROM pg_trigger t \
              JOIN pg_class c ON c.oid = t.tgrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -508,7 +511,13 @@ pub async fn installed(client: &Client) -> Result<Vec<Installed>, String> {
                     schema: Some(fschema),
                     table: fname,
                 },
-                comment: row.get(4),
+                // The trigger's first argument (arguments are NUL-terminated).
+                outbox: row
+                    .get::<_, Vec<u8>>(4)
+                    .split(|b| *b == 0)
+                    .next()
+                    .filter(|arg| !arg.is_empty())
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned()),
             }
         })
         .collect())
