@@ -133,17 +133,7 @@ pub async fn verify(client: &Client, workload: &Workload, expected: &Expected) -
 /// UNNEST upsert (a chunk keeps only the last message of each key, as an upsert cannot
 /// touch a row twice). Returns the elapsed time.
 pub async fn ceiling(client: &Client, workload: &Workload) -> Result<Duration> {
-    let statement = client
-        .prepare(
-            "insert into users (id, name, email, score, updated_at)
-             select id, name, email, score, updated_at::timestamptz
-             from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[])
-               as u(id, name, email, score, updated_at)
-             on conflict (id) do update set name = excluded.name, email = excluded.email,
-               score = excluded.score, updated_at = excluded.updated_at",
-        )
-        .await
-        .context("preparing the UNNEST upsert")?;
+    let statement = prepare_upsert(client).await?;
     // Built before the clock starts, as the broker hands Golconde ready-made messages.
     let mut chunks = Vec::new();
     let mut start = 0;
@@ -174,6 +164,21 @@ pub async fn ceiling(client: &Client, workload: &Workload) -> Result<Duration> {
             .context("running a 1,000-row UNNEST upsert into table users")?;
     }
     Ok(clock.elapsed())
+}
+
+/// The UNNEST upsert of ceiling B: `$1..$5` are the columns' arrays (`updated_at` as text).
+pub async fn prepare_upsert(client: &Client) -> Result<tokio_postgres::Statement> {
+    client
+        .prepare(
+            "insert into users (id, name, email, score, updated_at)
+             select id, name, email, score, updated_at::timestamptz
+             from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[])
+               as u(id, name, email, score, updated_at)
+             on conflict (id) do update set name = excluded.name, email = excluded.email,
+               score = excluded.score, updated_at = excluded.updated_at",
+        )
+        .await
+        .context("preparing the UNNEST upsert")
 }
 
 /// Publish-to-commit latencies of `users_latency`, in ms, sorted; fails unless there are

@@ -74,9 +74,10 @@ struct Args {
     batch: Option<u32>,
     /// Parts to run, comma-separated: amqp, process (AMQP with the pipeline in a process of
     /// its own), mysql (AMQP -> autosql -> MariaDB), debezium (AMQP -> debezium -> postgres,
-    /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, then NATS ->
-    /// autosql -> postgres), redis (ceiling R: Redis Streams alone, then Redis -> autosql ->
-    /// postgres), ceilings (A: broker, B: PostgreSQL, C: MariaDB), baseline, latency, memory.
+    /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, ceiling NB: the
+    /// hand-written NATS -> PostgreSQL pipeline, then NATS -> autosql -> postgres), redis (the
+    /// same with Redis Streams: ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
+    /// MariaDB), baseline, latency, memory.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -510,13 +511,20 @@ impl Bench {
             turns.push(vec![Mode::STOMP]);
         }
         // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
-        for (part, mode, kind, name) in [
-            ("nats", Mode::NATS, streams::Kind::Nats, report::CEILING_N),
+        for (part, mode, kind, name, through) in [
+            (
+                "nats",
+                Mode::NATS,
+                streams::Kind::Nats,
+                report::CEILING_N,
+                report::CEILING_NB,
+            ),
             (
                 "redis",
                 Mode::REDIS,
                 streams::Kind::Redis,
                 report::CEILING_R,
+                report::CEILING_RB,
             ),
         ] {
             if !self.plan.wants(part) {
@@ -534,6 +542,27 @@ impl Bench {
                 }
                 progress(&format!(
                     "{name}: {:.0}/s",
+                    workload.messages as f64 / t.as_secs_f64()
+                ));
+                figure.rate(workload.messages, t);
+            }
+            self.report.add(figure);
+            let mut figure = Figure::new(through, workload.messages);
+            for _ in 0..runs {
+                let queue = self.stream_queue(kind, workload, Format::Golconde).await?;
+                db::truncate(&self.client).await?;
+                let t = streams::through(kind, &queue, workload.messages, &self.client).await?;
+                db::verify(&self.client, &workload, &expected)
+                    .await
+                    .with_context(|| format!("{through}: the rows it left"))?;
+                let left =
+                    streams::settled(kind, &queue, "ceiling", Duration::from_secs(5)).await?;
+                streams::delete(kind, &queue).await?;
+                if left != Some(0) {
+                    bail!("{through}: {left:?} messages left unacknowledged on `{queue}`");
+                }
+                progress(&format!(
+                    "{through}: {:.0}/s",
                     workload.messages as f64 / t.as_secs_f64()
                 ));
                 figure.rate(workload.messages, t);

@@ -1,12 +1,14 @@
 //! The stream brokers' side of the bench: NATS JetStream and Redis Streams. Pre-loads a
 //! stream with the workload, drains one with the server's own client acknowledging as the
-//! pipeline does (ceilings N and R), and counts what a consumer has not acknowledged.
+//! pipeline does (ceilings N and R), drains one into PostgreSQL by a pipeline written by
+//! hand for the workload, reading while it writes (ceilings NB and RB), and counts what a
+//! consumer has not acknowledged.
 //!
-//! Depends on async-nats and redis. Key decision: the ceilings acknowledge as the
-//! transports do, so that Golconde is compared with the same round trips, not with a client
-//! that acknowledges less often: every message on a JetStream work-queue stream (which
-//! refuses cumulative acknowledgements, so the `nats` transport acknowledges each one), one
-//! `XACK` of each batch's ids on Redis.
+//! Depends on async-nats, redis, tokio-postgres and serde. Key decision: the ceilings
+//! acknowledge as the transports do, so that Golconde is compared with the same round
+//! trips, not with a client that acknowledges less often: every message on a JetStream
+//! work-queue stream (which refuses cumulative acknowledgements, so the `nats` transport
+//! acknowledges each one), one `XACK` of each batch's ids on Redis.
 
 use std::time::{Duration, Instant};
 
@@ -188,6 +190,203 @@ pub async fn ceiling(kind: Kind, queue: &str, count: u64) -> Result<Duration> {
                     .await
                     .with_context(|| format!("XACK on `{queue}`"))?;
             }
+            Ok(clock.elapsed())
+        }
+    }
+}
+
+/// A workload message, as ceilings NB and RB read it: only what the row needs.
+#[derive(serde::Deserialize)]
+struct Change {
+    data: ChangeRow,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangeRow {
+    id: i64,
+    name: String,
+    email: String,
+    score: i32,
+    updated_at: String,
+}
+
+/// The columns of one UNNEST upsert.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<i64>,
+    names: Vec<String>,
+    emails: Vec<String>,
+    scores: Vec<i32>,
+    times: Vec<String>,
+}
+
+impl Columns {
+    /// One batch of message bodies as the columns of one upsert, keeping the last change
+    /// of each key (an upsert cannot touch a row twice).
+    fn parse<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Result<Columns> {
+        let mut last: std::collections::HashMap<i64, ChangeRow> = std::collections::HashMap::new();
+        for body in bodies {
+            let change: Change = serde_json::from_slice(body).context("a workload message")?;
+            last.insert(change.data.id, change.data);
+        }
+        let mut c = Columns::default();
+        for row in last.into_values() {
+            c.ids.push(row.id);
+            c.names.push(row.name);
+            c.emails.push(row.email);
+            c.scores.push(row.score);
+            c.times.push(row.updated_at);
+        }
+        Ok(c)
+    }
+
+    async fn write(
+        &self,
+        client: &tokio_postgres::Client,
+        upsert: &tokio_postgres::Statement,
+    ) -> Result<()> {
+        let c = self;
+        client
+            .execute(upsert, &[&c.ids, &c.names, &c.emails, &c.scores, &c.times])
+            .await
+            .context("running an UNNEST upsert into table users")?;
+        Ok(())
+    }
+}
+
+/// Batches read and parsed, waiting to be written: two, so that reading the next one
+/// overlaps writing this one, as Golconde's dispatcher and worker overlap.
+const IN_FLIGHT: usize = 2;
+
+/// Ceilings NB and RB: a hand-written pipeline from the stream to PostgreSQL, written for
+/// this workload alone. A reader pulls batches of up to [`BATCH`] with the server's own
+/// client and parses each into the rows of one UNNEST upsert of ceiling B; a writer, at the
+/// same time, writes each batch and then acknowledges it as the transport does. Returns the
+/// elapsed time.
+pub async fn through(
+    kind: Kind,
+    queue: &str,
+    count: u64,
+    client: &tokio_postgres::Client,
+) -> Result<Duration> {
+    let upsert = crate::db::prepare_upsert(client).await?;
+    match kind {
+        Kind::Nats => {
+            let js = jetstream().await?;
+            let stream = js.get_stream(stream_name(queue)).await?;
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    durable_name: Some("ceiling".into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    max_ack_pending: (BATCH * 4) as i64,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating a consumer of `{queue}`"))?;
+            let clock = Instant::now();
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(BATCH)
+                .messages()
+                .await?;
+            let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
+            let read = async move {
+                let mut read = 0u64;
+                while read < count {
+                    let mut batch = Vec::with_capacity(BATCH);
+                    let first = messages
+                        .next()
+                        .await
+                        .with_context(|| format!("`{queue}` ended after {read} messages"))?
+                        .map_err(|e| anyhow::anyhow!("consuming `{queue}`: {e}"))?;
+                    batch.push(first);
+                    while batch.len() < BATCH {
+                        match futures_lite::future::poll_once(messages.next()).await {
+                            Some(Some(Ok(message))) => batch.push(message),
+                            Some(Some(Err(e))) => bail!("consuming `{queue}`: {e}"),
+                            _ => break,
+                        }
+                    }
+                    read += batch.len() as u64;
+                    let rows = Columns::parse(batch.iter().map(|m| &m.payload[..]))?;
+                    if sender.send((rows, batch)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            let write = async {
+                while let Some((rows, batch)) = batches.recv().await {
+                    rows.write(client, &upsert).await?;
+                    for message in batch {
+                        message
+                            .ack()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("acknowledging on `{queue}`: {e}"))?;
+                    }
+                }
+                anyhow::Ok(())
+            };
+            let (read, write) = tokio::join!(read, write);
+            read?;
+            write?;
+            js.client()
+                .flush()
+                .await
+                .map_err(|e| anyhow::anyhow!("flushing acknowledgements on `{queue}`: {e}"))?;
+            Ok(clock.elapsed())
+        }
+        Kind::Redis => {
+            let mut connection = redis().await?;
+            let _: () = connection
+                .xgroup_create(queue, "ceiling", "0")
+                .await
+                .with_context(|| format!("XGROUP CREATE on `{queue}`"))?;
+            let clock = Instant::now();
+            let options = redis::streams::StreamReadOptions::default()
+                .group("ceiling", "bench")
+                .count(BATCH)
+                .block(1000);
+            let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
+            let mut reading = connection.clone();
+            let read = async move {
+                let mut read = 0u64;
+                while read < count {
+                    let reply: redis::streams::StreamReadReply = reading
+                        .xread_options(&[queue], &[">"], &options)
+                        .await
+                        .with_context(|| format!("XREADGROUP on `{queue}`"))?;
+                    let entries: Vec<redis::streams::StreamId> =
+                        reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                    if entries.is_empty() {
+                        bail!("`{queue}` ended after {read} of {count} entries");
+                    }
+                    read += entries.len() as u64;
+                    let bodies: Vec<Vec<u8>> = entries
+                        .iter()
+                        .map(|entry| entry.get::<Vec<u8>>("body").context("an entry's body"))
+                        .collect::<Result<_>>()?;
+                    let rows = Columns::parse(bodies.iter().map(Vec::as_slice))?;
+                    let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+                    if sender.send((rows, ids)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            let write = async {
+                while let Some((rows, ids)) = batches.recv().await {
+                    rows.write(client, &upsert).await?;
+                    let _: u64 = connection
+                        .xack(queue, "ceiling", &ids)
+                        .await
+                        .with_context(|| format!("XACK on `{queue}`"))?;
+                }
+                anyhow::Ok(())
+            };
+            let (read, write) = tokio::join!(read, write);
+            read?;
+            write?;
             Ok(clock.elapsed())
         }
     }
