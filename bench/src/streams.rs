@@ -115,6 +115,43 @@ pub async fn preload(kind: Kind, queue: &str, bodies: impl Iterator<Item = Vec<u
     Ok(())
 }
 
+/// The durable consumer `ceiling` of `queue`'s stream, acknowledging each message as the
+/// `nats` transport does on a work-queue stream.
+async fn ceiling_consumer(
+    js: &jetstream::Context,
+    queue: &str,
+) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = js.get_stream(stream_name(queue)).await?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: (BATCH * 4) as i64,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating a consumer of `{queue}`"))
+}
+
+/// The consumer group `ceiling` of `queue`, and how its consumer reads: up to [`BATCH`].
+async fn ceiling_group(
+    queue: &str,
+) -> Result<(
+    redis::aio::MultiplexedConnection,
+    redis::streams::StreamReadOptions,
+)> {
+    let mut connection = redis().await?;
+    let _: () = connection
+        .xgroup_create(queue, "ceiling", "0")
+        .await
+        .with_context(|| format!("XGROUP CREATE on `{queue}`"))?;
+    let options = redis::streams::StreamReadOptions::default()
+        .group("ceiling", "bench")
+        .count(BATCH)
+        .block(1000);
+    Ok((connection, options))
+}
+
 /// Ceilings N and R: drains `count` messages of `queue` with the server's own client,
 /// pulling batches of up to [`BATCH`]: acknowledging each message on JetStream, each batch
 /// with one `XACK` on Redis. Returns the elapsed time.
@@ -122,16 +159,7 @@ pub async fn ceiling(kind: Kind, queue: &str, count: u64) -> Result<Duration> {
     match kind {
         Kind::Nats => {
             let js = jetstream().await?;
-            let stream = js.get_stream(stream_name(queue)).await?;
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    durable_name: Some("ceiling".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    max_ack_pending: (BATCH * 4) as i64,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("creating a consumer of `{queue}`"))?;
+            let consumer = ceiling_consumer(&js, queue).await?;
             let clock = Instant::now();
             let mut messages = consumer
                 .stream()
@@ -159,16 +187,8 @@ pub async fn ceiling(kind: Kind, queue: &str, count: u64) -> Result<Duration> {
             Ok(clock.elapsed())
         }
         Kind::Redis => {
-            let mut connection = redis().await?;
-            let _: () = connection
-                .xgroup_create(queue, "ceiling", "0")
-                .await
-                .with_context(|| format!("XGROUP CREATE on `{queue}`"))?;
+            let (mut connection, options) = ceiling_group(queue).await?;
             let clock = Instant::now();
-            let options = redis::streams::StreamReadOptions::default()
-                .group("ceiling", "bench")
-                .count(BATCH)
-                .block(1000);
             let mut seen = 0u64;
             while seen < count {
                 let reply: redis::streams::StreamReadReply = connection
@@ -273,16 +293,7 @@ pub async fn through(
     match kind {
         Kind::Nats => {
             let js = jetstream().await?;
-            let stream = js.get_stream(stream_name(queue)).await?;
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    durable_name: Some("ceiling".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    max_ack_pending: (BATCH * 4) as i64,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("creating a consumer of `{queue}`"))?;
+            let consumer = ceiling_consumer(&js, queue).await?;
             let clock = Instant::now();
             let mut messages = consumer
                 .stream()
@@ -337,16 +348,8 @@ pub async fn through(
             Ok(clock.elapsed())
         }
         Kind::Redis => {
-            let mut connection = redis().await?;
-            let _: () = connection
-                .xgroup_create(queue, "ceiling", "0")
-                .await
-                .with_context(|| format!("XGROUP CREATE on `{queue}`"))?;
+            let (mut connection, options) = ceiling_group(queue).await?;
             let clock = Instant::now();
-            let options = redis::streams::StreamReadOptions::default()
-                .group("ceiling", "bench")
-                .count(BATCH)
-                .block(1000);
             let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
             let mut reading = connection.clone();
             let read = async move {
