@@ -60,9 +60,20 @@ impl PrivateBroker {
             Some(_) => &["rabbitmq_stomp"],
             None => &[],
         };
-        let mut broker = Self::prepare(what, certificates, plugins, &unique("cookie"));
-        broker.boot();
-        broker
+        let mut attempt = 1;
+        loop {
+            let mut broker = Self::prepare(what, certificates, plugins, &unique("cookie"));
+            broker.spawn();
+            match broker.started() {
+                Ok(()) => return broker,
+                // Another process took a port between its choice and the node's bind.
+                Err(why) if why.contains("eaddrinuse") && attempt < 3 => {
+                    eprintln!("a port of the test's RabbitMQ node was taken; starting it again");
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     /// Writes the node's files without starting it: its own folder, ports and node name,
@@ -223,22 +234,29 @@ impl PrivateBroker {
 
     /// Waits until every listener of the node accepts connections.
     fn wait_up(&mut self) {
+        if let Err(why) = self.started() {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until every listener of the node accepts connections, or says why not.
+    fn started(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
             if self.listening() {
-                return;
+                return Ok(());
             }
             let exited = self
                 .server
                 .as_mut()
                 .and_then(|s| s.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "the test's RabbitMQ node {} did not start ({}); its output:\n{}",
                     self.node,
                     exited.map_or("timed out".to_string(), |s| s.to_string()),
                     self.server_log()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -895,7 +913,16 @@ fn describe(output: &std::io::Result<Output>) -> String {
     }
 }
 
+/// A port free now for a server of a test's own, below Linux's ephemeral range (32768 and
+/// up by default): a port the kernel hands out picks an outgoing connection's port from
+/// that range too, and one could take it before the server binds it.
 pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
