@@ -14,6 +14,7 @@ use async_nats::{
     ConnectError, ConnectErrorKind,
 };
 use golconde_plugin_api::{ErrorKind, PluginError};
+use golconde_plugin_support::tls::Failure;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NatsError {
@@ -121,20 +122,22 @@ fn looks_like_tls(reason: &str) -> bool {
 
 /// What to do about a failed TLS connection, read from rustls' reason.
 pub fn tls_hint(reason: &str, identity: bool) -> &'static str {
-    if reason.contains("NotValidForName") || reason.contains("not valid for name") {
-        "the server's certificate is not for the host named in `url`: connect by a name the \
-         certificate lists"
-    } else if reason.contains("UnknownIssuer")
-        || (reason.contains("certificate") && !reason.contains("CertificateRequired"))
-            && !reason.contains("alert")
-    {
-        "the server's certificate is not trusted: give the CA that signed it in `tls_ca_file` \
-         (a PEM file)"
-    } else if !identity {
-        "if the server verifies clients (`verify: true`), give a client certificate in \
-         `tls_cert_file` and `tls_key_file`"
-    } else {
-        "check that the server trusts the CA of `tls_cert_file` (its `ca_file`)"
+    match Failure::classify(reason, identity) {
+        Failure::WrongName => {
+            "the server's certificate is not for the host named in `url`: connect by a name \
+             the certificate lists"
+        }
+        Failure::Untrusted => {
+            "the server's certificate is not trusted: give the CA that signed it in \
+             `tls_ca_file` (a PEM file)"
+        }
+        Failure::NoClientCertificate => {
+            "if the server verifies clients (`verify: true`), give a client certificate in \
+             `tls_cert_file` and `tls_key_file`"
+        }
+        Failure::ClientCertificateRefused => {
+            "check that the server trusts the CA of `tls_cert_file` (its `ca_file`)"
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! May depend on: `golconde-plugin-api` (its error type), `thiserror`.
 
 use golconde_plugin_api::{ErrorKind, PluginError};
+use golconde_plugin_support::tls::Failure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -158,19 +159,24 @@ impl Error {
 /// What to do about a failed TLS connection, read from rustls' reason; `identity` tells
 /// whether a client certificate was offered.
 pub fn tls_hint(reason: &str, identity: bool) -> &'static str {
-    if reason.contains("NotValidForName") || reason.contains("not valid for name") {
-        "the server's certificate is not for that name: set `tls_server_name` to a name the \
-         certificate lists"
-    } else if reason.contains("certificate") && !reason.contains("CertificateRequired") {
-        "the server's certificate is not trusted: give the CA that signed it in `tls_ca_file` \
-         (a PEM file)"
-    } else if !identity {
-        "if the server requires client certificates (`tls-auth-clients yes`), give one in \
-         `tls_cert_file` and `tls_key_file`; otherwise check that `url` names the server's TLS \
-         port"
-    } else {
-        "check that the server trusts the CA of `tls_cert_file` (`tls-ca-cert-file`), and that \
-         `url` names the server's TLS port"
+    match Failure::classify(reason, identity) {
+        Failure::WrongName => {
+            "the server's certificate is not for that name: set `tls_server_name` to a name \
+             the certificate lists"
+        }
+        Failure::Untrusted => {
+            "the server's certificate is not trusted: give the CA that signed it in \
+             `tls_ca_file` (a PEM file)"
+        }
+        Failure::NoClientCertificate => {
+            "if the server requires client certificates (`tls-auth-clients yes`), give one in \
+             `tls_cert_file` and `tls_key_file`; otherwise check that `url` names the server's \
+             TLS port"
+        }
+        Failure::ClientCertificateRefused => {
+            "check that the server trusts the CA of `tls_cert_file` (`tls-ca-cert-file`), and \
+             that `url` names the server's TLS port"
+        }
     }
 }
 

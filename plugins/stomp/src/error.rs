@@ -7,6 +7,7 @@
 use std::{fmt, sync::Arc};
 
 use golconde_plugin_api::{ErrorKind, PluginError};
+use golconde_plugin_support::tls::Failure;
 
 use crate::codec::CodecError;
 
@@ -126,18 +127,23 @@ impl StompError {
 /// What to do about a failed TLS connection, read from rustls' reason; `identity` tells
 /// whether a client certificate was offered.
 pub fn tls_hint(reason: &str, identity: bool) -> &'static str {
-    if reason.contains("NotValidForName") || reason.contains("not valid for name") {
-        "the broker's certificate is not for that name: set `tls_server_name` to a name the \
-         certificate lists"
-    } else if reason.contains("certificate") && !reason.contains("CertificateRequired") {
-        "the broker's certificate is not trusted: give the CA that signed it in `tls_ca_file` \
-         (a PEM file)"
-    } else if !identity {
-        "if the broker requires client certificates, give one in `tls_cert_file` and \
-         `tls_key_file`; otherwise check that `address` is the broker's TLS port"
-    } else {
-        "check that the broker trusts the CA of `tls_cert_file`, and that `address` is the \
-         broker's TLS port"
+    match Failure::classify(reason, identity) {
+        Failure::WrongName => {
+            "the broker's certificate is not for that name: set `tls_server_name` to a name \
+             the certificate lists"
+        }
+        Failure::Untrusted => {
+            "the broker's certificate is not trusted: give the CA that signed it in \
+             `tls_ca_file` (a PEM file)"
+        }
+        Failure::NoClientCertificate => {
+            "if the broker requires client certificates, give one in `tls_cert_file` and \
+             `tls_key_file`; otherwise check that `address` is the broker's TLS port"
+        }
+        Failure::ClientCertificateRefused => {
+            "check that the broker trusts the CA of `tls_cert_file`, and that `address` is the \
+             broker's TLS port"
+        }
     }
 }
 

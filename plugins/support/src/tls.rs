@@ -5,7 +5,8 @@
 //!
 //! Everything is read and checked when the configuration is, so a wrong path or a file of
 //! the wrong kind is a configuration error naming its key, not a failed handshake later.
-//! The `stomp` and `redis` transports use it.
+//! The `stomp` and `redis` transports use it; `nats` uses [`Failure`] to read why a
+//! handshake failed.
 //!
 //! May depend on: rustls, tokio-rustls, rustls-native-certs, rustls-pki-types, tokio.
 
@@ -40,6 +41,42 @@ pub struct Files<'a> {
     pub ca_file: Option<&'a Path>,
     pub cert_file: Option<&'a Path>,
     pub key_file: Option<&'a Path>,
+}
+
+/// Why a TLS handshake failed, as far as rustls' reason tells: what the user must change.
+/// Each transport words its hint in its own keys and its server's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server's certificate is not for the name connected to.
+    WrongName,
+    /// The server's certificate is not signed by a trusted CA.
+    Untrusted,
+    /// No client certificate was offered, and the server may want one (or the port is
+    /// not a TLS port).
+    NoClientCertificate,
+    /// A client certificate was offered and the server refused it (or the port is not a
+    /// TLS port).
+    ClientCertificateRefused,
+}
+
+impl Failure {
+    /// Reads rustls' `reason`; `identity` tells whether a client certificate was offered.
+    /// An alert is the server refusing this client, not this client refusing the server.
+    pub fn classify(reason: &str, identity: bool) -> Failure {
+        if reason.contains("NotValidForName") || reason.contains("not valid for name") {
+            Failure::WrongName
+        } else if reason.contains("UnknownIssuer")
+            || (reason.contains("certificate")
+                && !reason.contains("CertificateRequired")
+                && !reason.contains("alert"))
+        {
+            Failure::Untrusted
+        } else if !identity {
+            Failure::NoClientCertificate
+        } else {
+            Failure::ClientCertificateRefused
+        }
+    }
 }
 
 /// `name` as the name a certificate must be for: a DNS name or an IP address, which may
@@ -150,6 +187,32 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_handshake_is_read_as_what_to_change() {
+        let read = Failure::classify;
+        assert_eq!(
+            read("invalid peer certificate: NotValidForName", true),
+            Failure::WrongName
+        );
+        assert_eq!(
+            read("invalid peer certificate: UnknownIssuer", false),
+            Failure::Untrusted
+        );
+        // The server refusing this client's certificate is not this client's distrust.
+        assert_eq!(
+            read("received fatal alert: BadCertificate", true),
+            Failure::ClientCertificateRefused
+        );
+        assert_eq!(
+            read("received fatal alert: CertificateRequired", false),
+            Failure::NoClientCertificate
+        );
+        assert_eq!(
+            read("connection reset", false),
+            Failure::NoClientCertificate
+        );
+    }
 
     const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
     const KEY: &str = "/etc/ssl/private/ssl-cert-snakeoil.key";
