@@ -58,6 +58,7 @@ pub fn parse_change(
         ..
     } = envelope;
     let restriction = match action {
+        Action::Upsert if restriction.is_empty() => restriction,
         Action::Upsert => {
             // The first Golconde's producers may name the row of a `set` in `restriction`:
             // those columns are the row's key, so they belong in the upserted data.
@@ -205,8 +206,13 @@ fn columns(raw: Option<&RawValue>, what: &str) -> Result<Vec<Column>, String> {
     let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
         return Ok(Vec::new());
     };
-    let fields = object(raw.get(), &format!("`{what}`"))
-        .map_err(|e| format!("{e} (an object of column: value)"))?;
+    let quoted = match what {
+        "data" => "`data`",
+        "restriction" => "`restriction`",
+        _ => what,
+    };
+    let fields =
+        object(raw.get(), quoted).map_err(|e| format!("{e} (an object of column: value)"))?;
     fields
         .fields
         .into_iter()

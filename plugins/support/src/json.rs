@@ -74,8 +74,17 @@ impl<'a> Object<'a> {
 
     /// The first field name given a second time, if any.
     pub fn repeated(&self) -> Option<&str> {
-        // Hashed: `max_fields` allows thousands, and comparing each name with every
+        // A message's few fields are compared pairwise, without allocating; many are
+        // hashed: `max_fields` allows thousands, and comparing each name with every
         // earlier one would hold the dispatcher for seconds.
+        if self.fields.len() <= 16 {
+            return self
+                .fields
+                .iter()
+                .enumerate()
+                .find(|(i, (name, _))| self.fields[..*i].iter().any(|(n, _)| n == name))
+                .map(|(_, (name, _))| name.as_ref());
+        }
         let mut seen = HashSet::with_capacity(self.fields.len());
         self.fields
             .iter()
@@ -113,6 +122,31 @@ mod tests {
         assert_eq!(object.repeated(), None);
         let twice = Object::parse(r#"{"a": 1, "b": 2, "a": 3}"#, "x").unwrap();
         assert_eq!(twice.repeated(), Some("a"));
+    }
+
+    /// Small objects are checked pairwise, large ones by hashing: both find the first name
+    /// given again, the escaped spelling of a name included.
+    #[test]
+    fn a_repeated_field_is_found_in_small_and_large_objects() {
+        for count in [2, 15, 16, 17, 500] {
+            let mut fields: Vec<String> = (0..count).map(|i| format!("\"f{i}\": {i}")).collect();
+            assert_eq!(
+                Object::parse(&format!("{{{}}}", fields.join(",")), "x")
+                    .unwrap()
+                    .repeated(),
+                None,
+                "{count} distinct fields"
+            );
+            fields.push("\"f\\u0030\": 0".to_string());
+            fields.push(format!("\"f{}\": 1", count - 1));
+            assert_eq!(
+                Object::parse(&format!("{{{}}}", fields.join(",")), "x")
+                    .unwrap()
+                    .repeated(),
+                Some("f0"),
+                "{count} fields, then two again"
+            );
+        }
     }
 
     #[test]
