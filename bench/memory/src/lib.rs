@@ -5,7 +5,7 @@
 //! hide behind.
 //!
 //! - transport `memory`: each queue holds `messages` messages generated on the fly, the
-//!   same bodies as the bench workload's Golconde `set` messages (about 120 bytes, over
+//!   same bodies as the bench workload's Golconde `set` messages (120 to 160 bytes, over
 //!   `keys` keys, by default a quarter of the messages). It behaves like a broker where the
 //!   host can tell: at most the prefetch unacknowledged, cumulative and single
 //!   acknowledgements, rejected or abandoned deliveries given out again (marked
