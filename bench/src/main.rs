@@ -1,15 +1,18 @@
 //! `golconde-bench`: measures, in one run on one machine, Golconde end to end (AMQP, STOMP,
 //! NATS JetStream and Redis Streams -> autosql -> postgres, AMQP with the pipeline in a
 //! process of its own, AMQP -> autosql -> mysql into MariaDB, AMQP -> debezium -> postgres)
-//! against the limits of each broker alone (ceiling A for RabbitMQ, N for NATS, R for
-//! Redis) and of the database alone (ceiling B for PostgreSQL, C for MariaDB), against the
-//! first Golconde's one-message-at-a-time model (the baseline), its publish-to-commit
-//! latency at half load, its peak memory, and the debezium processor's CPU time per message
-//! against autosql's. `scripts/bench` builds everything in release and runs it; see
-//! bench/README.md.
+//! against the limits of each broker alone (ceiling A for RabbitMQ, S for RabbitMQ over
+//! STOMP, N for NATS, R for Redis) and of the database alone (ceiling B for PostgreSQL, C
+//! for MariaDB), against the first Golconde's one-message-at-a-time model (the baseline),
+//! its publish-to-commit latency at a quarter and at half of its capacity beside the
+//! broker's own, its peak memory, the debezium processor's CPU time per message against
+//! autosql's, and the host alone with in-memory plugins (bench/memory). `scripts/bench`
+//! builds everything in release and runs it; see bench/README.md.
 //!
-//! Depends on lapin, async-nats, redis, tokio-postgres, mysql_async and the release
-//! `golconde` binary and plugin libraries found beside this executable. Key decisions:
+//! Depends on lapin, async-nats, redis, tokio-postgres, mysql_async, tokio (the STOMP
+//! ceiling's client) and the release `golconde` binary and plugin libraries found beside
+//! this executable, plus the `golconde-bench-memory` library for the `host` part. Key
+//! decisions:
 //! Golconde is measured as the real daemon process, on a queue pre-loaded before the clock
 //! starts; every run is checked for correctness (every key at its last version, nothing
 //! left on the queue), so a fast but wrong run fails the bench instead of producing a
@@ -18,8 +21,10 @@
 mod broker;
 mod daemon;
 mod db;
+mod host;
 mod mariadb;
 mod report;
+mod stomp;
 mod streams;
 mod workload;
 
@@ -30,17 +35,25 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::daemon::{Daemon, Rss, Setup};
-use crate::report::{Figure, Report};
+use crate::report::{Figure, Load, Report};
 use crate::workload::{Expected, Format, Workload};
 
 /// The prefetch of ceiling A and the baseline: Golconde's default for one worker
 /// (2 x batch.max_messages x workers).
 const PREFETCH: u16 = 1000;
 
-const PARTS: [&str; 11] = [
+const PARTS: [&str; 12] = [
     "amqp", "process", "mysql", "debezium", "stomp", "nats", "redis", "ceilings", "baseline",
-    "latency", "memory",
+    "latency", "memory", "host",
 ];
+
+/// The shares of Golconde's end-to-end capacity (the best `golconde amqp` median) the
+/// latency part publishes at by default.
+const LATENCY_SHARES: [f64; 2] = [0.25, 0.5];
+
+/// A smoke run's latency rates stay at most this times their share: its capacity comes
+/// from a few thousand messages, too noisy to load the machine with.
+const SMOKE_LATENCY_CAP: f64 = 4000.0;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Golconde end to end against the broker's and the database's limits")]
@@ -60,9 +73,13 @@ struct Args {
     /// Seconds of fixed-rate publishing in the latency run.
     #[arg(long)]
     latency_seconds: Option<f64>,
-    /// Publish rate of the latency run; default half the best AMQP end-to-end rate.
+    /// Publish rates of the latency part, comma-separated (messages per second); default a
+    /// quarter and half of the best AMQP end-to-end rate.
+    #[arg(long, value_delimiter = ',')]
+    latency_rate: Option<Vec<f64>>,
+    /// Messages drained by the host part (the daemon with in-memory plugins).
     #[arg(long)]
-    latency_rate: Option<f64>,
+    host_messages: Option<u64>,
     /// Queue sizes drained by the memory part, comma-separated.
     #[arg(long, value_delimiter = ',')]
     memory_messages: Option<Vec<u64>>,
@@ -77,7 +94,8 @@ struct Args {
     /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, ceiling NB: the
     /// hand-written NATS -> PostgreSQL pipeline, then NATS -> autosql -> postgres), redis (the
     /// same with Redis Streams: ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
-    /// MariaDB), baseline, latency, memory.
+    /// MariaDB), baseline, latency, memory, host (the daemon with the in-memory plugins of
+    /// bench/memory).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -96,8 +114,9 @@ struct Plan {
     workload: Workload,
     baseline: Workload,
     latency_seconds: f64,
-    latency_rate: Option<f64>,
+    latency_rates: Option<Vec<f64>>,
     memory: Vec<u64>,
+    host_messages: u64,
     workers: Vec<u32>,
     batch: Option<u32>,
     parts: Vec<String>,
@@ -125,6 +144,17 @@ impl Plan {
         if messages < 4 || args.workers.is_empty() || args.workers.contains(&0) {
             bail!("--messages must be at least 4 and --workers positive");
         }
+        if let Some(rates) = &args.latency_rate {
+            if rates.is_empty() || rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+                bail!("--latency-rate wants positive rates, e.g. 5000,10000");
+            }
+        }
+        let host_messages = args
+            .host_messages
+            .unwrap_or(if smoke { 100_000 } else { 5_000_000 });
+        if host_messages == 0 {
+            bail!("--host-messages must be at least 1");
+        }
         let keys = |n: u64| (n / 4).max(1);
         Ok(Plan {
             smoke,
@@ -139,13 +169,14 @@ impl Plan {
             },
             latency_seconds: args
                 .latency_seconds
-                .unwrap_or(if smoke { 3.0 } else { 30.0 }),
-            latency_rate: args.latency_rate,
+                .unwrap_or(if smoke { 2.0 } else { 30.0 }),
+            latency_rates: args.latency_rate.clone(),
             memory: args.memory_messages.clone().unwrap_or(if smoke {
                 vec![messages, messages * 5]
             } else {
                 vec![200_000, 1_000_000]
             }),
+            host_messages,
             workers: args.workers.clone(),
             batch: args.batch,
             parts,
@@ -270,6 +301,8 @@ struct Bench {
     channel: lapin::Channel,
     golconde: PathBuf,
     plugin_dir: PathBuf,
+    /// The in-memory plugins' library, for the host part.
+    memory_library: Option<PathBuf>,
     scratch: PathBuf,
     queues: u32,
     report: Report,
@@ -325,6 +358,18 @@ async fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let memory_library = if plan.wants("host") {
+        Some(host::library(&release).with_context(|| {
+            format!(
+                "{} is in neither {} nor this executable's folder: build it first \
+                 (cargo build --release -p golconde-bench-memory; scripts/bench does)",
+                host::LIBRARY,
+                release.display()
+            )
+        })?)
+    } else {
+        None
+    };
     let id = std::process::id();
     let database = db::Database::create(&format!("golconde_bench_{id}")).await?;
     let maria_name = format!("golconde_bench_{id}");
@@ -355,6 +400,7 @@ async fn run(args: Args) -> Result<()> {
             channel,
             golconde,
             plugin_dir: release,
+            memory_library,
             scratch: scratch.clone(),
             queues: 0,
             report: Report::default(),
@@ -404,7 +450,10 @@ impl Bench {
             "keys": p.workload.keys,
             "baseline_messages": p.baseline.messages,
             "latency_seconds": p.latency_seconds,
+            "latency_rates": p.latency_rates,
             "memory_messages": p.memory,
+            "host_messages": p.host_messages,
+            "stomp_ceiling": {"prefetch": 2 * self.batch(), "ack_every": self.batch()},
             "workers": p.workers,
             "batch_max_messages": p.batch,
             "prefetch_ceiling_and_baseline": PREFETCH,
@@ -508,6 +557,7 @@ impl Bench {
         .collect();
         let mut turns = vec![modes];
         if self.plan.wants("stomp") {
+            self.stomp_ceiling(workload).await?;
             turns.push(vec![Mode::STOMP]);
         }
         // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
@@ -621,7 +671,120 @@ impl Bench {
                 self.report.add(figure);
             }
         }
+        if self.plan.wants("host") {
+            self.host().await?;
+        }
         Ok(())
+    }
+
+    /// Golconde's `batch.max_messages` in this run.
+    fn batch(&self) -> u32 {
+        self.plan.batch.unwrap_or(500)
+    }
+
+    /// Ceiling S: the pre-loaded queue drained over STOMP by the bench's own client, with
+    /// the `stomp` transport's subscription and acknowledgements under Golconde's defaults
+    /// for one worker: `ack:client`, a prefetch of two batches, one cumulative ACK per batch.
+    async fn stomp_ceiling(&mut self, workload: Workload) -> Result<()> {
+        let batch = self.batch();
+        let mut figure = Figure::new(report::CEILING_S, workload.messages);
+        for _ in 0..self.plan.runs {
+            let queue = self.loaded_queue(workload, Format::Golconde).await?;
+            let t = stomp::ceiling(&queue, workload.messages, 2 * batch, u64::from(batch))
+                .await
+                .context("ceiling S")?;
+            self.expect_empty(&queue).await.context("after ceiling S")?;
+            progress(&format!(
+                "ceiling S (STOMP, prefetch {}, ACK per {batch}): {:.0}/s",
+                2 * batch,
+                workload.messages as f64 / t.as_secs_f64()
+            ));
+            figure.rate(workload.messages, t);
+        }
+        self.report.add(figure);
+        Ok(())
+    }
+
+    /// The host part: per worker count, the daemon drains the in-memory transport's queue
+    /// through the in-memory processor and database.
+    async fn host(&mut self) -> Result<()> {
+        let library = self
+            .memory_library
+            .clone()
+            .context("the host part needs the in-memory plugins' library")?;
+        let plugin_dir = host::plugin_dir(&self.scratch, &library)?;
+        let messages = self.plan.host_messages;
+        for workers in self.plan.workers.clone() {
+            let name = format!("host: golconde memory -> memory, workers={workers}");
+            let mut figure = Figure::new(&name, messages);
+            figure.golconde = Some("memory".into());
+            figure.processor = "memory".into();
+            figure.database = "memory".into();
+            figure.workers = workers;
+            for run in 0..self.plan.runs {
+                self.host_run(&plugin_dir, messages, workers, run)
+                    .await
+                    .with_context(|| name.clone())?
+                    .record(&mut figure, messages);
+            }
+            self.report.add(figure);
+        }
+        Ok(())
+    }
+
+    async fn host_run(
+        &mut self,
+        plugin_dir: &Path,
+        messages: u64,
+        workers: u32,
+        run: usize,
+    ) -> Result<Run> {
+        let result = self.scratch.join(format!("host-{workers}-{run}.result"));
+        let setup = host::Setup {
+            plugin_dir,
+            messages,
+            keys: (messages / 4).max(1),
+            result: &result,
+            workers,
+            batch: self.plan.batch,
+        };
+        let path = self.scratch.join(format!("host-{workers}-{run}.toml"));
+        let mut daemon = Daemon::start(&self.golconde, &path, &host::config(&setup))?;
+        // A million messages a second is the target; a tenth of that is a slow debug build.
+        let limit = Duration::from_secs(60 + messages / 100_000);
+        let outcome = loop {
+            daemon.check_alive()?;
+            if let Some(outcome) = host::Outcome::read(&result)? {
+                break outcome;
+            }
+            if daemon.spawned.elapsed() > limit {
+                bail!(
+                    "the in-memory queue was not drained after {limit:?}; the daemon's log ends:\n{}",
+                    daemon.tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let cpu = daemon.cpu_since_consuming()?;
+        let rss = daemon.peak_rss()?;
+        let startup = daemon.consuming_since().unwrap_or(daemon.spawned) - daemon.spawned;
+        daemon.stop()?;
+        outcome.check(messages)?;
+        progress(&format!(
+            "host: golconde memory -> memory, workers={workers}: {messages} messages in {:.3} s \
+             ({:.0}/s; startup {} ms), {} commits, CPU {:.2} us/msg, peak RSS {:.1} MB",
+            outcome.elapsed.as_secs_f64(),
+            messages as f64 / outcome.elapsed.as_secs_f64(),
+            startup.as_millis(),
+            outcome.commits,
+            cpu.as_secs_f64() * 1e6 / messages as f64,
+            rss.total() as f64 / 1048576.0,
+        ));
+        Ok(Run {
+            elapsed: outcome.elapsed,
+            rss,
+            cpu,
+        })
     }
 
     /// A fresh durable queue of the bench holding `workload` written in `format`, all
@@ -825,81 +988,119 @@ impl Bench {
         })
     }
 
+    /// The latency part: at each rate (a quarter and half of the best AMQP end-to-end
+    /// median, or `--latency-rate`), the broker alone and Golconde side by side, run by run
+    /// taking turns, so that whatever else loads the machine weighs on both alike.
     async fn latency(&mut self) -> Result<()> {
         let best = self.report.best_golconde("amqp");
-        let rate = match (self.plan.latency_rate, best) {
-            (Some(rate), _) => rate,
-            // A smoke run's rate comes from a few thousand messages: too noisy to load
-            // the machine with.
-            (None, Some((rate, _))) if self.plan.smoke => (rate / 2.0).min(2000.0),
-            (None, Some((rate, _))) => rate / 2.0,
+        let capacity = best.map(|(rate, _)| rate);
+        let rates: Vec<f64> = match (&self.plan.latency_rates, capacity) {
+            (Some(rates), _) => rates.clone(),
+            (None, Some(capacity)) if self.plan.smoke => LATENCY_SHARES
+                .iter()
+                .map(|share| (capacity * share).min(SMOKE_LATENCY_CAP * share))
+                .collect(),
+            (None, Some(capacity)) => LATENCY_SHARES.iter().map(|s| capacity * s).collect(),
+            (None, None) if self.plan.smoke => LATENCY_SHARES.iter().map(|s| 1000.0 * s).collect(),
             (None, None) => {
-                if self.plan.smoke {
-                    500.0
-                } else {
-                    bail!("the latency part needs the amqp part (for its rate) or --latency-rate")
-                }
+                bail!("the latency part needs the amqp part (for its rates) or --latency-rate")
             }
         };
         let workers = best.map_or(*self.plan.workers.last().unwrap_or(&4), |(_, w)| w);
         let duration = Duration::from_secs_f64(self.plan.latency_seconds);
-        let mut figure = Figure::new(
-            &format!("latency: golconde amqp, workers={workers}, {rate:.0} msgs/s"),
-            0,
-        );
-        let mut alone = Figure::new(
-            &format!("latency: broker alone (lapin), {rate:.0} msgs/s"),
-            0,
-        );
-        for _ in 0..self.plan.runs {
-            let queue = self.fresh_queue().await?;
-            let ms = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
-            self.expect_empty(&queue).await?;
-            progress(&format!(
-                "broker-only latency at {rate:.0}/s: p50 {:.1} ms, max {:.1} ms",
-                ms[ms.len() / 2],
-                ms[ms.len() - 1]
-            ));
-            alone.messages = ms.len() as u64;
-            alone.latency(&ms);
-        }
-        self.report.add(alone);
-        for _ in 0..self.plan.runs {
-            db::truncate(&self.client).await?;
-            let queue = self.fresh_queue().await?;
-            let mut daemon = self.start(Mode::AMQP, &queue, "users_latency", workers)?;
-            while daemon.consuming_since().is_none() {
-                daemon.check_alive()?;
-                if daemon.spawned.elapsed() > Duration::from_secs(30) {
-                    bail!(
-                        "golconde did not start consuming within 30 s:\n{}",
-                        daemon.tail()
-                    );
+        for rate in rates {
+            let load = |golconde| Load {
+                rate,
+                share: capacity.map(|c| rate / c),
+                golconde,
+            };
+            let mut alone = Figure::new(
+                &format!("latency: broker alone (lapin), {}", load(false).label()),
+                0,
+            );
+            alone.load = Some(load(false));
+            let mut figure = Figure::new(
+                &format!(
+                    "latency: golconde amqp, workers={workers}, {}",
+                    load(true).label()
+                ),
+                0,
+            );
+            figure.load = Some(load(true));
+            for run in 0..self.plan.runs {
+                for golconde in [run % 2 == 1, run % 2 == 0] {
+                    if golconde {
+                        let ms = self.golconde_latency(rate, duration, workers).await?;
+                        figure.messages = ms.len() as u64;
+                        figure.latency(&ms);
+                    } else {
+                        let ms = self.broker_latency(rate, duration).await?;
+                        alone.messages = ms.len() as u64;
+                        alone.latency(&ms);
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let total = broker::publish_at_rate(&self.amqp, &queue, rate, duration).await?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while db::latency_rows(&self.client).await? < total {
-                daemon.check_alive()?;
-                if Instant::now() > deadline {
-                    bail!("the latency run's {total} messages were not all applied within 60 s");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            daemon.check_alive()?;
-            daemon.stop()?;
-            self.expect_empty(&queue).await?;
-            let ms = db::latencies(&self.client, total).await?;
-            progress(&format!(
-                "latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, max {:.1} ms",
-                ms[ms.len() / 2],
-                ms[ms.len() - 1]
-            ));
-            figure.messages = total;
-            figure.latency(&ms);
+            self.report.add(alone);
+            self.report.add(figure);
         }
-        self.report.add(figure);
         Ok(())
+    }
+
+    /// Publish-to-delivery latencies (ms, sorted) of a bare lapin consumer.
+    async fn broker_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<f64>> {
+        let queue = self.fresh_queue().await?;
+        let ms = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
+        self.expect_empty(&queue).await?;
+        progress(&format!(
+            "broker-only latency at {rate:.0}/s: {} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms.len(),
+            report::percentile(&ms, 50.0),
+            report::percentile(&ms, 99.0),
+            ms[ms.len() - 1]
+        ));
+        Ok(ms)
+    }
+
+    /// Publish-to-commit latencies (ms, sorted) of Golconde with `workers` on an empty
+    /// queue, the bench publishing at `rate` meanwhile.
+    async fn golconde_latency(
+        &mut self,
+        rate: f64,
+        duration: Duration,
+        workers: u32,
+    ) -> Result<Vec<f64>> {
+        db::truncate(&self.client).await?;
+        let queue = self.fresh_queue().await?;
+        let mut daemon = self.start(Mode::AMQP, &queue, "users_latency", workers)?;
+        while daemon.consuming_since().is_none() {
+            daemon.check_alive()?;
+            if daemon.spawned.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "golconde did not start consuming within 30 s:\n{}",
+                    daemon.tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let total = broker::publish_at_rate(&self.amqp, &queue, rate, duration).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db::latency_rows(&self.client).await? < total {
+            daemon.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("the latency run's {total} messages were not all applied within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        daemon.check_alive()?;
+        daemon.stop()?;
+        self.expect_empty(&queue).await?;
+        let ms = db::latencies(&self.client, total).await?;
+        progress(&format!(
+            "latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report::percentile(&ms, 50.0),
+            report::percentile(&ms, 99.0),
+            ms[ms.len() - 1]
+        ));
+        Ok(ms)
     }
 }

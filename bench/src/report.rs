@@ -1,7 +1,8 @@
 //! The figures of one bench run: medians with min and max over the runs, ratios to the
-//! ceilings and the baseline, the targets of issue 6, of process isolation and of the
-//! `mysql` plugin, the `debezium` processor's cost against `autosql`'s, printed as one
-//! table and written as JSON.
+//! ceilings and the baseline, the targets of issue 6, of process isolation, of the `mysql`
+//! plugin, of the stream transports and of issue 15 (STOMP against its own ceiling,
+//! latency against the broker alone, the host with in-memory plugins), the `debezium`
+//! processor's cost against `autosql`'s, printed as one table and written as JSON.
 //!
 //! Depends on serde_json. Key decision: ratios are computed from medians measured in the
 //! same run on the same machine, never from figures remembered from elsewhere.
@@ -22,6 +23,7 @@ pub const CEILING_N: &str = "ceiling N: nats-server alone (async-nats), ack each
 pub const CEILING_R: &str = "ceiling R: redis-server alone (redis-rs), XACK per 500";
 pub const CEILING_NB: &str = "ceiling NB: nats-server -> PostgreSQL, hand-written, 1 conn.";
 pub const CEILING_RB: &str = "ceiling RB: redis-server -> PostgreSQL, hand-written, 1 conn.";
+pub const CEILING_S: &str = "ceiling S: broker over STOMP, ack:client per batch";
 pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
 
 #[derive(Default)]
@@ -50,6 +52,30 @@ pub struct Figure {
     pub process: bool,
     pub workers: u32,
     pub memory: bool,
+    /// What a latency figure was measured at; `None` for the others.
+    pub load: Option<Load>,
+}
+
+/// The fixed publish rate of a latency figure, and who consumed the messages.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Load {
+    /// Messages published per second.
+    pub rate: f64,
+    /// That rate over the best `golconde amqp` median of the same bench run (its
+    /// end-to-end capacity), when that part ran.
+    pub share: Option<f64>,
+    /// Golconde applied the messages; otherwise a bare consumer took them off the broker.
+    pub golconde: bool,
+}
+
+impl Load {
+    /// "5000 msgs/s (25%)", or without the share when capacity was not measured.
+    pub fn label(&self) -> String {
+        match self.share {
+            Some(share) => format!("{:.0} msgs/s ({:.0}%)", self.rate, share * 100.0),
+            None => format!("{:.0} msgs/s", self.rate),
+        }
+    }
 }
 
 /// Median, min and max of some runs.
@@ -79,7 +105,7 @@ fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -253,13 +279,17 @@ impl Report {
             });
         }
         let base = self.median_rate(BASELINE);
-        json!({
+        let mut ratios = json!({
             "to_ceiling_a_ack_each": r(a),
             "to_ceiling_a_ack_every_100": r(ac),
             "to_ceiling_b": r(b),
             "to_min_ceiling": r(lower(b)),
             "to_baseline": r(base),
-        })
+        });
+        if figure.golconde.as_deref() == Some("stomp") {
+            ratios["to_ceiling_s"] = json!(r(self.median_rate(CEILING_S)));
+        }
+        ratios
     }
 
     fn targets(&self) -> Vec<(String, Option<bool>)> {
@@ -286,15 +316,14 @@ impl Report {
             ),
             best.zip(base).map(|(r, c)| r >= 10.0 * c),
         ));
-        let p99 = self
-            .figures
-            .iter()
-            .filter(|f| f.name.starts_with("latency: golconde"))
-            .find_map(|f| spread(&f.p99).map(|s| s.median));
+        let half = self.half_load();
+        let p99 = half.and_then(|f| spread(&f.p99)).map(|s| s.median);
         out.push((
             format!(
-                "p99 latency at half load < 50 ms: {}",
-                p99.map_or("-".into(), |p| format!("{p:.1} ms"))
+                "p99 latency at half load < 50 ms: {}{}",
+                p99.map_or("-".into(), |p| format!("{p:.1} ms")),
+                half.and_then(|f| f.load)
+                    .map_or(String::new(), |l| format!(" (at {})", l.label()))
             ),
             p99.map(|p| p < 50.0),
         ));
@@ -370,6 +399,123 @@ impl Report {
                 Some(large.1 <= small.1 * 1.10),
             ));
         }
+        out.extend(self.stomp_targets());
+        out.extend(self.latency_targets());
+        let host = self.best(|f| f.golconde.as_deref() == Some("memory"));
+        out.push((
+            format!(
+                "host with in-memory plugins >= 1,000,000 msgs/s: {}",
+                host.map_or("-".into(), |(r, w)| format!("{r:.0} (workers={w})"))
+            ),
+            host.map(|(r, _)| r >= 1_000_000.0),
+        ));
+        out
+    }
+
+    /// Golconde's latency figure nearest half of its capacity (the highest rate when the
+    /// capacity was not measured).
+    fn half_load(&self) -> Option<&Figure> {
+        let golconde = || {
+            self.figures
+                .iter()
+                .filter(|f| f.load.is_some_and(|l| l.golconde))
+        };
+        let distance = |f: &&Figure| f.load.and_then(|l| l.share).map(|s| (s - 0.5).abs());
+        golconde()
+            .filter(|f| distance(f).is_some())
+            .min_by(|a, b| {
+                distance(a)
+                    .unwrap_or(0.0)
+                    .total_cmp(&distance(b).unwrap_or(0.0))
+            })
+            .or_else(|| {
+                golconde().max_by(|a, b| {
+                    let rate = |f: &Figure| f.load.map_or(0.0, |l| l.rate);
+                    rate(a).total_cmp(&rate(b))
+                })
+            })
+    }
+
+    /// Every worker count of `golconde stomp` against ceiling S: the same queue drained over
+    /// STOMP with the same acking, so that the STOMP figure is compared with its own kind.
+    fn stomp_targets(&self) -> Vec<(String, Option<bool>)> {
+        let ceiling = self.median_rate(CEILING_S);
+        let stomp: Vec<(u32, f64)> = self
+            .figures
+            .iter()
+            .filter(|f| f.golconde.as_deref() == Some("stomp") && !f.process && f.is_reference())
+            .filter_map(|f| spread(&f.rates).map(|s| (f.workers, s.median)))
+            .collect();
+        if stomp.is_empty() {
+            return vec![(
+                "end-to-end STOMP >= 0.9 x ceiling S: not measured (needs the stomp part)".into(),
+                None,
+            )];
+        }
+        stomp
+            .into_iter()
+            .map(|(workers, rate)| {
+                (
+                    format!(
+                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}",
+                        fmt_ratio(ceiling.map(|c| rate / c))
+                    ),
+                    ceiling.map(|c| rate >= 0.9 * c),
+                )
+            })
+            .collect()
+    }
+
+    /// At each rate of the latency part: Golconde's p50 within 5 ms of the broker alone's,
+    /// its p99 at most 1.5 times the broker alone's.
+    fn latency_targets(&self) -> Vec<(String, Option<bool>)> {
+        let median = |v: &[f64]| spread(v).map(|s| s.median);
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+        let mut out = Vec::new();
+        for golconde in &self.figures {
+            let Some(load) = golconde.load.filter(|l| l.golconde) else {
+                continue;
+            };
+            let alone = self
+                .figures
+                .iter()
+                .find(|f| f.load.is_some_and(|l| !l.golconde && l.rate == load.rate));
+            let of = |pick: fn(&Figure) -> &Vec<f64>| {
+                (median(pick(golconde)), alone.and_then(|a| median(pick(a))))
+            };
+            let (p50, p50_alone) = of(|f| &f.p50);
+            let (p99, p99_alone) = of(|f| &f.p99);
+            let p50s = p50.zip(p50_alone);
+            let p99s = p99.zip(p99_alone);
+            out.push((
+                format!(
+                    "at {}: golconde p50 within 5 ms of broker-alone p50: {} vs {}{}",
+                    load.label(),
+                    ms(p50),
+                    ms(p50_alone),
+                    p50s.map_or(String::new(), |(g, b)| format!(" ({:+.1} ms)", g - b))
+                ),
+                p50s.map(|(g, b)| g - b <= 5.0),
+            ));
+            out.push((
+                format!(
+                    "at {}: golconde p99 <= 1.5 x broker-alone p99: {} vs {}{}",
+                    load.label(),
+                    ms(p99),
+                    ms(p99_alone),
+                    p99s.map_or(String::new(), |(g, b)| format!(" ({:.2}x)", g / b))
+                ),
+                p99s.map(|(g, b)| g <= 1.5 * b),
+            ));
+        }
+        if out.is_empty() {
+            out.push((
+                "golconde latency at 25% and 50% of capacity against the broker alone's: not \
+                 measured (needs the latency part)"
+                    .into(),
+                None,
+            ));
+        }
         out
     }
 
@@ -442,12 +588,13 @@ impl Report {
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
             "part",
             "messages",
             "msgs/s median [min-max]",
             "/A",
             "/Acum",
+            "/S",
             "/B",
             "/C",
             "/minAB",
@@ -474,12 +621,13 @@ impl Report {
                 _ => "-".into(),
             };
             println!(
-                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
                 g("to_ceiling_a_ack_each"),
                 g("to_ceiling_a_ack_every_100"),
+                g("to_ceiling_s"),
                 g("to_ceiling_b"),
                 g("to_ceiling_c"),
                 g("to_min_ceiling"),
@@ -508,7 +656,10 @@ impl Report {
             }
         }
         println!();
-        println!("targets (issue 6, process isolation, mysql, nats, redis):");
+        println!(
+            "targets (issue 6, process isolation, mysql, nats, redis; issue 15: stomp, latency, \
+             host):"
+        );
         for (text, met) in self.targets() {
             let mark = match met {
                 Some(true) => "met   ",
@@ -548,6 +699,9 @@ impl Report {
                     "peak_rss_daemon_mb": s(&f.rss_daemon),
                     "peak_rss_child_mb": s(&f.rss_child),
                     "isolation": f.golconde.as_ref().map(|_| if f.process { "process" } else { "thread" }),
+                    "latency_rate_msgs_per_s": f.load.map(|l| l.rate),
+                    "latency_share_of_capacity": f.load.and_then(|l| l.share),
+                    "latency_consumer": f.load.map(|l| if l.golconde { "golconde" } else { "broker alone" }),
                 })
             })
             .collect();
@@ -694,6 +848,154 @@ mod tests {
         );
         assert_eq!(report.best_golconde("amqp"), Some((1000.0, 1)));
         assert_eq!(report.ratios(&report.figures[1]), json!({}));
+    }
+
+    fn find(report: &Report, part: &str) -> Vec<(String, Option<bool>)> {
+        report
+            .targets()
+            .into_iter()
+            .filter(|(t, _)| t.contains(part))
+            .collect()
+    }
+
+    #[test]
+    fn stomp_is_held_to_ceiling_s_at_every_worker_count() {
+        let mut report = Report::default();
+        let stomp = |workers: u32, rate: f64| {
+            let mut f = amqp(false, workers, &[rate]);
+            f.golconde = Some("stomp".into());
+            f
+        };
+        report.add(stomp(1, 950.0));
+        report.add(stomp(4, 850.0));
+        let targets = find(&report, "ceiling S");
+        assert_eq!(targets.len(), 2);
+        assert!(targets.iter().all(|(_, met)| met.is_none()), "{targets:?}");
+        report.add(rated(CEILING_S, &[900.0, 1000.0, 1100.0]));
+        assert_eq!(
+            find(&report, "ceiling S"),
+            [
+                (
+                    "golconde stomp, workers=1 >= 0.9 x ceiling S: 0.95".into(),
+                    Some(true)
+                ),
+                (
+                    "golconde stomp, workers=4 >= 0.9 x ceiling S: 0.85".into(),
+                    Some(false)
+                ),
+            ]
+        );
+        assert_eq!(
+            report.ratios(&report.figures[0])["to_ceiling_s"].as_f64(),
+            Some(0.95)
+        );
+        // Only STOMP figures are compared with ceiling S.
+        report.add(amqp(false, 1, &[500.0]));
+        assert!(report
+            .ratios(&report.figures[3])
+            .get("to_ceiling_s")
+            .is_none());
+        // Without the stomp part, one line says it was not measured.
+        let none = Report::default();
+        assert_eq!(find(&none, "ceiling S")[0].1, None);
+    }
+
+    fn latency(golconde: bool, rate: f64, share: Option<f64>, p50: f64, p99: f64) -> Figure {
+        let mut f = Figure::new("latency", 1);
+        f.load = Some(Load {
+            rate,
+            share,
+            golconde,
+        });
+        f.p50 = vec![p50];
+        f.p99 = vec![p99];
+        f
+    }
+
+    #[test]
+    fn latency_is_compared_with_the_broker_alone_at_each_rate() {
+        let mut report = Report::default();
+        report.add(latency(false, 500.0, Some(0.25), 2.0, 10.0));
+        report.add(latency(true, 500.0, Some(0.25), 6.5, 14.0));
+        report.add(latency(false, 1000.0, Some(0.5), 3.0, 10.0));
+        report.add(latency(true, 1000.0, Some(0.5), 9.0, 16.0));
+        assert_eq!(
+            find(&report, "broker-alone"),
+            [
+                (
+                    "at 500 msgs/s (25%): golconde p50 within 5 ms of broker-alone p50: 6.5 ms \
+                     vs 2.0 ms (+4.5 ms)"
+                        .into(),
+                    Some(true)
+                ),
+                (
+                    "at 500 msgs/s (25%): golconde p99 <= 1.5 x broker-alone p99: 14.0 ms vs \
+                     10.0 ms (1.40x)"
+                        .into(),
+                    Some(true)
+                ),
+                (
+                    "at 1000 msgs/s (50%): golconde p50 within 5 ms of broker-alone p50: 9.0 ms \
+                     vs 3.0 ms (+6.0 ms)"
+                        .into(),
+                    Some(false)
+                ),
+                (
+                    "at 1000 msgs/s (50%): golconde p99 <= 1.5 x broker-alone p99: 16.0 ms vs \
+                     10.0 ms (1.60x)"
+                        .into(),
+                    Some(false)
+                ),
+            ]
+        );
+        // Half load is the figure at 50% of capacity, not the last or the fastest.
+        report.add(latency(true, 1500.0, Some(0.75), 40.0, 60.0));
+        assert_eq!(
+            find(&report, "half load"),
+            [(
+                "p99 latency at half load < 50 ms: 16.0 ms (at 1000 msgs/s (50%))".into(),
+                Some(true)
+            )]
+        );
+        // Rates given without a measured capacity: the highest one stands for half load,
+        // and a rate without a broker-alone figure has nothing to be compared with.
+        let mut given = Report::default();
+        given.add(latency(true, 2000.0, None, 4.0, 70.0));
+        given.add(latency(true, 700.0, None, 3.0, 9.0));
+        assert_eq!(find(&given, "half load")[0].1, Some(false));
+        assert!(find(&given, "broker-alone")
+            .iter()
+            .all(|(_, met)| met.is_none()));
+        assert!(find(&given, "broker-alone")[0]
+            .0
+            .starts_with("at 2000 msgs/s: "));
+    }
+
+    #[test]
+    fn the_host_is_held_to_a_million_messages_a_second() {
+        let mut report = Report::default();
+        assert_eq!(find(&report, "in-memory")[0].1, None);
+        let host = |workers: u32, rate: f64| {
+            let mut f = Figure::new("host", 1);
+            f.rates = vec![rate];
+            f.golconde = Some("memory".into());
+            f.processor = "memory".into();
+            f.database = "memory".into();
+            f.workers = workers;
+            f
+        };
+        report.add(host(1, 900_000.0));
+        report.add(host(4, 1_200_000.0));
+        assert_eq!(
+            find(&report, "in-memory"),
+            [(
+                "host with in-memory plugins >= 1,000,000 msgs/s: 1200000 (workers=4)".into(),
+                Some(true)
+            )]
+        );
+        // It is no AMQP figure and has no ratios to the ceilings.
+        assert_eq!(report.best_golconde("amqp"), None);
+        assert_eq!(report.ratios(&report.figures[0]), json!({}));
     }
 
     #[test]
