@@ -399,6 +399,7 @@ impl Report {
                 Some(large.1 <= small.1 * 1.10),
             ));
         }
+        out.extend(self.amqp_targets());
         out.extend(self.stomp_targets());
         out.extend(self.latency_targets());
         let host = self.best(|f| f.golconde.as_deref() == Some("memory"));
@@ -438,6 +439,69 @@ impl Report {
 
     /// Every worker count of `golconde stomp` against ceiling S: the same queue drained over
     /// STOMP with the same acking, so that the STOMP figure is compared with its own kind.
+    /// AMQP -> autosql -> postgres in thread mode, at each worker count: at most 8 µs of
+    /// daemon CPU per message, at least 0.9 of ceiling A with cumulative acks; and the most
+    /// workers measured no slower than one.
+    fn amqp_targets(&self) -> Vec<(String, Option<bool>)> {
+        let amqp: Vec<&Figure> = self
+            .figures
+            .iter()
+            .filter(|f| {
+                f.golconde.as_deref() == Some("amqp") && !f.process && !f.memory && f.is_reference()
+            })
+            .collect();
+        if amqp.is_empty() {
+            return vec![(
+                "AMQP CPU <= 8 us/msg and >= 0.9 x ceiling A (ack every 100): not measured \
+                 (needs the amqp part)"
+                    .into(),
+                None,
+            )];
+        }
+        let cumulative = self.median_rate(CEILING_A_CUMULATIVE);
+        let median = |v: &[f64]| spread(v).map(|s| s.median);
+        let mut out = Vec::new();
+        for f in &amqp {
+            let cpu = median(&f.cpu_us);
+            out.push((
+                format!(
+                    "golconde amqp, workers={} CPU <= 8 us/msg: {}",
+                    f.workers,
+                    cpu.map_or("-".into(), |c| format!("{c:.1} us/msg"))
+                ),
+                cpu.map(|c| c <= 8.0),
+            ));
+            let rate = median(&f.rates);
+            out.push((
+                format!(
+                    "golconde amqp, workers={} >= 0.9 x ceiling A (ack every 100): {}",
+                    f.workers,
+                    fmt_ratio(rate.zip(cumulative).map(|(r, c)| r / c))
+                ),
+                rate.zip(cumulative).map(|(r, c)| r >= 0.9 * c),
+            ));
+        }
+        let one = amqp.iter().find(|f| f.workers == 1);
+        let most = amqp
+            .iter()
+            .filter(|f| f.workers > 1)
+            .max_by_key(|f| f.workers);
+        if let (Some(one), Some(most)) = (one, most) {
+            let ratio = median(&most.rates)
+                .zip(median(&one.rates))
+                .map(|(m, o)| m / o);
+            out.push((
+                format!(
+                    "golconde amqp, workers={} no slower than workers=1: {}",
+                    most.workers,
+                    fmt_ratio(ratio)
+                ),
+                ratio.map(|r| r >= 1.0),
+            ));
+        }
+        out
+    }
+
     fn stomp_targets(&self) -> Vec<(String, Option<bool>)> {
         let ceiling = self.median_rate(CEILING_S);
         let stomp: Vec<(u32, f64)> = self
@@ -757,6 +821,37 @@ mod tests {
         f.process = process;
         f.workers = workers;
         f
+    }
+
+    #[test]
+    fn amqp_is_held_to_its_cpu_the_cumulative_ceiling_and_its_worker_counts() {
+        let mut report = Report::default();
+        assert_eq!(report.amqp_targets()[0].1, None, "not measured");
+        report.add(rated(CEILING_A_CUMULATIVE, &[1000.0]));
+        let mut one = amqp(false, 1, &[950.0]);
+        one.cpu_us = vec![7.5];
+        let mut four = amqp(false, 4, &[880.0]);
+        four.cpu_us = vec![9.0];
+        report.add(one);
+        report.add(four);
+        report.add(amqp(true, 4, &[10.0]));
+        let targets = report.amqp_targets();
+        let met: Vec<Option<bool>> = targets.iter().map(|(_, met)| *met).collect();
+        assert_eq!(
+            met,
+            [
+                Some(true),
+                Some(true),
+                Some(false),
+                Some(false),
+                Some(false)
+            ],
+            "{targets:?}"
+        );
+        assert!(targets[1].0.ends_with("0.95"), "{}", targets[1].0);
+        assert!(targets[4]
+            .0
+            .contains("workers=4 no slower than workers=1: 0.93"));
     }
 
     #[test]
