@@ -82,10 +82,9 @@ fn an_unknown_plugin_lists_what_was_found() {
         out.contains("no database plugin named `postgress` was found"),
         "{out}"
     );
-    assert!(
-        out.contains("database plugins found: fixture-table"),
-        "{out}"
-    );
+    // Every database plugin of the folder is listed (the build's folder holds others too).
+    assert!(out.contains("database plugins found: "), "{out}");
+    assert!(out.contains("fixture-table ("), "{out}");
     assert!(
         out.contains("pipeline `q`: not started because database `table`"),
         "{out}"
