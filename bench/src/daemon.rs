@@ -37,6 +37,21 @@ pub struct Setup<'a> {
     pub process: bool,
 }
 
+/// What every daemon the bench starts is configured with, before its transport: where
+/// the plugins are, a grace for draining, and JSON logs (which [`Daemon`] reads).
+pub fn preamble(plugin_dir: &Path) -> String {
+    format!(
+        r#"plugin_dirs = [{:?}]
+shutdown_grace_ms = 30000
+
+[log]
+level = "info"
+format = "json"
+"#,
+        plugin_dir.display().to_string()
+    )
+}
+
 pub fn config(setup: &Setup, plugin_dir: &Path) -> String {
     let transport = match setup.transport {
         "stomp" => "plugin = \"stomp\"\naddress = \"127.0.0.1:61613\"\nlogin = \"guest\"\npasscode = \"guest\"".to_string(),
@@ -63,13 +78,7 @@ pub fn config(setup: &Setup, plugin_dir: &Path) -> String {
         ),
     };
     format!(
-        r#"plugin_dirs = [{dir:?}]
-shutdown_grace_ms = 30000
-
-[log]
-level = "info"
-format = "json"
-
+        r#"{preamble}
 [transports.bench]
 {transport}
 
@@ -86,7 +95,7 @@ database = "bench"
 {tables}
 workers = {workers}
 {isolation}{batch}"#,
-        dir = plugin_dir.display().to_string(),
+        preamble = preamble(plugin_dir),
         database = setup.database,
         dsn = setup.dsn,
         queue = setup.queue,

@@ -62,13 +62,7 @@ pub struct Setup<'a> {
 /// pipeline, with Golconde's defaults otherwise, as the other parts run it.
 pub fn config(setup: &Setup) -> String {
     format!(
-        r#"plugin_dirs = [{dir:?}]
-shutdown_grace_ms = 30000
-
-[log]
-level = "info"
-format = "json"
-
+        r#"{preamble}
 [transports.bench]
 plugin = "memory"
 messages = {messages}
@@ -87,7 +81,7 @@ database = "bench"
 table = "public.users"
 workers = {workers}
 {batch}"#,
-        dir = setup.plugin_dir.display().to_string(),
+        preamble = crate::daemon::preamble(setup.plugin_dir),
         messages = setup.messages,
         keys = setup.keys,
         result = setup.result.display().to_string(),

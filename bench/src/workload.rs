@@ -2,7 +2,9 @@
 //! Debezium change events) over a fixed number of keys, and the state the `users` table
 //! must reach once they are all applied.
 //!
-//! Depends on nothing but the standard library. Key decision: every message is derived
+//! Depends on the standard library and `golconde-bench-memory`, whose keys, timestamps and
+//! message bytes it uses, so that the host part's in-memory transport and the loaded
+//! queues always carry the same messages. Key decision: every message is derived
 //! from its sequence number alone (its key is a hash of it, its `score` is it), so the
 //! expected final row of every key is computed without storing the messages, and a
 //! single `sum(score)` tells whether the table reached that state (a key's score only
@@ -11,7 +13,7 @@
 use std::collections::HashMap;
 
 /// 2026-01-01T00:00:00Z: `updated_at` of message `i` is this plus `i` seconds.
-pub const EPOCH: i64 = 1_767_225_600;
+pub const EPOCH: i64 = golconde_bench_memory::EPOCH;
 
 /// `messages` messages numbered from 0, over `keys` distinct ids.
 #[derive(Clone, Copy, Debug)]
@@ -63,15 +65,7 @@ impl Workload {
     /// The first `keys` messages name every key once (in a scattered order), the rest
     /// pick keys at random, so every key exists and batches also hold repeats of a key.
     pub fn key(&self, i: u64) -> i64 {
-        if i < self.keys {
-            // An odd multiplier coprime with `keys` permutes 0..keys.
-            let step = (1..)
-                .map(|k| 7919 * k + 1)
-                .find(|s| gcd(*s, self.keys) == 1);
-            ((i * step.unwrap_or(1)) % self.keys) as i64
-        } else {
-            (mix(i) % self.keys) as i64
-        }
+        golconde_bench_memory::Workload::new(self.messages, self.keys).key(i) as i64
     }
 
     pub fn row(&self, i: u64) -> Row {
@@ -208,47 +202,12 @@ pub fn latency_body(i: u64, published_us: i64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-/// splitmix64: spreads consecutive sequence numbers over the keys, so batches hold both
-/// distinct keys and repeats of one key, as real traffic does.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// `seconds` since the Unix epoch as ISO 8601 UTC (`2026-01-01T00:00:00Z`).
+/// `seconds` since the Unix epoch as ISO 8601 UTC (`2026-01-01T00:00:00Z`), for years 1000
+/// to 9999.
 pub fn timestamp(seconds: i64) -> String {
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil-date algorithm, to avoid a date crate for one format.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let mut text = Vec::with_capacity(20);
+    golconde_bench_memory::timestamp(&mut text, seconds);
+    String::from_utf8(text).expect("digits and ASCII punctuation")
 }
 
 #[cfg(test)]
@@ -263,6 +222,23 @@ mod tests {
             timestamp(EPOCH + 86_400 * 59 + 3661),
             "2026-03-01T01:01:01Z"
         );
+    }
+
+    /// The host part's in-memory transport writes the very messages the queues are loaded
+    /// with.
+    #[test]
+    fn the_in_memory_transport_writes_the_same_messages() {
+        for (messages, keys) in [(200_000, 50_000), (7, 1), (1000, 3)] {
+            let w = Workload { messages, keys };
+            let memory = golconde_bench_memory::Workload::new(messages, keys);
+            for i in [0, 1, keys - 1, keys, messages / 2, messages - 1] {
+                assert_eq!(
+                    String::from_utf8(memory.body(i)).unwrap(),
+                    String::from_utf8(w.body(i)).unwrap(),
+                    "message {i} of {messages} over {keys} keys"
+                );
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! - database `memory`: `id` is the key column; a session counts the rows and the
 //!   commits it was given and applies nothing.
 //!
-//! May depend on: `golconde-plugin-api` and serde (its configuration) only. Key decision:
+//! May depend on: `golconde-plugin-api` and serde (its configuration) only; the bench links
+//! it as a library too, for the workload's keys and bytes ([`Workload`]). Key decision:
 //! the three plugins live in one library so that the transport can read what the database
 //! counted (statics of the library) when it writes the result; every daemon the bench
 //! starts is a process of its own, so the counts are that run's.
@@ -109,11 +110,7 @@ impl Transport for MemoryTransport {
             .or_insert_with(|| {
                 Arc::new(Queue {
                     name: queue.to_string(),
-                    workload: Workload {
-                        messages: self.messages,
-                        keys: self.keys,
-                        step: step(self.keys),
-                    },
+                    workload: Workload::new(self.messages, self.keys),
                     result: self.result.clone(),
                     state: Mutex::new(State::default()),
                     changed: Condvar::new(),
@@ -385,15 +382,14 @@ impl Drop for MemoryConsumer {
     }
 }
 
-/// 2026-01-01T00:00:00Z, as in the bench workload: `updated_at` of message `i` is this
-/// plus `i` seconds.
-const EPOCH: i64 = 1_767_225_600;
+/// 2026-01-01T00:00:00Z: `updated_at` of message `i` is this plus `i` seconds.
+pub const EPOCH: i64 = 1_767_225_600;
 
-/// The bench workload's messages, made the way bench/src/workload.rs makes them (the same
-/// bytes), without formatting machinery: this runs once per message inside the measured
-/// daemon.
+/// The bench workload's keys and messages, without formatting machinery: this runs once
+/// per message inside the measured daemon. The bench builds its own queues and checks its
+/// rows with this same code (it links this crate), so both always agree.
 #[derive(Clone, Copy)]
-struct Workload {
+pub struct Workload {
     messages: u64,
     keys: u64,
     /// An odd multiplier coprime with `keys`, to visit every key once in a scattered order.
@@ -408,8 +404,18 @@ fn step(keys: u64) -> u64 {
 }
 
 impl Workload {
+    /// `messages` messages over `keys` keys (at least one).
+    pub fn new(messages: u64, keys: u64) -> Workload {
+        let keys = keys.max(1);
+        Workload {
+            messages,
+            keys,
+            step: step(keys),
+        }
+    }
+
     /// The first `keys` messages name every key once, the rest pick keys at random.
-    fn key(&self, i: u64) -> u64 {
+    pub fn key(&self, i: u64) -> u64 {
         if i < self.keys {
             (i * self.step) % self.keys
         } else {
@@ -419,7 +425,7 @@ impl Workload {
 
     /// `{"action":"set","data":{"id":…,"name":"user I","email":"uID.vI@example.com",
     /// "score":I,"updated_at":"…"}}`.
-    fn body(&self, i: u64) -> Vec<u8> {
+    pub fn body(&self, i: u64) -> Vec<u8> {
         let id = self.key(i);
         // Never grown below ten billion messages (10-digit numbers: at most 168 bytes).
         let mut b = Vec::with_capacity(176);
@@ -482,7 +488,7 @@ fn two_digits(out: &mut Vec<u8>, n: u32) {
 }
 
 /// `seconds` since 1970 as `YYYY-MM-DDTHH:MM:SSZ` (UTC), for years 1000 to 9999.
-fn timestamp(out: &mut Vec<u8>, seconds: i64) {
+pub fn timestamp(out: &mut Vec<u8>, seconds: i64) {
     let (days, rest) = (
         seconds.div_euclid(86_400),
         seconds.rem_euclid(86_400) as u32,
@@ -680,18 +686,13 @@ mod tests {
     use super::*;
 
     fn workload(messages: u64) -> Workload {
-        let keys = (messages / 4).max(1);
-        Workload {
-            messages,
-            keys,
-            step: step(keys),
-        }
+        Workload::new(messages, messages / 4)
     }
 
     #[test]
     fn bodies_are_the_bench_workloads_messages() {
         let w = workload(200_000);
-        // As bench/src/workload.rs writes message 7 and message 123,456 of 200,000.
+        // Message 7 and message 123,456 of 200,000, as written out by hand.
         let id = w.key(7);
         assert_eq!(
             String::from_utf8(w.body(7)).unwrap(),

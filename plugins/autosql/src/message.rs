@@ -131,8 +131,8 @@ fn parse_envelope(body: &[u8], limits: &Limits) -> Result<Envelope, String> {
         },
     };
     let verb = verb(action);
-    let data = columns(fields.get("data"), "data")?;
-    let restriction = columns(fields.get("restriction"), "restriction")?;
+    let data = columns(fields.get("data"), "data", "`data`")?;
+    let restriction = columns(fields.get("restriction"), "restriction", "`restriction`")?;
     let table = match fields.get("table").filter(|raw| raw.get() != "null") {
         None => None,
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
@@ -201,15 +201,11 @@ fn parse_id(raw: &RawValue) -> Result<String, String> {
     }
 }
 
-/// The columns of `data` or `restriction`; absent or `null` is no columns.
-fn columns(raw: Option<&RawValue>, what: &str) -> Result<Vec<Column>, String> {
+/// The columns of `data` or `restriction`; absent or `null` is no columns. `quoted` is
+/// `what` in backticks, given rather than formatted for each message.
+fn columns(raw: Option<&RawValue>, what: &str, quoted: &str) -> Result<Vec<Column>, String> {
     let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
         return Ok(Vec::new());
-    };
-    let quoted = match what {
-        "data" => "`data`",
-        "restriction" => "`restriction`",
-        _ => what,
     };
     let fields =
         object(raw.get(), quoted).map_err(|e| format!("{e} (an object of column: value)"))?;
