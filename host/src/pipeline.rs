@@ -62,7 +62,8 @@ const DEPTH: usize = 2;
 /// How often a pipeline asks its transport for its lag: as often as the dashboard samples.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-/// How often a filling batch checks whether the batch before it has committed.
+/// How often a filling batch, while it waits for the batch before it to commit, takes what
+/// has arrived to see whether it is full.
 const FILL_SLICE: Duration = Duration::from_millis(1);
 
 /// Why a message cannot be applied or passed on, and how often it was tried.
@@ -122,14 +123,16 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Takes the answers that have arrived, without waiting; true once every job has
-    /// answered (or the batch failed).
-    fn settled(&mut self) -> bool {
+    /// Takes the answers that arrive within `wait`; true once every job has answered (or
+    /// the batch failed).
+    fn settled_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
         while self.failed.is_none() && self.jobs_left > 0 {
-            match self.results.try_recv() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.results.recv_timeout(left) {
                 Ok(result) => self.take(result),
-                Err(mpsc::TryRecvError::Empty) => return false,
-                Err(mpsc::TryRecvError::Disconnected) => self.failed = Some(applier_died()),
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.failed = Some(applier_died()),
             }
         }
         true
@@ -149,7 +152,16 @@ impl InFlight {
         }
     }
 
-    fn take(&mut self, JobResult { positions, results }: JobResult) {
+    fn take(&mut self, answer: JobResult) {
+        let JobResult {
+            positions,
+            results,
+            changes,
+        } = answer;
+        // Freed here, on the thread whose processor allocated them: freed on the applier's,
+        // every change would take the allocator's lock of this thread's arena, against
+        // this thread's own allocations for the next batch.
+        drop(changes);
         self.jobs_left -= 1;
         let Ok(results) = results else {
             self.failed = Some(Stop::Done);
@@ -320,6 +332,8 @@ type ChangeResults = Vec<Result<Applied, Failure>>;
 struct JobResult {
     positions: Vec<usize>,
     results: Result<ChangeResults, Interrupted>,
+    /// The job's changes, handed back to be freed by the dispatcher (see [`InFlight::take`]).
+    changes: Vec<Change>,
 }
 
 /// Shutdown came while a batch was still being retried: it is not acknowledged.
@@ -359,6 +373,7 @@ impl Applier {
             let _ = job.reply.send(JobResult {
                 positions: job.positions,
                 results,
+                changes: job.changes,
             });
         }
         Stop::Done
@@ -654,19 +669,22 @@ impl Dispatcher {
         let deadline = Instant::now() + Duration::from_millis(self.parts.config.batch.max_wait_ms);
         while (batch.len() as u32) < max {
             let left = deadline.saturating_duration_since(Instant::now());
-            let idle = busy.as_mut().is_none_or(|oldest| oldest.settled());
+            // The thread sleeps on the commit, not on the queue: waiting in `receive`
+            // would wake it for every few deliveries the transport reads, most of a
+            // drain's context switches. What arrives meanwhile waits in the transport
+            // (at most the prefetch) and is taken in one go, at the commit or every
+            // [`FILL_SLICE`] to see whether the batch is full.
+            let idle = left.is_zero()
+                || busy
+                    .as_mut()
+                    .is_none_or(|oldest| oldest.settled_within(left.min(FILL_SLICE)));
             // What has already arrived is taken even when idle: it costs no waiting.
-            let slice = if idle || left.is_zero() {
-                Duration::ZERO
-            } else {
-                left.min(FILL_SLICE)
-            };
             let more = consumer
-                .receive(max - batch.len() as u32, slice.as_millis() as u64)
+                .receive(max - batch.len() as u32, 0)
                 .into_result()?;
             let drained = more.is_empty();
             batch.extend(more);
-            if slice.is_zero() && drained {
+            if idle && drained {
                 break;
             }
         }

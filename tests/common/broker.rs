@@ -13,11 +13,13 @@
 //! rcgen for throwaway certificates.
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -915,11 +917,17 @@ fn describe(output: &std::io::Result<Output>) -> String {
 
 /// A port free now for a server of a test's own, below Linux's ephemeral range (32768 and
 /// up by default): a port the kernel hands out picks an outgoing connection's port from
-/// that range too, and one could take it before the server binds it.
+/// that range too, and one could take it before the server binds it. A port is handed out
+/// once per test binary: servers that boot side by side (a cluster's nodes, two clusters)
+/// bind theirs only seconds after the choice, so the same free port chosen twice would
+/// fail the later one.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let port = fastrand::u16(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }

@@ -217,6 +217,7 @@ impl Subscription {
         let sink = Sink {
             deliveries: self.deliveries.clone(),
             room: self.room.clone(),
+            capacity: self.options.prefetch as usize,
             generation,
         };
         let (connection, at) = open_any(&self.settings, self.next_broker, Some(sink)).await?;
