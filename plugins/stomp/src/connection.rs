@@ -68,12 +68,13 @@ pub struct Sink {
     pub generation: u64,
 }
 
-impl Sink {
-    /// Deliveries passed on that the host has not taken yet.
-    fn waiting(&self) -> usize {
-        self.capacity.saturating_sub(self.room.available_permits())
-    }
+/// Deliveries passed on that the host has not taken yet, of an inbox of `capacity` places
+/// whose free places are `room`'s permits: never more than `capacity`.
+pub fn waiting(room: &Semaphore, capacity: usize) -> usize {
+    capacity.saturating_sub(room.available_permits())
+}
 
+impl Sink {
     /// Waits for a place in the inbox; `false` if the consumer is closing.
     async fn make_room(&self) -> bool {
         match self.room.acquire().await {
@@ -664,7 +665,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // The host has not taken the batch before this one: it is busy, and has work
             // for a while. The reader then lets the broker's frames gather in the socket
             // for [`NAP`], to take many in one read rather than waking for each few.
-            if sink.waiting() > sent {
+            if waiting(&sink.room, sink.capacity) > sent {
                 tokio::select! {
                     biased;
                     _ = state.closed.cancelled() => break None,

@@ -40,7 +40,7 @@ use tracing::instrument::WithSubscriber;
 use crate::{
     codec::Item,
     config::Settings,
-    connection::{open_any, Connection, Sink},
+    connection::{self, open_any, Connection, Sink},
     error::StompError,
     frame::{Command, Frame},
     message::Incoming,
@@ -443,7 +443,7 @@ impl StompConsumer {
     /// How many deliveries have come from the broker and wait for the host to take them:
     /// never more than the prefetch.
     pub fn waiting(&self) -> usize {
-        self.prefetch.saturating_sub(self.room.available_permits())
+        connection::waiting(&self.room, self.prefetch)
     }
 
     fn stopped(&self) -> PluginError {
