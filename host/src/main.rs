@@ -15,6 +15,7 @@ mod fleet;
 mod loader;
 mod logging;
 mod pipeline;
+mod place;
 mod pool;
 mod replay;
 mod route;

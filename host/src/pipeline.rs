@@ -41,6 +41,7 @@ use golconde_plugin_api::{
 
 use crate::{
     assemble::{allowed_tables, Current, Instance, PipelineParts},
+    place::Placer,
     pool::{Backoff, Shutdown, Stop, WorkerPool},
     route::Router,
     stats::{PipelineStats, RunGuard},
@@ -228,6 +229,7 @@ impl RunningPipeline {
         let mut dispatcher = Some(Dispatcher {
             allowed: allowed_tables(&parts.config),
             router: Router::new(parts.config.workers),
+            placer: Placer::new(parts.config.workers),
             parts,
             senders,
             processor: None,
@@ -521,6 +523,7 @@ struct Dispatcher {
     parts: PipelineParts,
     allowed: AllowedTables,
     router: Router,
+    placer: Placer,
     senders: Vec<mpsc::SyncSender<Job>>,
     /// Built on first use, and again after it panicked.
     processor: Option<ProcessorBox>,
@@ -756,6 +759,18 @@ impl Dispatcher {
         if routes.alone || in_flight.back().is_some_and(|b| b.alone) {
             self.finish_all(consumer, in_flight)?;
         }
+        let mut sizes = vec![0; self.senders.len()];
+        for &partition in routes.partitions.iter().flatten() {
+            sizes[partition] += 1;
+        }
+        let placement = self
+            .placer
+            .place(id, &sizes, |batch| in_flight.iter().any(|b| b.id == batch));
+        let workers = routes
+            .partitions
+            .iter()
+            .map(|partition| partition.map(|p| placement[p]))
+            .collect();
         let change_ids = if self.parts.fan_out.is_empty() {
             Vec::new()
         } else {
@@ -769,7 +784,7 @@ impl Dispatcher {
                 })
                 .collect()
         };
-        let (results, jobs) = self.send(&mut outcomes, routes.workers).inspect_err(|_| {
+        let (results, jobs) = self.send(&mut outcomes, workers).inspect_err(|_| {
             self.watch_finished(id);
         })?;
         in_flight.push_back(InFlight {

@@ -1,10 +1,11 @@
-//! Which database worker a change goes to: the one its row hashes to, so that one row's
-//! changes keep queue order while different rows go in parallel.
+//! Which partition of its batch a change goes to: the one its row hashes to, one partition
+//! per database worker, so that one row's changes keep queue order while different rows go
+//! in parallel ([`crate::place`] gives each partition its worker).
 //!
 //! A row is named by its table and primary-key values, and one row can be spelled many ways
 //! in messages: `7`, `7.0`, `"7"` and `7e0`; a uuid in upper or lower case, with or without
 //! braces and hyphens; a timestamp with another offset. Two spellings of one row that
-//! hashed apart would go to two workers and could commit out of order. The host does not
+//! hashed apart would go to two partitions and could commit out of order. The host does not
 //! know column types, so [`hash_value`] hashes a value's *canonical* form, chosen so that
 //! values the database could take as equal always hash alike. It may also put different
 //! rows together (`"ABC"` and `"abc"`, every timestamp of a table), which costs nothing but
@@ -25,13 +26,13 @@ use golconde_plugin_api::{Action, Change, Column, Operation, Value};
 
 /// Where each change goes.
 pub struct Routes {
-    /// The worker of each change, `None` for a position with no change.
-    pub workers: Vec<Option<usize>>,
-    /// Some row could not be told: everything went to worker 0 and must run alone.
+    /// The partition of each change, `None` for a position with no change.
+    pub partitions: Vec<Option<usize>>,
+    /// Some row could not be told: everything went to partition 0 and must run alone.
     pub alone: bool,
 }
 
-/// Routes changes to `workers` workers, caching each table's key columns.
+/// Routes changes to one partition per worker, caching each table's key columns.
 pub struct Router {
     workers: usize,
     key_columns: HashMap<String, Vec<String>>,
@@ -52,31 +53,31 @@ impl Router {
         changes: impl Iterator<Item = Option<&'c Change>>,
         lookup: &mut dyn FnMut(&str) -> Option<Vec<String>>,
     ) -> Routes {
-        let mut workers = Vec::new();
+        let mut partitions = Vec::new();
         let mut serial = self.workers == 1;
         for change in changes {
             let Some(change) = change else {
-                workers.push(None);
+                partitions.push(None);
                 continue;
             };
             if !serial {
                 match self.row_hash(change, lookup) {
                     Some(hash) => {
-                        workers.push(Some((hash % self.workers as u64) as usize));
+                        partitions.push(Some((hash % self.workers as u64) as usize));
                         continue;
                     }
                     None => serial = true,
                 }
             }
-            workers.push(Some(0));
+            partitions.push(Some(0));
         }
         if serial {
-            for worker in workers.iter_mut().flatten() {
-                *worker = 0;
+            for partition in partitions.iter_mut().flatten() {
+                *partition = 0;
             }
         }
         Routes {
-            workers,
+            partitions,
             alone: serial && self.workers > 1,
         }
     }
@@ -449,8 +450,8 @@ mod tests {
             change(vec![op(Action::Delete, &[], &[("id", 1)])]),
         ]);
         assert!(!routes.alone);
-        assert_eq!(routes.workers[0], routes.workers[1]);
-        assert_eq!(routes.workers[1], routes.workers[2]);
+        assert_eq!(routes.partitions[0], routes.partitions[1]);
+        assert_eq!(routes.partitions[1], routes.partitions[2]);
     }
 
     #[test]
