@@ -9,7 +9,8 @@
 //! when it has one, and the real shutdown.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,11 +39,15 @@ pub struct Setup<'a> {
 }
 
 /// What every daemon the bench starts is configured with, before its transport: where
-/// the plugins are, a grace for draining, and JSON logs (which [`Daemon`] reads).
+/// the plugins are, a grace for draining, the stats endpoint on a free port (its log says
+/// which; [`Daemon::commits`] reads it), and JSON logs (which [`Daemon`] reads).
 pub fn preamble(plugin_dir: &Path) -> String {
     format!(
         r#"plugin_dirs = [{:?}]
 shutdown_grace_ms = 30000
+
+[stats]
+listen = "127.0.0.1:0"
 
 [log]
 level = "info"
@@ -182,6 +187,66 @@ fn vm_hwm(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// The address in the daemon's "serving counters on http://ADDRESS/stats" line.
+fn stats_address(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once("serving counters on http://")?;
+    rest.split_once("/stats").map(|(address, _)| address)
+}
+
+/// A pipeline's batches as its `/metrics` histograms tell: how big, and how long their
+/// transactions took.
+#[derive(Debug, PartialEq)]
+pub struct Commits {
+    pub batches: u64,
+    pub mean_messages: f64,
+    pub mean_apply_ms: f64,
+    /// The upper bound (ms) of the histogram bucket that holds the 99th percentile of
+    /// apply times.
+    pub p99_apply_ms: f64,
+}
+
+impl Commits {
+    fn parse(metrics: &str) -> Result<Commits> {
+        let value = |name: &str| -> Result<f64> {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .with_context(|| format!("no {name} in the exposition"))
+        };
+        let count = value("golconde_batch_apply_seconds_count")?;
+        // (upper bound in seconds, cumulative count), in the exposition's order.
+        let buckets: Vec<(f64, f64)> = metrics
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("golconde_batch_apply_seconds_bucket{")?;
+                let (_, le) = rest.split_once("le=\"")?;
+                let (le, _) = le.split_once('"')?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        let p99 = buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= 0.99 * count)
+            .map_or(f64::NAN, |(le, _)| *le);
+        let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+        Ok(Commits {
+            batches: value("golconde_batch_size_messages_count")? as u64,
+            mean_messages: per(
+                value("golconde_batch_size_messages_sum")?,
+                value("golconde_batch_size_messages_count")?,
+            ),
+            mean_apply_ms: per(value("golconde_batch_apply_seconds_sum")?, count) * 1000.0,
+            p99_apply_ms: p99 * 1000.0,
+        })
+    }
+}
+
 /// CPU time (user and system) used so far by process `pid` and its living children (a
 /// pipeline in process isolation), from the `utime` and `stime` of /proc/PID/stat. A child
 /// may exit between finding it and reading it; the daemon's own must be readable.
@@ -243,6 +308,8 @@ pub struct Daemon {
     /// The CPU time used by the daemon and its child when it logged that it consumes.
     cpu_at_consuming: Arc<OnceLock<Result<Duration, String>>>,
     log: Arc<Mutex<Vec<String>>>,
+    /// `host:port` of the stats endpoint, once the daemon logged it.
+    stats: Arc<OnceLock<String>>,
     reader: Option<JoinHandle<()>>,
     peaks: Arc<Mutex<Peaks>>,
     sampling: Arc<AtomicBool>,
@@ -268,9 +335,11 @@ impl Daemon {
         let consuming = Arc::new(OnceLock::new());
         let cpu_at_consuming = Arc::new(OnceLock::new());
         let log = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(OnceLock::new());
         let stderr = child.stderr.take().expect("stderr is piped");
         let reader = {
             let (consuming, cpu, log) = (consuming.clone(), cpu_at_consuming.clone(), log.clone());
+            let stats = stats.clone();
             let pid = child.id();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -279,6 +348,9 @@ impl Daemon {
                     // plugins, connecting) is left out of the CPU time of the drain.
                     if line.contains("consuming queue") && consuming.set(Instant::now()).is_ok() {
                         let _ = cpu.set(cpu_time(pid).map_err(|e| format!("{e:#}")));
+                    }
+                    if let Some(address) = stats_address(&line) {
+                        let _ = stats.set(address.to_string());
                     }
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
@@ -302,6 +374,7 @@ impl Daemon {
             consuming,
             cpu_at_consuming,
             log,
+            stats,
             reader: Some(reader),
             peaks,
             sampling,
@@ -357,6 +430,30 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    /// How the daemon's batches went so far, from its `/metrics`.
+    pub fn commits(&self) -> Result<Commits> {
+        let address = self
+            .stats
+            .get()
+            .context("golconde has not logged where its stats endpoint listens")?;
+        let mut stream = TcpStream::connect(address)
+            .with_context(|| format!("connecting to golconde's stats endpoint {address}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .with_context(|| format!("reading http://{address}/metrics"))?;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            bail!(
+                "http://{address}/metrics answered `{}`",
+                head.lines().next().unwrap_or("")
+            );
+        }
+        Commits::parse(body).with_context(|| format!("reading http://{address}/metrics"))
     }
 
     pub fn tail(&self) -> String {
@@ -430,6 +527,38 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stats_address_is_read_off_the_log_line() {
+        let line = r#"{"level":"INFO","fields":{"message":"serving counters on http://127.0.0.1:40123/stats and /metrics, the dashboard on http://127.0.0.1:40123/"}}"#;
+        assert_eq!(stats_address(line), Some("127.0.0.1:40123"));
+        assert_eq!(stats_address("consuming queue `q`"), None);
+    }
+
+    #[test]
+    fn batches_and_commit_times_are_read_off_the_exposition() {
+        let metrics = "\
+# TYPE golconde_batch_apply_seconds histogram
+golconde_batch_apply_seconds_sum{pipeline=\"bench\"} 15.0
+golconde_batch_apply_seconds_count{pipeline=\"bench\"} 1000
+golconde_batch_apply_seconds_bucket{le=\"0.001\",pipeline=\"bench\"} 900
+golconde_batch_apply_seconds_bucket{le=\"0.0025\",pipeline=\"bench\"} 985
+golconde_batch_apply_seconds_bucket{le=\"0.005\",pipeline=\"bench\"} 995
+golconde_batch_apply_seconds_bucket{le=\"+Inf\",pipeline=\"bench\"} 1000
+golconde_batch_size_messages_sum{pipeline=\"bench\"} 5500.0
+golconde_batch_size_messages_count{pipeline=\"bench\"} 1000
+";
+        assert_eq!(
+            Commits::parse(metrics).unwrap(),
+            Commits {
+                batches: 1000,
+                mean_messages: 5.5,
+                mean_apply_ms: 15.0,
+                p99_apply_ms: 5.0,
+            }
+        );
+        assert!(Commits::parse("# EOF").is_err());
+    }
 
     #[test]
     fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {

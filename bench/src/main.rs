@@ -1092,9 +1092,15 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         daemon.check_alive()?;
+        let commits = daemon.commits()?;
         daemon.stop()?;
         self.expect_empty(&queue).await?;
         let ms = db::latencies(&self.client, total).await?;
+        progress(&format!(
+            "latency at {rate:.0}/s: {} batches of {:.1} messages on average, each applied \
+             in {:.2} ms on average, 99% within {} ms",
+            commits.batches, commits.mean_messages, commits.mean_apply_ms, commits.p99_apply_ms
+        ));
         progress(&format!(
             "latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             report::percentile(&ms, 50.0),
