@@ -235,12 +235,10 @@ impl Commits {
             .find(|(_, cumulative)| *cumulative >= 0.99 * count)
             .map_or(f64::NAN, |(le, _)| *le);
         let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+        let batches = value("golconde_batch_size_messages_count")?;
         Ok(Commits {
-            batches: value("golconde_batch_size_messages_count")? as u64,
-            mean_messages: per(
-                value("golconde_batch_size_messages_sum")?,
-                value("golconde_batch_size_messages_count")?,
-            ),
+            batches: batches as u64,
+            mean_messages: per(value("golconde_batch_size_messages_sum")?, batches),
             mean_apply_ms: per(value("golconde_batch_apply_seconds_sum")?, count) * 1000.0,
             p99_apply_ms: p99 * 1000.0,
         })

@@ -47,18 +47,20 @@ impl Placer {
             .sum::<usize>()
             .div_ceil(MIN_JOB)
             .clamp(1, workers);
-        let mut placement: Vec<Option<usize>> = vec![None; workers];
+        let mut placement: Vec<usize> = (0..workers).collect();
         let mut load = vec![0usize; workers];
-        for (p, home) in self.homes.iter().enumerate() {
-            if let Some((w, last)) = *home {
+        for p in 0..workers {
+            if let Some((w, last)) = self.homes[p] {
                 if sizes[p] > 0 && in_flight(last) {
-                    placement[p] = Some(w);
+                    placement[p] = w;
                     load[w] += sizes[p];
+                    self.homes[p] = Some((w, batch));
                 }
             }
         }
         for p in 0..workers {
-            if sizes[p] == 0 || placement[p].is_some() {
+            let placed = self.homes[p].is_some_and(|(_, last)| last == batch);
+            if sizes[p] == 0 || placed {
                 continue;
             }
             let jobs = load.iter().filter(|&&l| l > 0).count();
@@ -77,20 +79,11 @@ impl Placer {
                     .min_by_key(|&w| load[w])
                     .expect("at least one job")
             };
-            placement[p] = Some(w);
+            placement[p] = w;
             load[w] += sizes[p];
+            self.homes[p] = Some((w, batch));
         }
         placement
-            .into_iter()
-            .enumerate()
-            .map(|(p, w)| {
-                let w = w.unwrap_or(p);
-                if sizes[p] > 0 {
-                    self.homes[p] = Some((w, batch));
-                }
-                w
-            })
-            .collect()
     }
 }
 
