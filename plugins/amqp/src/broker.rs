@@ -18,7 +18,11 @@
 //! thread can be neither nested deep enough to overflow that thread's stack nor a frame
 //! lapin refuses (which would close the connection on the same message again and again).
 
-use std::{future::Future, sync::OnceLock, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use lapin::{
     options::QueueDeclareOptions,
@@ -34,6 +38,7 @@ use crate::{
     error::{classify, connect_hint, describe, Error},
     queues,
     screen::{Kit, Screened},
+    tap::Inbox,
 };
 
 /// Worker threads of the runtime. Two drained a queue measurably faster than one in
@@ -124,7 +129,15 @@ impl Connector {
     ///
     /// With one broker its error is returned as it is; with several, each failure is
     /// logged as it happens and the error lists them all.
-    pub async fn connect(&self, role: &str, next: &mut usize) -> Result<Connected, Error> {
+    ///
+    /// `tap`, on a consumer's connection, is the inbox its deliveries go to instead of lapin
+    /// (`src/tap.rs`).
+    pub async fn connect(
+        &self,
+        role: &str,
+        next: &mut usize,
+        tap: Option<Arc<Inbox>>,
+    ) -> Result<Connected, Error> {
         let brokers = &self.settings.brokers;
         let count = brokers.len();
         let start = *next % count;
@@ -132,7 +145,7 @@ impl Connector {
         for step in 0..count {
             let index = (start + step) % count;
             let broker = &brokers[index];
-            match self.connect_to(broker, role).await {
+            match self.connect_to(broker, role, tap.clone()).await {
                 Ok(connection) => {
                     if !failures.is_empty() {
                         tracing::info!(
@@ -162,7 +175,12 @@ impl Connector {
         Err(Error::Unreachable { failures })
     }
 
-    async fn connect_to(&self, broker: &Address, role: &str) -> Result<Connection, Error> {
+    async fn connect_to(
+        &self,
+        broker: &Address,
+        role: &str,
+        tap: Option<Arc<Inbox>>,
+    ) -> Result<Connection, Error> {
         let settings = &self.settings;
         let name = if settings.brokers.len() > 1 {
             format!("{} {role} @ {}", settings.connection_name, broker.node)
@@ -179,7 +197,11 @@ impl Connector {
             async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
             async move |uri: AMQPUri, _| {
                 let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
-                Ok(AsyncTcpStream::Plain(Screened::new(stream, frame_max)))
+                let screened = Screened::new(stream, frame_max);
+                Ok(AsyncTcpStream::Plain(match tap.clone() {
+                    Some(inbox) => screened.tapped(inbox),
+                    None => screened,
+                }))
             },
             properties,
         );

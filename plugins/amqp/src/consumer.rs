@@ -7,14 +7,16 @@
 //! next broker of `url` that answers (`src/broker.rs`). The
 //! host's threads never wait on the runtime to receive or acknowledge:
 //!
-//! - `receive` takes deliveries from lapin's consumer stream itself, on the host's thread,
-//!   and parks that thread when there are none; lapin's I/O thread unparks it as the next
-//!   ones arrive. Deliveries thus cross one thread boundary, not two: handing them over
-//!   through a task on the runtime cost a wake-up of a runtime thread per read from the
-//!   socket and about a third of the consumer's CPU time. The broker's prefetch bounds
-//!   what lapin holds for a host that stops receiving. A prefetch of 0, which AMQP reads as
-//!   "unlimited", is refused. The task only learns from `receive` that a session's stream
-//!   ended, and reconnects.
+//! - `receive` takes deliveries from the session's [`Inbox`], which the connection's stream
+//!   fills as it reads them off the socket, before lapin sees them (`src/tap.rs`); it does
+//!   so on the host's thread, and parks that thread when there are none; lapin's I/O thread
+//!   unparks it as the next ones arrive. Deliveries thus cross one thread boundary, not two:
+//!   handing them over through a task on the runtime cost a wake-up of a runtime thread per
+//!   read from the socket and about a third of the consumer's CPU time. The broker's
+//!   prefetch bounds what the inbox holds for a host that stops receiving. A prefetch of 0,
+//!   which AMQP reads as "unlimited", is refused. lapin's consumer stream still tells when
+//!   the subscription or the channel ended; the task only learns from `receive` that it did,
+//!   and reconnects.
 //! - `ack`/`nack` queue the frame on the channel directly (see [`start`]). Both
 //!   [`golconde_plugin_api::AckMode`]s are served alike: AMQP acknowledges by tag, with
 //!   `multiple` for cumulative.
@@ -38,7 +40,7 @@ use std::{
 };
 
 use futures_lite::Stream as _;
-use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Header, Message, PluginError, RVec};
+use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Message, PluginError, RVec};
 use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
@@ -55,6 +57,7 @@ use crate::{
     error::Error,
     properties,
     queues::QueueType,
+    tap::Inbox,
 };
 
 /// Bits of a host-visible tag that hold the broker's delivery tag; the generation of the
@@ -235,6 +238,9 @@ struct Current {
 /// The deliveries of one channel.
 struct Stream {
     generation: u64,
+    /// Where the deliveries arrive (`src/tap.rs`).
+    inbox: Arc<Inbox>,
+    /// lapin's consumer: it ends when the channel or the subscription does.
     consumer: lapin::Consumer,
 }
 
@@ -350,24 +356,43 @@ impl Link {
         }
     }
 
-    /// Polls the current session's stream until it is empty or `max` deliveries are taken;
-    /// `None` if there were none. A stream that ended is retired and the task told.
+    /// Takes up to `max` deliveries from the current session's inbox, then looks whether
+    /// lapin's consumer ended; `None` if there were none. A stream that ended is retired
+    /// and the task told.
     fn take(&self, current: &mut Current, max: usize) -> Option<Vec<Delivery>> {
         let waker = current.waker();
         let mut context = Context::from_waker(&waker);
         let stream = current.stream.as_mut()?;
         let generation = stream.generation;
         let mut batch = Vec::new();
-        while batch.len() < max {
-            let end = match Pin::new(&mut stream.consumer).poll_next(&mut context) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Ok(delivery))) if delivery.delivery_tag <= MAX_BROKER_TAG => {
+        stream.inbox.take(max, &waker, &mut batch);
+        let mut exhausted = false;
+        for delivery in &mut batch {
+            exhausted |= delivery.tag > MAX_BROKER_TAG;
+            delivery.tag |= generation << BROKER_TAG_BITS;
+        }
+        // The broker sends nothing after a cancellation or a channel's end, so the
+        // deliveries before it are all in the inbox by the time lapin's stream says so.
+        while batch.len() < max || exhausted {
+            let polled = if exhausted {
+                None
+            } else {
+                Some(Pin::new(&mut stream.consumer).poll_next(&mut context))
+            };
+            let end = match polled {
+                None => End::TagsExhausted,
+                Some(Poll::Pending) => break,
+                // Deliveries go to the inbox; lapin would have one only from a frame the
+                // tap did not recognise, which it takes the same way.
+                Some(Poll::Ready(Some(Ok(delivery))))
+                    if delivery.delivery_tag <= MAX_BROKER_TAG =>
+                {
                     batch.push(convert(delivery, generation));
                     continue;
                 }
-                Poll::Ready(Some(Ok(_))) => End::TagsExhausted,
-                Poll::Ready(Some(Err(e))) => End::Failed(e),
-                Poll::Ready(None) => End::Cancelled,
+                Some(Poll::Ready(Some(Ok(_)))) => End::TagsExhausted,
+                Some(Poll::Ready(Some(Err(e)))) => End::Failed(e),
+                Some(Poll::Ready(None)) => End::Cancelled,
             };
             // Their channel is dead: the broker delivers them again on the next one, and
             // acknowledging them now would be dropped anyway.
@@ -440,7 +465,12 @@ impl Link {
 
     /// A new channel is consuming: its deliveries get the next generation, and `receive`
     /// takes them from `consumer`.
-    fn adopt(&self, channel: Channel, consumer: lapin::Consumer) -> Result<u64, Error> {
+    fn adopt(
+        &self,
+        channel: Channel,
+        consumer: lapin::Consumer,
+        inbox: Arc<Inbox>,
+    ) -> Result<u64, Error> {
         let mut acks = lock(&self.acks);
         if acks.generation == MAX_GENERATION {
             return Err(Error::Stopped {
@@ -457,6 +487,7 @@ impl Link {
         let mut current = lock(&self.current);
         current.stream = Some(Stream {
             generation,
+            inbox,
             consumer,
         });
         current.over = None;
@@ -535,6 +566,7 @@ struct Session {
     connection: Connection,
     channel: Channel,
     consumer: lapin::Consumer,
+    inbox: Arc<Inbox>,
     /// The broker it is connected to, as it may be shown.
     endpoint: String,
 }
@@ -548,8 +580,9 @@ impl Session {
         prefetch: u16,
         next: &mut usize,
     ) -> Result<Session, Error> {
+        let inbox = Arc::new(Inbox::default());
         let connected = connector
-            .connect(&format!("consumer {queue}"), next)
+            .connect(&format!("consumer {queue}"), next, Some(inbox.clone()))
             .await?;
         let (connection, endpoint) = (connected.connection, connected.endpoint);
         match Session::subscribe(connector, &endpoint, &connection, queue, prefetch).await {
@@ -557,6 +590,7 @@ impl Session {
                 connection,
                 channel,
                 consumer,
+                inbox,
                 endpoint,
             }),
             Err(e) => {
@@ -659,14 +693,16 @@ async fn supervise(
                 }
             }
             Ok(session) => {
-                let generation = match link.adopt(session.channel.clone(), session.consumer) {
-                    Ok(generation) => generation,
-                    Err(e) => {
-                        broker::close(&session.connection, settings.connect_timeout, "done").await;
-                        link.end(e.into());
-                        return;
-                    }
-                };
+                let generation =
+                    match link.adopt(session.channel.clone(), session.consumer, session.inbox) {
+                        Ok(generation) => generation,
+                        Err(e) => {
+                            broker::close(&session.connection, settings.connect_timeout, "done")
+                                .await;
+                            link.end(e.into());
+                            return;
+                        }
+                    };
                 match opened.take() {
                     Some(opened) => {
                         let _ = opened.send(Ok(()));
@@ -747,7 +783,7 @@ impl Drop for Ended<'_> {
 
 fn convert(delivery: lapin::message::Delivery, generation: u64) -> Delivery {
     let headers = properties::headers(&delivery.properties);
-    warn_screened(&headers, delivery.delivery_tag);
+    properties::warn_screened(&headers, delivery.delivery_tag);
     Delivery {
         tag: (generation << BROKER_TAG_BITS) | delivery.delivery_tag,
         redelivered: delivery.redelivered,
@@ -756,35 +792,6 @@ fn convert(delivery: lapin::message::Delivery, generation: u64) -> Delivery {
             // Moves the buffer, no copy.
             body: RVec::from(delivery.data),
         },
-    }
-}
-
-/// Says so when a message's headers were cut down on the way (`src/screen.rs`, or a
-/// publisher's frame limit): the message itself is delivered as usual.
-fn warn_screened(headers: &[Header], tag: u64) {
-    let message = || match headers.iter().find(|h| h.name.as_str() == "message-id") {
-        Some(id) => format!(
-            "message `{}` (delivery tag {tag})",
-            properties::shown(&id.value)
-        ),
-        None => format!("the message with delivery tag {tag}"),
-    };
-    for h in headers {
-        if h.value.as_str() == properties::TOO_DEEP {
-            tracing::warn!(
-                "{}: header `{}` nests more than {} levels deep; it is delivered as \"{}\"",
-                message(),
-                properties::shown(&h.name),
-                properties::MAX_HEADER_DEPTH,
-                properties::TOO_DEEP
-            );
-        } else if h.name.as_str() == properties::DROPPED {
-            tracing::warn!(
-                "{}: headers were left out on the way: {}",
-                message(),
-                h.value
-            );
-        }
     }
 }
 

@@ -150,3 +150,81 @@ fn on_stack<T: Send + 'static>(size: usize, f: impl FnOnce() -> T + Send + 'stat
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// What [`tap`] read.
+pub struct Tapped {
+    /// The deliveries taken, in order.
+    pub deliveries: Vec<Taken>,
+    /// The bytes lapin would have read.
+    pub lapin: Vec<u8>,
+    /// Why the stream ended early, if it did.
+    pub error: Option<std::io::Error>,
+}
+
+/// One delivery [`tap`] took.
+pub struct Taken {
+    pub tag: u64,
+    pub redelivered: bool,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads `bytes` (frames from the broker) through a consumer's screen and tap, in pieces of
+/// the sizes `pieces` gives in turn (a size of 0 counts as 1), as lapin's I/O loop reads them.
+pub fn tap(bytes: &[u8], pieces: &[usize]) -> Tapped {
+    use futures_lite::io::AsyncReadExt;
+
+    let inbox = std::sync::Arc::new(crate::tap::Inbox::default());
+    let reader = Pieces {
+        bytes: bytes.to_vec(),
+        at: 0,
+        pieces: if pieces.is_empty() {
+            vec![usize::MAX]
+        } else {
+            pieces.to_vec()
+        },
+        next: 0,
+    };
+    let mut screened = screen::Screened::new(reader, 131_072).tapped(inbox.clone());
+    let mut lapin = Vec::new();
+    let error = futures_lite::future::block_on(screened.read_to_end(&mut lapin)).err();
+    let mut taken = Vec::new();
+    inbox.take(usize::MAX, std::task::Waker::noop(), &mut taken);
+    Tapped {
+        deliveries: taken
+            .into_iter()
+            .map(|d| Taken {
+                tag: d.tag,
+                redelivered: d.redelivered,
+                headers: pairs(&d.message.headers),
+                body: d.message.body.to_vec(),
+            })
+            .collect(),
+        lapin,
+        error,
+    }
+}
+
+/// A stream that yields its bytes in pieces of given sizes.
+struct Pieces {
+    bytes: Vec<u8>,
+    at: usize,
+    pieces: Vec<usize>,
+    next: usize,
+}
+
+impl futures_lite::io::AsyncRead for Pieces {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let piece = this.pieces[this.next % this.pieces.len()].max(1);
+        this.next += 1;
+        let count = piece.min(buf.len()).min(this.bytes.len() - this.at);
+        buf[..count].copy_from_slice(&this.bytes[this.at..this.at + count]);
+        this.at += count;
+        std::task::Poll::Ready(Ok(count))
+    }
+}

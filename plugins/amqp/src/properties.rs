@@ -423,6 +423,32 @@ pub fn shown(name: &str) -> String {
     }
 }
 
+/// Says so when a message's headers were cut down on the way (`src/screen.rs`, or a
+/// publisher's frame limit): the message itself is delivered as usual.
+pub fn warn_screened(headers: &[Header], tag: u64) {
+    let message = || match headers.iter().find(|h| h.name.as_str() == "message-id") {
+        Some(id) => format!("message `{}` (delivery tag {tag})", shown(&id.value)),
+        None => format!("the message with delivery tag {tag}"),
+    };
+    for h in headers {
+        if h.value.as_str() == TOO_DEEP {
+            tracing::warn!(
+                "{}: header `{}` nests more than {} levels deep; it is delivered as \"{}\"",
+                message(),
+                shown(&h.name),
+                MAX_HEADER_DEPTH,
+                TOO_DEEP
+            );
+        } else if h.name.as_str() == DROPPED {
+            tracing::warn!(
+                "{}: headers were left out on the way: {}",
+                message(),
+                h.value
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lapin::types::{DecimalValue, FieldArray};

@@ -147,7 +147,7 @@ impl Publisher {
             )
             .await;
         }
-        let connected = connector.connect("publisher", &mut slot.next).await?;
+        let connected = connector.connect("publisher", &mut slot.next, None).await?;
         let (connection, endpoint) = (connected.connection, connected.endpoint);
         let channel = async {
             let channel = connector

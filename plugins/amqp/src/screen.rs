@@ -28,6 +28,9 @@
 //! Everything else, including every frame of another type, passes unchanged, mostly without
 //! being copied. The broker's method frames are trusted: they carry no publisher's data.
 //!
+//! On a consumer's connection ([`Screened::tapped`]) the frames of each delivery, its header
+//! frame screened as above, go to the consumer's [`Tap`] instead of lapin (`src/tap.rs`).
+//!
 //! [`Kit`] is the runtime glue: lapin takes its streams from a connect function whose
 //! stream type is fixed by the runtime kit, so the plugin's kit is tokio's with
 //! [`Screened`] around its streams.
@@ -38,6 +41,7 @@ use std::{
     io::{self, Read, Write},
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
@@ -53,15 +57,18 @@ use futures_lite::{
 };
 use lapin::tcp::AsyncTcpStream;
 
-use crate::properties::{DROPPED, MAX_HEADER_DEPTH, TOO_DEEP};
+use crate::{
+    properties::{DROPPED, MAX_HEADER_DEPTH, TOO_DEEP},
+    tap::{Inbox, Tap},
+};
 
-const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
-const FRAME_BODY: u8 = 3;
+pub(crate) const FRAME_METHOD: u8 = 1;
+pub(crate) const FRAME_HEADER: u8 = 2;
+pub(crate) const FRAME_BODY: u8 = 3;
 const FRAME_HEARTBEAT: u8 = 8;
-const FRAME_END: u8 = 0xCE;
+pub(crate) const FRAME_END: u8 = 0xCE;
 /// Type, channel and payload size.
-const FRAME_HEAD: usize = 7;
+pub(crate) const FRAME_HEAD: usize = 7;
 
 /// Property flags of class `basic` for the properties that are not short strings.
 const HEADERS: u16 = 1 << 13;
@@ -95,6 +102,8 @@ pub struct Screened<S> {
     /// Not AMQP frames (the broker refused the protocol version with a protocol header of
     /// its own): everything goes through untouched, for lapin to make sense of.
     raw: bool,
+    /// On a consumer's connection: what takes the deliveries instead of lapin.
+    tap: Option<Tap>,
 }
 
 impl<S> Screened<S> {
@@ -109,7 +118,15 @@ impl<S> Screened<S> {
             output_at: 0,
             pass: 0,
             raw: false,
+            tap: None,
         }
+    }
+
+    /// The same stream, with the frames of deliveries going to `inbox` instead of lapin
+    /// (`src/tap.rs`).
+    pub fn tapped(mut self, inbox: Arc<Inbox>) -> Screened<S> {
+        self.tap = Some(Tap::new(inbox));
+        self
     }
 
     /// Moves what can be decided from `input` to `output`.
@@ -146,7 +163,14 @@ impl<S> Screened<S> {
             let total = FRAME_HEAD + size + 1;
             // The connection's own methods are held too, to learn the frame_max it tunes to.
             let control = kind == FRAME_METHOD && input[1..3] == [0, 0];
-            if kind != FRAME_HEADER && !control {
+            let tapped = match &self.tap {
+                Some(tap) => match tap.claims(kind, input) {
+                    Some(claimed) => claimed,
+                    None => break,
+                },
+                None => false,
+            };
+            if kind != FRAME_HEADER && !control && !tapped {
                 self.pass = total;
                 continue;
             }
@@ -161,6 +185,17 @@ impl<S> Screened<S> {
             }
             if input.len() < total {
                 break;
+            }
+            if tapped {
+                if let Some(tap) = &mut self.tap {
+                    if let Err(e) = tap.read(&input[..total], self.frame_max) {
+                        // The deliveries before it are whole: the host may have them.
+                        tap.flush(&mut self.output);
+                        return Err(e);
+                    }
+                }
+                self.start += total;
+                continue;
             }
             if control {
                 if let Some(tuned) = tune_frame_max(&input[..total]) {
@@ -183,6 +218,9 @@ impl<S> Screened<S> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.flush(&mut self.output);
         }
         Ok(())
     }
@@ -625,12 +663,12 @@ fn entry(out: &mut Vec<u8>, name: &str, value: &str) {
 
 /// Reads big-endian numbers and slices off the front of a byte slice.
 #[derive(Clone)]
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader { rest: bytes }
     }
 
@@ -638,7 +676,7 @@ impl<'a> Reader<'a> {
         self.rest
     }
 
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, len: usize) -> Option<&'a [u8]> {
         if len > self.rest.len() {
             return None;
         }
@@ -647,7 +685,7 @@ impl<'a> Reader<'a> {
         Some(taken)
     }
 
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
 
@@ -660,7 +698,7 @@ impl<'a> Reader<'a> {
             .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
     }
 
-    fn short(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn short(&mut self) -> Option<&'a [u8]> {
         let len = self.u8()? as usize;
         self.take(len)
     }
