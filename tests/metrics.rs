@@ -231,10 +231,22 @@ fn histograms_hold_real_counts_and_the_token_guards_every_route_but_health() {
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap();
-    let series = http_get_with(&address, "/api/series", &[("Cookie", pair)]);
-    assert_eq!(status(&series), 200, "{series}");
-    let series: serde_json::Value = serde_json::from_str(body(&series)).expect("JSON");
-    assert_eq!(series["pipelines"].as_array().map(Vec::len), Some(2));
+    // The series are sampled once a second: a daemon this young may not have both yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let series = http_get_with(&address, "/api/series", &[("Cookie", pair)]);
+        assert_eq!(status(&series), 200, "{series}");
+        let series: serde_json::Value = serde_json::from_str(body(&series)).expect("JSON");
+        let count = series["pipelines"].as_array().map(Vec::len);
+        if count == Some(2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count:?} pipelines in the series"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(
         status(&http_get(&address, "/?token=wrong")),
         401,

@@ -40,7 +40,7 @@ use tracing::instrument::WithSubscriber;
 use crate::{
     codec::Item,
     config::Settings,
-    connection::{self, open_any, Connection, Sink},
+    connection::{self, open_any, Connection, Doorbell, Sink},
     error::StompError,
     frame::{Command, Frame},
     message::Incoming,
@@ -208,6 +208,18 @@ struct Subscription {
     shared: Arc<Shared>,
     /// The position in `settings.brokers` the next connection attempt starts at.
     next_broker: usize,
+    /// Last, so that it rings after `deliveries` is dropped: the supervisor is done, and a
+    /// host thread waiting in `receive` finds the channel closed.
+    doorbell: Ringer,
+}
+
+/// Rings its doorbell when dropped.
+struct Ringer(Arc<Doorbell>);
+
+impl Drop for Ringer {
+    fn drop(&mut self) {
+        self.0.ring();
+    }
 }
 
 impl Subscription {
@@ -219,6 +231,7 @@ impl Subscription {
             room: self.room.clone(),
             capacity: self.options.prefetch as usize,
             generation,
+            doorbell: self.doorbell.0.clone(),
         };
         let (connection, at) = open_any(&self.settings, self.next_broker, Some(sink)).await?;
         // Whatever becomes of this connection, the next one is tried elsewhere first.
@@ -340,7 +353,8 @@ async fn supervise(
 }
 
 /// Deliveries on their way to the host: the channel from the connection, and what is left
-/// of a batch larger than the host asked for.
+/// of a batch larger than the host asked for. Only `try_recv` is used on the channel: the
+/// host's thread waits on the [`Doorbell`], never in the runtime.
 struct Inbox {
     channel: mpsc::UnboundedReceiver<Vec<Incoming>>,
     spill: VecDeque<Incoming>,
@@ -370,6 +384,7 @@ pub struct StompConsumer {
     room: Arc<Semaphore>,
     prefetch: usize,
     shared: Arc<Shared>,
+    doorbell: Arc<Doorbell>,
     stop: CancellationToken,
     supervisor: Mutex<Option<JoinHandle<Result<(), StompError>>>>,
     close_limit: Duration,
@@ -407,6 +422,7 @@ impl StompConsumer {
             place: place.clone(),
         });
         let close_limit = settings.receipt_timeout + Duration::from_secs(1);
+        let doorbell = Arc::new(Doorbell::default());
         let mut subscription = Subscription {
             settings,
             destination,
@@ -415,6 +431,7 @@ impl StompConsumer {
             room: room.clone(),
             shared: shared.clone(),
             next_broker: 0,
+            doorbell: Ringer(doorbell.clone()),
         };
         let (connection, address) = runtime
             .block_on(subscription.open(1))
@@ -434,6 +451,7 @@ impl StompConsumer {
             room,
             prefetch,
             shared,
+            doorbell,
             stop,
             supervisor: Mutex::new(Some(supervisor)),
             close_limit,
@@ -459,7 +477,8 @@ impl Consumer for StompConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for an `Instant` means waiting for as long as it takes.
+        let deadline = Instant::now().checked_add(timeout);
         let mut inbox = lock(&self.inbox);
         let mut items = Vec::new();
         loop {
@@ -479,16 +498,28 @@ impl Consumer for StompConsumer {
             if self.stop.is_cancelled() {
                 return Err(self.stopped());
             }
-            let deadline = tokio::time::Instant::from_std(deadline);
-            let channel = &mut inbox.channel;
-            let next = self
-                .runtime
-                .block_on(async { tokio::time::timeout_at(deadline, channel.recv()).await });
-            match next {
-                Err(_) => return Ok(Vec::new()),
-                Ok(None) => return Err(self.stopped()),
-                Ok(Some(batch)) => inbox.spill.extend(batch),
+            // Armed before looking again, so that a batch sent in between rings for it.
+            self.doorbell.arm();
+            if !inbox.channel.is_empty() {
+                self.doorbell.disarm();
+                continue;
             }
+            if inbox.channel.is_closed() {
+                self.doorbell.disarm();
+                return Err(self.stopped());
+            }
+            match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.doorbell.disarm();
+                        return Ok(Vec::new());
+                    }
+                    std::thread::park_timeout(left);
+                }
+                None => std::thread::park(),
+            }
+            self.doorbell.disarm();
         }
     }
 
