@@ -37,7 +37,7 @@ use crate::{
     config::{Address, Declare, Settings},
     error::{classify, connect_hint, describe, Error},
     queues,
-    screen::{Kit, Screened},
+    screen::{self, Kit, Screened},
     tap::Inbox,
 };
 
@@ -191,15 +191,17 @@ impl Connector {
         let tls = settings.tls.lapin();
         let frame_max = broker.frame_max as usize;
         let tokio = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+        let handle = self.handle.clone();
         // What `Connection::connect_uri_with_config` does, with the stream screened.
         let connecting = Connection::connector(
             broker.uri.clone(),
             async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
             async move |uri: AMQPUri, _| {
                 let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
+                let low_water = screen::low_water(&stream);
                 let screened = Screened::new(stream, frame_max);
                 Ok(AsyncTcpStream::Plain(match tap.clone() {
-                    Some(inbox) => screened.tapped(inbox),
+                    Some(inbox) => screened.tapped(inbox, low_water, handle.clone()),
                     None => screened,
                 }))
             },

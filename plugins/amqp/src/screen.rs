@@ -55,6 +55,7 @@ use futures_lite::{
     io::{AsyncRead, AsyncWrite},
     Stream,
 };
+use golconde_plugin_support::low_water::LowWater;
 use lapin::tcp::AsyncTcpStream;
 
 use crate::{
@@ -124,8 +125,15 @@ impl<S> Screened<S> {
 
     /// The same stream, with the frames of deliveries going to `inbox` instead of lapin
     /// (`src/tap.rs`).
-    pub fn tapped(mut self, inbox: Arc<Inbox>) -> Screened<S> {
-        self.tap = Some(Tap::new(inbox));
+    /// `low_water` is the socket's (see [`Tap::poll_nap`]), `runtime` the one for the tap's
+    /// timer.
+    pub fn tapped(
+        mut self,
+        inbox: Arc<Inbox>,
+        low_water: LowWater,
+        runtime: tokio::runtime::Handle,
+    ) -> Screened<S> {
+        self.tap = Some(Tap::new(inbox, low_water, runtime));
         self
     }
 
@@ -246,6 +254,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Screened<S> {
                     this.output_at = 0;
                 }
                 return Poll::Ready(Ok(count));
+            }
+            if let Some(tap) = &mut this.tap {
+                ready!(tap.poll_nap(cx))?;
             }
             let idle = this.start == this.end;
             if idle && (this.raw || this.pass > 0) {
@@ -718,6 +729,16 @@ impl Kit {
             tokio: Tokio::default().with_handle(handle),
             frame_max,
         }
+    }
+}
+
+/// A handle on the socket beneath `stream`, for its low-water mark.
+pub fn low_water(stream: &AsyncTcpStream<<Tokio as Reactor>::TcpStream>) -> LowWater {
+    match stream {
+        AsyncTcpStream::Plain(tcp) => LowWater::of(tcp.get_ref()),
+        AsyncTcpStream::Rustls(tls) => LowWater::of(tls.get_ref().0.get_ref()),
+        // Kinds of stream this build does not make: the consumer does not nap on them.
+        _ => LowWater::none(),
     }
 }
 

@@ -20,23 +20,39 @@
 //! broker busy delivering sends no heartbeats, so lapin is handed a heartbeat frame in place
 //! of the deliveries at least every [`FEED`].
 //!
+//! While the host is busy with deliveries it has not taken, the stream naps a millisecond
+//! before reading on, with the socket's receive low-water mark raised
+//! (`golconde_plugin_support::low_water`), so that the broker's frames gather and one read
+//! takes many: each read otherwise woke two threads (the runtime's reactor, then lapin's I/O
+//! loop) for a few deliveries.
+//!
 //! May depend on: the plugin API's message types, `src/properties.rs` for the headers,
-//! lapin's property parser.
+//! lapin's property parser, the support crate's low-water mark, tokio's timer.
 
 use std::{
     collections::VecDeque,
+    future::Future,
     io,
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    task::Waker,
+    task::{ready, Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use golconde_plugin_api::{Delivery, Message, RVec};
+use golconde_plugin_support::low_water::LowWater;
+use tokio::{runtime::Handle, time::Sleep};
 
 use crate::{properties, screen};
 
 /// The longest lapin goes without reading a frame while deliveries flow past it.
 pub const FEED: Duration = Duration::from_secs(1);
+
+/// How long a busy host's deliveries gather in the socket between reads.
+const NAP: Duration = Duration::from_millis(1);
+
+/// The socket's low-water mark during a nap: more than a nap's deliveries.
+const NAP_LOW_WATER: i32 = 64 * 1024;
 
 /// A heartbeat frame: type 8 on channel 0, no payload.
 const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
@@ -85,15 +101,18 @@ impl Inbox {
         into.extend(state.deliveries.drain(..count));
     }
 
-    /// Adds `batch` (emptying it) and wakes whoever waits for it.
-    fn put(&self, batch: &mut Vec<Delivery>) {
+    /// Adds `batch` (emptying it) and wakes whoever waits for it; says whether the host had
+    /// not yet taken what came before (it is busy).
+    fn put(&self, batch: &mut Vec<Delivery>) -> bool {
         let mut state = lock(&self.state);
+        let busy = !state.deliveries.is_empty();
         state.deliveries.extend(batch.drain(..));
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
+        busy
     }
 }
 
@@ -107,6 +126,14 @@ pub struct Tap {
     done: Vec<Delivery>,
     /// When lapin was last given anything to read.
     fed: Instant,
+    /// The socket's low-water mark, raised while napping.
+    low_water: LowWater,
+    /// For the nap's timer.
+    runtime: Handle,
+    /// The host has not taken the deliveries before the last ones: nap before reading on.
+    busy: bool,
+    /// The nap in progress.
+    nap: Option<Pin<Box<Sleep>>>,
 }
 
 struct Building {
@@ -123,13 +150,38 @@ struct Content {
 }
 
 impl Tap {
-    pub fn new(inbox: Arc<Inbox>) -> Tap {
+    pub fn new(inbox: Arc<Inbox>, low_water: LowWater, runtime: Handle) -> Tap {
         Tap {
             inbox,
             building: None,
             done: Vec::new(),
             fed: Instant::now(),
+            low_water,
+            runtime,
+            busy: false,
+            nap: None,
         }
+    }
+
+    /// Before the next read from the socket: while the host is busy with what it has, lets
+    /// the broker's frames gather in the socket for [`NAP`] with its low-water mark raised,
+    /// so that they are read in one go instead of waking two threads (the runtime's reactor
+    /// and lapin's I/O loop) for every few. A host waiting for deliveries gets them without
+    /// delay.
+    pub fn poll_nap(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.nap.is_none() {
+            if !std::mem::take(&mut self.busy) || self.low_water.set(NAP_LOW_WATER).is_err() {
+                return Poll::Ready(Ok(()));
+            }
+            let _entered = self.runtime.enter();
+            self.nap = Some(Box::pin(tokio::time::sleep(NAP)));
+        }
+        ready!(self.nap.as_mut().expect("set above").as_mut().poll(cx));
+        self.nap = None;
+        // Setting it back makes Linux signal the socket readable at once if anything came;
+        // a socket left quiet would hold the next frames back for good, so failing that ends
+        // the connection instead.
+        Poll::Ready(self.low_water.set(1))
     }
 
     /// Whether the frame at the start of `input`, of type `kind`, belongs to a delivery and
@@ -212,7 +264,7 @@ impl Tap {
     /// lapin reads next) gets a heartbeat if lapin was given nothing for [`FEED`].
     pub fn flush(&mut self, output: &mut Vec<u8>) {
         if !self.done.is_empty() {
-            self.inbox.put(&mut self.done);
+            self.busy = self.inbox.put(&mut self.done);
         }
         if output.is_empty() {
             if self.fed.elapsed() < FEED {
@@ -288,6 +340,13 @@ mod tests {
         frame(screen::FRAME_HEADER, &payload)
     }
 
+    fn tap(inbox: Arc<Inbox>) -> Tap {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        Tap::new(inbox, LowWater::none(), runtime.handle().clone())
+    }
+
     struct Count(std::sync::atomic::AtomicUsize);
 
     impl Wake for Count {
@@ -307,7 +366,7 @@ mod tests {
     #[test]
     fn a_delivery_in_several_body_frames_arrives_whole() {
         let inbox = Arc::new(Inbox::default());
-        let mut tap = Tap::new(inbox.clone());
+        let mut tap = tap(inbox.clone());
         feed(
             &mut tap,
             &[
@@ -335,7 +394,7 @@ mod tests {
 
     #[test]
     fn only_the_frames_of_deliveries_are_claimed() {
-        let tap = Tap::new(Arc::default());
+        let tap = tap(Arc::default());
         // basic.cancel from the broker, a heartbeat, a header or body with no delivery open.
         let cancel = frame(screen::FRAME_METHOD, &[0, 60, 0, 30, 0, 0]);
         assert_eq!(tap.claims(cancel[0], &cancel), Some(false));
@@ -357,7 +416,7 @@ mod tests {
         let mut taken = Vec::new();
         inbox.take(10, &waker, &mut taken);
         assert!(taken.is_empty());
-        let mut tap = Tap::new(inbox.clone());
+        let mut tap = tap(inbox.clone());
         feed(&mut tap, &[deliver_frame(1, false), header_frame(0, "a")]);
         tap.flush(&mut Vec::new());
         feed(&mut tap, &[deliver_frame(2, false), header_frame(0, "b")]);
@@ -370,7 +429,7 @@ mod tests {
 
     #[test]
     fn lapin_hears_a_heartbeat_while_deliveries_flow_past_it() {
-        let mut tap = Tap::new(Arc::default());
+        let mut tap = tap(Arc::default());
         let mut output = Vec::new();
         tap.flush(&mut output);
         assert!(output.is_empty(), "lapin was fed just now");
@@ -387,7 +446,7 @@ mod tests {
 
     #[test]
     fn frames_that_cannot_be_read_end_the_connection() {
-        let mut tap = Tap::new(Arc::default());
+        let mut tap = tap(Arc::default());
         let cut = frame(screen::FRAME_METHOD, &[0, 60, 0, 60, 3, b'a']);
         assert!(tap.read(&cut, 131_072).is_err());
         tap.read(&deliver_frame(1, false), 131_072).unwrap();

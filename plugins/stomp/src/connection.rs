@@ -34,6 +34,7 @@ use std::{
 };
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use golconde_plugin_support::low_water::LowWater;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -732,49 +733,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// Bytes that must be waiting in the socket for it to count as readable while the reader
 /// naps: the broker's frames then gather without waking the runtime's thread for each.
 const NAP_LOW_WATER: i32 = 64 * 1024;
-
-/// The connection's socket's receive low-water mark (`SO_RCVLOWAT`), through a handle of its
-/// own on the socket (none if the socket could not be duplicated: the reader then naps
-/// without it).
-///
-/// Why: RabbitMQ's STOMP adapter writes each MESSAGE to the socket by itself, and every
-/// write wakes the thread polling the socket, nap or no nap, since the socket stays
-/// registered; at 30,000 messages a second that was 10,000 wake-ups, most of the reader's
-/// CPU time. A low-water mark above what arrives in a nap keeps the socket quiet until the
-/// nap ends; setting it back to 1 signals the socket readable again at once if anything came
-/// (Linux re-checks readiness when the mark changes).
-pub struct LowWater(Option<std::os::fd::OwnedFd>);
-
-impl LowWater {
-    fn of(stream: &TcpStream) -> LowWater {
-        use std::os::fd::AsFd;
-        LowWater(stream.as_fd().try_clone_to_owned().ok())
-    }
-
-    fn set(&self, bytes: i32) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let Some(fd) = &self.0 else {
-            return Err(std::io::Error::other("no handle on the socket"));
-        };
-        // SAFETY: `fd` is an open socket this value owns, and the option's value is a C int
-        // that lives across the call, as setsockopt(2) requires.
-        let result = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&bytes as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        if result == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        tracing::debug!("setting the socket's receive low-water mark to {bytes}: {e}");
-        Err(e)
-    }
-}
 
 /// Passes the batch on; `false` if the consumer is gone.
 fn send(sink: &Sink, batch: &mut Vec<Incoming>) -> bool {

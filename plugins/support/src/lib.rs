@@ -18,6 +18,8 @@
 //! - For transports, with the feature `transport`: `runtime` (the tokio runtime a
 //!   transport instance owns) and `tls` (rustls client configuration from the `tls_*`
 //!   keys).
+//! - For readers of sockets, with the feature `socket`: `low_water` (a socket's receive
+//!   low-water mark, so that a napping reader is not woken by every write).
 //!
 //! Key decision: **a plain library, not a plugin.** It exports no root module, so any
 //! number of plugins link it (two plugin crates linked into one library would clash on
@@ -29,7 +31,8 @@
 //! `serde_path_to_error`, memchr, base64, sha2. No database driver, no I/O: what depends on a connection stays
 //! in the plugin, so that this stays testable alone. The one exception is the feature
 //! `transport`, off unless a transport asks for it: tokio and rustls, to start a runtime
-//! and to read certificate files, never to connect.
+//! and to read certificate files, never to connect; and the feature `socket`: libc, to set
+//! one option on a socket its plugin opened.
 
 pub mod applied;
 pub mod bisect;
@@ -41,6 +44,8 @@ pub mod errors;
 pub mod fingerprint;
 pub mod json;
 pub mod limits;
+#[cfg(feature = "socket")]
+pub mod low_water;
 pub mod number;
 #[cfg(feature = "transport")]
 pub mod runtime;
