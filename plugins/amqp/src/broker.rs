@@ -38,7 +38,7 @@ use crate::{
     error::{classify, connect_hint, describe, Error},
     queues,
     screen::{self, Kit, Screened},
-    tap::Inbox,
+    tap::{Inbox, Napping},
 };
 
 /// Worker threads of the runtime. Two drained a queue measurably faster than one in
@@ -198,10 +198,13 @@ impl Connector {
             async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
             async move |uri: AMQPUri, _| {
                 let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
-                let low_water = screen::low_water(&stream);
+                let napping = screen::low_water(&stream).map(|low_water| Napping {
+                    low_water,
+                    runtime: handle.clone(),
+                });
                 let screened = Screened::new(stream, frame_max);
                 Ok(AsyncTcpStream::Plain(match tap.clone() {
-                    Some(inbox) => screened.tapped(inbox, low_water, handle.clone()),
+                    Some(inbox) => screened.tapped(inbox, napping),
                     None => screened,
                 }))
             },

@@ -40,7 +40,7 @@ use std::{
 };
 
 use futures_lite::Stream as _;
-use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, Message, PluginError, RVec};
+use golconde_plugin_api::{ConsumeOptions, Consumer, Delivery, PluginError};
 use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
@@ -55,7 +55,6 @@ use tracing::{instrument::WithSubscriber, Instrument};
 use crate::{
     broker::{self, queue_name, Connector, Engine},
     error::Error,
-    properties,
     queues::QueueType,
     tap::Inbox,
 };
@@ -356,51 +355,37 @@ impl Link {
         }
     }
 
-    /// Takes up to `max` deliveries from the current session's inbox, then looks whether
+    /// Takes up to `max` deliveries from the current session's inbox, and looks whether
     /// lapin's consumer ended; `None` if there were none. A stream that ended is retired
     /// and the task told.
     fn take(&self, current: &mut Current, max: usize) -> Option<Vec<Delivery>> {
         let waker = current.waker();
-        let mut context = Context::from_waker(&waker);
         let stream = current.stream.as_mut()?;
         let generation = stream.generation;
         let mut batch = Vec::new();
         stream.inbox.take(max, &waker, &mut batch);
-        let mut exhausted = false;
-        for delivery in &mut batch {
-            exhausted |= delivery.tag > MAX_BROKER_TAG;
-            delivery.tag |= generation << BROKER_TAG_BITS;
-        }
-        // The broker sends nothing after a cancellation or a channel's end, so the
-        // deliveries before it are all in the inbox by the time lapin's stream says so.
-        while batch.len() < max || exhausted {
-            let polled = if exhausted {
-                None
-            } else {
-                Some(Pin::new(&mut stream.consumer).poll_next(&mut context))
-            };
-            let end = match polled {
-                None => End::TagsExhausted,
-                Some(Poll::Pending) => break,
-                // Deliveries go to the inbox; lapin would have one only from a frame the
-                // tap did not recognise, which it takes the same way.
-                Some(Poll::Ready(Some(Ok(delivery))))
-                    if delivery.delivery_tag <= MAX_BROKER_TAG =>
-                {
-                    batch.push(convert(delivery, generation));
-                    continue;
-                }
-                Some(Poll::Ready(Some(Ok(_)))) => End::TagsExhausted,
-                Some(Poll::Ready(Some(Err(e)))) => End::Failed(e),
-                Some(Poll::Ready(None)) => End::Cancelled,
-            };
+        let end = if batch.iter().any(|d| d.tag > MAX_BROKER_TAG) {
+            Some(End::TagsExhausted)
+        } else {
+            // The broker sends nothing after a cancellation or a channel's end, so the
+            // deliveries before it are all in the inbox by the time lapin's stream says so.
+            match Pin::new(&mut stream.consumer).poll_next(&mut Context::from_waker(&waker)) {
+                Poll::Pending => None,
+                Poll::Ready(Some(Ok(_))) => Some(End::Stray),
+                Poll::Ready(Some(Err(e))) => Some(End::Failed(e)),
+                Poll::Ready(None) => Some(End::Cancelled),
+            }
+        };
+        if let Some(end) = end {
             // Their channel is dead: the broker delivers them again on the next one, and
             // acknowledging them now would be dropped anyway.
-            batch.clear();
             current.stream = None;
             current.over = Some((generation, end));
             self.over.notify_one();
-            break;
+            return None;
+        }
+        for delivery in &mut batch {
+            delivery.tag |= generation << BROKER_TAG_BITS;
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -651,6 +636,9 @@ enum End {
     Failed(lapin::Error),
     /// The broker's tags outgrew [`BROKER_TAG_BITS`]: a new channel starts them again.
     TagsExhausted,
+    /// lapin got a delivery: the tap (`src/tap.rs`) takes every one, so this cannot
+    /// happen; if it did, a new channel gets the message delivered again.
+    Stray,
 }
 
 /// Owns the consumer's connections for its whole life: opens sessions, pumps them, and
@@ -745,6 +733,10 @@ async fn supervise(
                         "delivery tags of queue `{queue}` reached 2^{BROKER_TAG_BITS}; \
                          opening a new channel"
                     ),
+                    End::Stray => tracing::error!(
+                        "a delivery from queue `{queue}` reached lapin instead of the \
+                         consumer's reader; reconnecting, the broker delivers it again"
+                    ),
                 }
             }
         }
@@ -778,20 +770,6 @@ impl Drop for Ended<'_> {
             }
             .into(),
         );
-    }
-}
-
-fn convert(delivery: lapin::message::Delivery, generation: u64) -> Delivery {
-    let headers = properties::headers(&delivery.properties);
-    properties::warn_screened(&headers, delivery.delivery_tag);
-    Delivery {
-        tag: (generation << BROKER_TAG_BITS) | delivery.delivery_tag,
-        redelivered: delivery.redelivered,
-        message: Message {
-            headers,
-            // Moves the buffer, no copy.
-            body: RVec::from(delivery.data),
-        },
     }
 }
 

@@ -185,15 +185,8 @@ pub fn tap(bytes: &[u8], pieces: &[usize]) -> Tapped {
         },
         next: 0,
     };
-    // No handle on a socket: the tap never naps here.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
-    let mut screened = screen::Screened::new(reader, 131_072).tapped(
-        inbox.clone(),
-        golconde_plugin_support::low_water::LowWater::none(),
-        runtime.handle().clone(),
-    );
+    // No socket: the tap never naps here.
+    let mut screened = screen::Screened::new(reader, 131_072).tapped(inbox.clone(), None);
     let mut lapin = Vec::new();
     let error = futures_lite::future::block_on(screened.read_to_end(&mut lapin)).err();
     let mut taken = Vec::new();

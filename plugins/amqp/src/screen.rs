@@ -60,7 +60,7 @@ use lapin::tcp::AsyncTcpStream;
 
 use crate::{
     properties::{DROPPED, MAX_HEADER_DEPTH, TOO_DEEP},
-    tap::{Inbox, Tap},
+    tap::{Inbox, Napping, Tap},
 };
 
 pub(crate) const FRAME_METHOD: u8 = 1;
@@ -80,8 +80,9 @@ const TIMESTAMP: u16 = 1 << 6;
 /// Bytes read from the socket at a time when frames are being screened.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A header frame is held whole until it can be screened; one larger than this (which no
-/// RabbitMQ sends unless its `frame_max` is set above it) ends the connection instead.
+/// A header frame (and on a consumer's connection, every frame of a delivery) is held whole
+/// until it can be read; one larger than this (which no RabbitMQ sends unless its
+/// `frame_max` is set above it) ends the connection instead.
 const MAX_HELD: usize = 64 * 1024 * 1024;
 
 /// The broker's side of a connection, as lapin gets to read it.
@@ -125,15 +126,9 @@ impl<S> Screened<S> {
 
     /// The same stream, with the frames of deliveries going to `inbox` instead of lapin
     /// (`src/tap.rs`).
-    /// `low_water` is the socket's (see [`Tap::poll_nap`]), `runtime` the one for the tap's
-    /// timer.
-    pub fn tapped(
-        mut self,
-        inbox: Arc<Inbox>,
-        low_water: LowWater,
-        runtime: tokio::runtime::Handle,
-    ) -> Screened<S> {
-        self.tap = Some(Tap::new(inbox, low_water, runtime));
+    /// With `napping`, it naps while the host is busy (see [`Tap::poll_nap`]).
+    pub fn tapped(mut self, inbox: Arc<Inbox>, napping: Option<Napping>) -> Screened<S> {
+        self.tap = Some(Tap::new(inbox, napping));
         self
     }
 
@@ -186,7 +181,7 @@ impl<S> Screened<S> {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "the broker sent a content header frame of {total} bytes, more than \
+                        "the broker sent a frame of {total} bytes (type {kind}), more than \
                          the {MAX_HELD} Golconde reads; lower the broker's frame_max"
                     ),
                 ));
@@ -733,12 +728,12 @@ impl Kit {
 }
 
 /// A handle on the socket beneath `stream`, for its low-water mark.
-pub fn low_water(stream: &AsyncTcpStream<<Tokio as Reactor>::TcpStream>) -> LowWater {
+pub fn low_water(stream: &AsyncTcpStream<<Tokio as Reactor>::TcpStream>) -> Option<LowWater> {
     match stream {
         AsyncTcpStream::Plain(tcp) => LowWater::of(tcp.get_ref()),
         AsyncTcpStream::Rustls(tls) => LowWater::of(tls.get_ref().0.get_ref()),
         // Kinds of stream this build does not make: the consumer does not nap on them.
-        _ => LowWater::none(),
+        _ => None,
     }
 }
 

@@ -126,14 +126,18 @@ pub struct Tap {
     done: Vec<Delivery>,
     /// When lapin was last given anything to read.
     fed: Instant,
-    /// The socket's low-water mark, raised while napping.
-    low_water: LowWater,
-    /// For the nap's timer.
-    runtime: Handle,
+    /// What napping takes; without it (no handle on the socket) the tap never naps.
+    napping: Option<Napping>,
     /// The host has not taken the deliveries before the last ones: nap before reading on.
     busy: bool,
     /// The nap in progress.
     nap: Option<Pin<Box<Sleep>>>,
+}
+
+/// The socket's low-water mark, raised while napping, and the runtime of the nap's timer.
+pub struct Napping {
+    pub low_water: LowWater,
+    pub runtime: Handle,
 }
 
 struct Building {
@@ -150,14 +154,13 @@ struct Content {
 }
 
 impl Tap {
-    pub fn new(inbox: Arc<Inbox>, low_water: LowWater, runtime: Handle) -> Tap {
+    pub fn new(inbox: Arc<Inbox>, napping: Option<Napping>) -> Tap {
         Tap {
             inbox,
             building: None,
             done: Vec::new(),
             fed: Instant::now(),
-            low_water,
-            runtime,
+            napping,
             busy: false,
             nap: None,
         }
@@ -169,11 +172,14 @@ impl Tap {
     /// and lapin's I/O loop) for every few. A host waiting for deliveries gets them without
     /// delay.
     pub fn poll_nap(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(napping) = &self.napping else {
+            return Poll::Ready(Ok(()));
+        };
         if self.nap.is_none() {
-            if !std::mem::take(&mut self.busy) || self.low_water.set(NAP_LOW_WATER).is_err() {
+            if !std::mem::take(&mut self.busy) || napping.low_water.set(NAP_LOW_WATER).is_err() {
                 return Poll::Ready(Ok(()));
             }
-            let _entered = self.runtime.enter();
+            let _entered = napping.runtime.enter();
             self.nap = Some(Box::pin(tokio::time::sleep(NAP)));
         }
         ready!(self.nap.as_mut().expect("set above").as_mut().poll(cx));
@@ -181,7 +187,7 @@ impl Tap {
         // Setting it back makes Linux signal the socket readable at once if anything came;
         // a socket left quiet would hold the next frames back for good, so failing that ends
         // the connection instead.
-        Poll::Ready(self.low_water.set(1))
+        Poll::Ready(napping.low_water.set(1))
     }
 
     /// Whether the frame at the start of `input`, of type `kind`, belongs to a delivery and
@@ -341,10 +347,7 @@ mod tests {
     }
 
     fn tap(inbox: Arc<Inbox>) -> Tap {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        Tap::new(inbox, LowWater::none(), runtime.handle().clone())
+        Tap::new(inbox, None)
     }
 
     struct Count(std::sync::atomic::AtomicUsize);

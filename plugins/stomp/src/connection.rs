@@ -335,7 +335,7 @@ impl Connection {
         settings: &Settings,
         broker: &Broker,
         sink: Option<Sink>,
-        low_water: LowWater,
+        low_water: Option<LowWater>,
     ) -> Result<Connection, StompError>
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -642,7 +642,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     state: Arc<State>,
     sink: Option<Sink>,
     silence: Option<Duration>,
-    low_water: LowWater,
+    low_water: Option<LowWater>,
 ) {
     let mut batch = Vec::new();
     let reason = 'read: loop {
@@ -711,7 +711,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // low-water mark keeps the socket from waking the runtime's thread meanwhile
             // (see [`LowWater`]).
             if waiting(&sink.room, sink.capacity) > sent {
-                let quiet = low_water.set(NAP_LOW_WATER).is_ok();
+                let raised = low_water.as_ref().filter(|w| w.set(NAP_LOW_WATER).is_ok());
                 tokio::select! {
                     biased;
                     _ = state.closed.cancelled() => break None,
@@ -719,10 +719,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 // A socket left quiet would hold back the next few frames for good: a new
                 // connection is the safe way out, should the mark not go back.
-                if quiet {
-                    if let Err(e) = low_water.set(1) {
-                        break Some(StompError::Io(Arc::new(e)));
-                    }
+                if let Some(Err(e)) = raised.map(|w| w.set(1)) {
+                    break Some(StompError::Io(Arc::new(e)));
                 }
             }
         }

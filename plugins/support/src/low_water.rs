@@ -12,24 +12,17 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-/// A handle of its own on a socket, to set its low-water mark; none if the socket could not
-/// be duplicated (the reader then naps without it).
-pub struct LowWater(Option<OwnedFd>);
+/// A handle of its own on a socket, to set its low-water mark.
+pub struct LowWater(OwnedFd);
 
 impl LowWater {
-    pub fn of(socket: &impl AsFd) -> LowWater {
-        LowWater(socket.as_fd().try_clone_to_owned().ok())
-    }
-
-    /// No handle: [`LowWater::set`] always fails.
-    pub fn none() -> LowWater {
-        LowWater(None)
+    /// `None` if the socket cannot be duplicated: its reader then does without naps.
+    pub fn of(socket: &impl AsFd) -> Option<LowWater> {
+        socket.as_fd().try_clone_to_owned().ok().map(LowWater)
     }
 
     pub fn set(&self, bytes: i32) -> std::io::Result<()> {
-        let Some(fd) = &self.0 else {
-            return Err(std::io::Error::other("no handle on the socket"));
-        };
+        let fd = &self.0;
         // SAFETY: `fd` is an open socket this value owns, and the option's value is a C int
         // that lives across the call, as setsockopt(2) requires.
         let result = unsafe {
@@ -69,7 +62,7 @@ mod tests {
         reader
             .set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
-        let mark = LowWater::of(&reader);
+        let mark = LowWater::of(&reader).unwrap();
         let mut buf = [0u8; 16];
 
         mark.set(1024).unwrap();
@@ -86,6 +79,5 @@ mod tests {
         let started = Instant::now();
         assert_eq!(std::io::Read::read(&mut &reader, &mut buf).unwrap(), 4);
         assert!(started.elapsed() < Duration::from_millis(250), "held back");
-        assert!(LowWater::none().set(1).is_err());
     }
 }
