@@ -394,8 +394,9 @@ impl Decoder for StompCodec {
                     };
                     let end = self.scanned + offset + 1;
                     self.scanned = 0;
-                    let line = src.split_to(end);
-                    let content = strip_cr(&line[..end - 1]);
+                    // Read in place and skipped after: splitting each line off as a handle
+                    // of its own would cost two atomic reference counts per header.
+                    let content = strip_cr(&src[..end - 1]);
                     match self.head.as_mut() {
                         None => {
                             let command = Command::parse(content)
@@ -414,6 +415,7 @@ impl Decoder for StompCodec {
                             }
                         }
                     }
+                    src.advance(end);
                 }
                 Phase::LongLine => {
                     let head = self.head.as_mut().expect("a frame is being read");

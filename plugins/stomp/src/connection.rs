@@ -734,7 +734,10 @@ const NAP_LOW_WATER: i32 = 64 * 1024;
 
 /// Passes the batch on; `false` if the consumer is gone.
 fn send(sink: &Sink, batch: &mut Vec<Incoming>) -> bool {
-    let sent = sink.deliveries.send(std::mem::take(batch)).is_ok();
+    // The next batch is likely about as large: sized up front, it is not grown step by step
+    // (each step a larger allocation and a copy) for every batch of a drain.
+    let next = Vec::with_capacity(batch.len());
+    let sent = sink.deliveries.send(std::mem::replace(batch, next)).is_ok();
     sink.doorbell.ring();
     sent
 }

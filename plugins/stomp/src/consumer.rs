@@ -358,6 +358,8 @@ async fn supervise(
 struct Inbox {
     channel: mpsc::UnboundedReceiver<Vec<Incoming>>,
     spill: VecDeque<Incoming>,
+    /// Where `receive` gathers a batch; kept, with its capacity, for the next one.
+    scratch: Vec<Incoming>,
 }
 
 impl Inbox {
@@ -447,6 +449,7 @@ impl StompConsumer {
             inbox: Mutex::new(Inbox {
                 channel,
                 spill: VecDeque::new(),
+                scratch: Vec::new(),
             }),
             room,
             prefetch,
@@ -480,13 +483,14 @@ impl Consumer for StompConsumer {
         // A timeout too large for an `Instant` means waiting for as long as it takes.
         let deadline = Instant::now().checked_add(timeout);
         let mut inbox = lock(&self.inbox);
-        let mut items = Vec::new();
+        let mut items = std::mem::take(&mut inbox.scratch);
         loop {
             inbox.drain_into(&mut items, max);
             // Taken off the inbox, whether handed over or dropped as a dead connection's.
             self.room.add_permits(items.len());
             let handed = self.shared.hand_over(&mut items);
             if !handed.is_empty() {
+                inbox.scratch = items;
                 return Ok(handed);
             }
             if let Some(failure) = lock(&self.shared.failure).as_ref() {

@@ -35,6 +35,9 @@ pub const INCOMPLETE: &str = golconde_plugin_api::TRANSPORT_ERROR_HEADER;
 /// (RabbitMQ also echoes the sender's `receipt`); they are not passed to the host.
 const CONNECTION_HEADERS: [&str; 3] = ["subscription", "ack", "receipt"];
 
+/// Up to this many headers, repeats are found by a scan rather than a hash set.
+const SCAN_HEADERS: usize = 16;
+
 /// Headers of a host message that the plugin sets itself on SEND, or that would change
 /// what SEND means (`transaction` would hold the message back until a COMMIT).
 const RESERVED_ON_SEND: [&str; 8] = [
@@ -74,15 +77,18 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn from_frame(frame: Frame, generation: u64) -> Result<Incoming, StompError> {
+    pub fn from_frame(mut frame: Frame, generation: u64) -> Result<Incoming, StompError> {
+        // Taken rather than copied: `ack` is a connection header, not passed to the host.
         let ack_id = frame
-            .header("ack")
+            .headers
+            .iter_mut()
+            .find(|(name, _)| name == "ack")
+            .map(|(_, value)| std::mem::take(value))
             .ok_or_else(|| {
                 StompError::Malformed(
                     "MESSAGE without an `ack` header on a client-acknowledged subscription".into(),
                 )
-            })?
-            .to_string();
+            })?;
         // RabbitMQ says `redelivered:true`; ActiveMQ counts in `redeliveries`.
         let redelivered = frame.header("redelivered") == Some("true")
             || frame
@@ -91,8 +97,10 @@ impl Incoming {
                 .is_some_and(|n| n > 0);
         let has_app_id = frame.header(AMQP_MESSAGE_ID).is_some();
         let mut headers: Vec<Header> = Vec::with_capacity(frame.headers.len() + 1);
-        // Hashed: a frame may carry up to `max_headers` of them.
-        let mut seen: HashSet<String> = HashSet::with_capacity(frame.headers.len());
+        // A broker's usual handful of headers is checked for repeats by looking through
+        // those kept; only a frame with many (up to `max_headers`) pays for hashing.
+        let mut seen: Option<HashSet<String>> = (frame.headers.len() > SCAN_HEADERS)
+            .then(|| HashSet::with_capacity(frame.headers.len()));
         for (name, value) in frame.headers {
             if CONNECTION_HEADERS.contains(&name.as_str())
                 || (has_app_id && name == "message-id")
@@ -106,7 +114,11 @@ impl Incoming {
                 name
             };
             // The first of repeated headers wins, as STOMP reads them.
-            if !seen.insert(name.clone()) {
+            let repeated = match &mut seen {
+                Some(seen) => !seen.insert(name.clone()),
+                None => headers.iter().any(|kept| kept.name.as_str() == name),
+            };
+            if repeated {
                 continue;
             }
             headers.push(Header {
