@@ -274,6 +274,113 @@ pub async fn publish_at_rate(
     Ok(total)
 }
 
+/// A latency message's row, as the bare database consumer reads it.
+#[derive(serde::Deserialize)]
+struct LatencyMessage {
+    data: LatencyRow,
+}
+
+#[derive(serde::Deserialize)]
+struct LatencyRow {
+    id: i64,
+    name: String,
+    email: String,
+    score: i32,
+    updated_at: String,
+    published_us: i64,
+}
+
+/// The most messages the bare database consumer puts in one statement.
+const DATABASE_BATCH: usize = 1000;
+
+/// What any queue-to-database path pays: the same fixed-rate publishing, consumed by a bare
+/// lapin consumer that upserts whatever has arrived (up to [`DATABASE_BATCH`] messages) into
+/// `users_latency` with one UNNEST statement, its own transaction, and acknowledges it
+/// cumulatively once committed. Nothing of Golconde runs, so its latency beside the broker
+/// alone's is the database's share. Returns how many messages it applied; their latencies
+/// are read from the table, as Golconde's are.
+pub async fn latency_into_database(
+    connection: &Connection,
+    queue: &str,
+    rate: f64,
+    duration: Duration,
+    prefetch: u16,
+    database: tokio_postgres::Client,
+) -> Result<u64> {
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let receiver = connect().await?;
+    let channel = receiver.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "latency-database".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming queue `{queue}`"))?;
+    let upsert = crate::db::prepare_latency_upsert(&database).await?;
+    let name = queue.to_string();
+    let receiving = tokio::spawn(async move {
+        let cancelled = || format!("queue `{name}` was cancelled");
+        let mut applied = 0;
+        let mut batch = Vec::with_capacity(DATABASE_BATCH);
+        while applied < total {
+            batch.push(consumer.next().await.with_context(cancelled)??);
+            while batch.len() < DATABASE_BATCH {
+                match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(delivery) => batch.push(delivery.with_context(cancelled)??),
+                    None => break,
+                }
+            }
+            let mut rows = Vec::with_capacity(batch.len());
+            for delivery in &batch {
+                let message: LatencyMessage = serde_json::from_slice(&delivery.data)
+                    .with_context(|| format!("reading a latency message of queue `{name}`"))?;
+                rows.push(message.data);
+            }
+            let column =
+                |pick: fn(&LatencyRow) -> &str| -> Vec<&str> { rows.iter().map(pick).collect() };
+            database
+                .execute(
+                    &upsert,
+                    &[
+                        &rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+                        &column(|r| &r.name),
+                        &column(|r| &r.email),
+                        &rows.iter().map(|r| r.score).collect::<Vec<_>>(),
+                        &column(|r| &r.updated_at),
+                        &rows.iter().map(|r| r.published_us).collect::<Vec<_>>(),
+                    ],
+                )
+                .await
+                .context("upserting a batch of latency messages into table users_latency")?;
+            let last = batch.last().expect("a batch starts with a delivery");
+            channel
+                .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+            applied += batch.len() as u64;
+            batch.clear();
+        }
+        channel.close(200, "done".into()).await.ok();
+        receiver.close(200, "done".into()).await.ok();
+        Ok::<_, anyhow::Error>(applied)
+    });
+    let published = publish_at_rate(connection, queue, rate, duration).await?;
+    let applied = tokio::time::timeout(Duration::from_secs(60), receiving)
+        .await
+        .with_context(|| {
+            format!("not every message of queue `{queue}` was applied within 60 s")
+        })???;
+    if applied != published {
+        bail!("published {published} messages to queue `{queue}` but applied {applied}");
+    }
+    Ok(applied)
+}
+
 /// The bodies of `workload` written in `format`, in queue order.
 pub fn bodies(workload: Workload, format: Format) -> impl Iterator<Item = Vec<u8>> {
     (0..workload.messages).map(move |i| workload.body_in(format, i))

@@ -181,6 +181,24 @@ pub async fn prepare_upsert(client: &Client) -> Result<tokio_postgres::Statement
         .context("preparing the UNNEST upsert")
 }
 
+/// The latency part's bare consumer's upsert into `users_latency`: `$1..$6` are the
+/// columns' arrays (`updated_at` as text), the trigger stamps `applied_at` as for Golconde.
+pub async fn prepare_latency_upsert(client: &Client) -> Result<tokio_postgres::Statement> {
+    client
+        .prepare(
+            "insert into users_latency (id, name, email, score, updated_at, published_us)
+             select id, name, email, score, updated_at::timestamptz, published_us
+             from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
+                         $6::bigint[])
+               as u(id, name, email, score, updated_at, published_us)
+             on conflict (id) do update set name = excluded.name, email = excluded.email,
+               score = excluded.score, updated_at = excluded.updated_at,
+               published_us = excluded.published_us",
+        )
+        .await
+        .context("preparing the latency part's UNNEST upsert into table users_latency")
+}
+
 /// Publish-to-commit latencies of `users_latency`, in ms, sorted; fails unless there are
 /// `count` rows.
 pub async fn latencies(client: &Client, count: u64) -> Result<Vec<f64>> {

@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::daemon::{Daemon, Rss, Setup};
-use crate::report::{Figure, Load, Report};
+use crate::report::{Consumer, Figure, Load, Report};
 use crate::workload::{Expected, Format, Workload};
 
 /// The prefetch of ceiling A and the baseline: Golconde's default for one worker
@@ -1008,42 +1008,66 @@ impl Bench {
         };
         let workers = best.map_or(*self.plan.workers.last().unwrap_or(&4), |(_, w)| w);
         let duration = Duration::from_secs_f64(self.plan.latency_seconds);
+        const CONSUMERS: [Consumer; 3] = [Consumer::Broker, Consumer::Database, Consumer::Golconde];
         for rate in rates {
-            let load = |golconde| Load {
-                rate,
-                share: capacity.map(|c| rate / c),
-                golconde,
-            };
-            let mut alone = Figure::new(
-                &format!("latency: broker alone (lapin), {}", load(false).label()),
-                0,
-            );
-            alone.load = Some(load(false));
-            let mut figure = Figure::new(
-                &format!(
-                    "latency: golconde amqp, workers={workers}, {}",
-                    load(true).label()
-                ),
-                0,
-            );
-            figure.load = Some(load(true));
-            for run in 0..self.plan.runs {
-                for golconde in [run % 2 == 1, run % 2 == 0] {
-                    if golconde {
-                        let ms = self.golconde_latency(rate, duration, workers).await?;
-                        figure.messages = ms.len() as u64;
-                        figure.latency(&ms);
-                    } else {
-                        let ms = self.broker_latency(rate, duration).await?;
-                        alone.messages = ms.len() as u64;
-                        alone.latency(&ms);
+            let mut figures = CONSUMERS.map(|consumer| {
+                let load = Load {
+                    rate,
+                    share: capacity.map(|c| rate / c),
+                    consumer,
+                };
+                let who = match consumer {
+                    Consumer::Broker => "broker alone (lapin)".to_string(),
+                    Consumer::Database => {
+                        "broker and database alone (lapin, tokio-postgres)".to_string()
                     }
+                    Consumer::Golconde => format!("golconde amqp, workers={workers}"),
+                };
+                let mut figure = Figure::new(&format!("latency: {who}, {}", load.label()), 0);
+                figure.load = Some(load);
+                figure
+            });
+            for run in 0..self.plan.runs {
+                // Each run starts with the next consumer, so none always comes first.
+                for turn in 0..CONSUMERS.len() {
+                    let figure = &mut figures[(run + turn) % CONSUMERS.len()];
+                    let consumer = figure.load.expect("set above").consumer;
+                    let ms = match consumer {
+                        Consumer::Broker => self.broker_latency(rate, duration).await?,
+                        Consumer::Database => self.database_latency(rate, duration).await?,
+                        Consumer::Golconde => {
+                            self.golconde_latency(rate, duration, workers).await?
+                        }
+                    };
+                    figure.messages = ms.len() as u64;
+                    figure.latency(&ms);
                 }
             }
-            self.report.add(alone);
-            self.report.add(figure);
+            for figure in figures {
+                self.report.add(figure);
+            }
         }
         Ok(())
+    }
+
+    /// Publish-to-commit latencies (ms, sorted) of a bare lapin consumer upserting into
+    /// the database what has arrived.
+    async fn database_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<f64>> {
+        db::truncate(&self.client).await?;
+        let queue = self.fresh_queue().await?;
+        let database = db::connect(&self.db.dsn).await?;
+        let total =
+            broker::latency_into_database(&self.amqp, &queue, rate, duration, PREFETCH, database)
+                .await?;
+        self.expect_empty(&queue).await?;
+        let ms = db::latencies(&self.client, total).await?;
+        progress(&format!(
+            "broker-and-database latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report::percentile(&ms, 50.0),
+            report::percentile(&ms, 99.0),
+            ms[ms.len() - 1]
+        ));
+        Ok(ms)
     }
 
     /// Publish-to-delivery latencies (ms, sorted) of a bare lapin consumer.

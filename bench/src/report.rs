@@ -1,7 +1,8 @@
 //! The figures of one bench run: medians with min and max over the runs, ratios to the
 //! ceilings and the baseline, the targets of issue 6, of process isolation, of the `mysql`
 //! plugin, of the stream transports and of issue 15 (STOMP against its own ceiling,
-//! latency against the broker alone, the host with in-memory plugins), the `debezium`
+//! latency against the broker alone, with a bare consumer committing to the database
+//! beside it, the host with in-memory plugins), the `debezium`
 //! processor's cost against `autosql`'s, printed as one table and written as JSON.
 //!
 //! Depends on serde_json. Key decision: ratios are computed from medians measured in the
@@ -64,8 +65,28 @@ pub struct Load {
     /// That rate over the best `golconde amqp` median of the same bench run (its
     /// end-to-end capacity), when that part ran.
     pub share: Option<f64>,
-    /// Golconde applied the messages; otherwise a bare consumer took them off the broker.
-    pub golconde: bool,
+    pub consumer: Consumer,
+}
+
+/// Who took a latency figure's messages off the broker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Consumer {
+    /// A bare lapin consumer: the broker's own share of the latency.
+    Broker,
+    /// A bare lapin consumer upserting each batch into PostgreSQL before acknowledging it:
+    /// what any queue-to-database path pays, the database's commits included.
+    Database,
+    Golconde,
+}
+
+impl Consumer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Consumer::Broker => "broker alone",
+            Consumer::Database => "broker and database alone",
+            Consumer::Golconde => "golconde",
+        }
+    }
 }
 
 impl Load {
@@ -419,7 +440,7 @@ impl Report {
         let golconde = || {
             self.figures
                 .iter()
-                .filter(|f| f.load.is_some_and(|l| l.golconde))
+                .filter(|f| f.load.is_some_and(|l| l.consumer == Consumer::Golconde))
         };
         let distance = |f: &&Figure| f.load.and_then(|l| l.share).map(|s| (s - 0.5).abs());
         golconde()
@@ -537,37 +558,51 @@ impl Report {
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
         let mut out = Vec::new();
         for golconde in &self.figures {
-            let Some(load) = golconde.load.filter(|l| l.golconde) else {
+            let Some(load) = golconde.load.filter(|l| l.consumer == Consumer::Golconde) else {
                 continue;
             };
-            let alone = self
-                .figures
-                .iter()
-                .find(|f| f.load.is_some_and(|l| !l.golconde && l.rate == load.rate));
+            let at_rate = |consumer| {
+                self.figures.iter().find(|f| {
+                    f.load
+                        .is_some_and(|l| l.consumer == consumer && l.rate == load.rate)
+                })
+            };
+            let alone = at_rate(Consumer::Broker);
             let of = |pick: fn(&Figure) -> &Vec<f64>| {
                 (median(pick(golconde)), alone.and_then(|a| median(pick(a))))
             };
             let (p50, p50_alone) = of(|f| &f.p50);
             let (p99, p99_alone) = of(|f| &f.p99);
+            // Not a target: what a bare consumer committing to the same database gets, so
+            // that a gap to the broker alone can be told apart from the database's own.
+            let database = |pick: fn(&Figure) -> &Vec<f64>| {
+                at_rate(Consumer::Database)
+                    .and_then(|f| median(pick(f)))
+                    .map_or(String::new(), |v| {
+                        format!("; broker and database alone: {v:.1} ms")
+                    })
+            };
             let p50s = p50.zip(p50_alone);
             let p99s = p99.zip(p99_alone);
             out.push((
                 format!(
-                    "at {}: golconde p50 within 5 ms of broker-alone p50: {} vs {}{}",
+                    "at {}: golconde p50 within 5 ms of broker-alone p50: {} vs {}{}{}",
                     load.label(),
                     ms(p50),
                     ms(p50_alone),
-                    p50s.map_or(String::new(), |(g, b)| format!(" ({:+.1} ms)", g - b))
+                    p50s.map_or(String::new(), |(g, b)| format!(" ({:+.1} ms)", g - b)),
+                    database(|f| &f.p50)
                 ),
                 p50s.map(|(g, b)| g - b <= 5.0),
             ));
             out.push((
                 format!(
-                    "at {}: golconde p99 <= 1.5 x broker-alone p99: {} vs {}{}",
+                    "at {}: golconde p99 <= 1.5 x broker-alone p99: {} vs {}{}{}",
                     load.label(),
                     ms(p99),
                     ms(p99_alone),
-                    p99s.map_or(String::new(), |(g, b)| format!(" ({:.2}x)", g / b))
+                    p99s.map_or(String::new(), |(g, b)| format!(" ({:.2}x)", g / b)),
+                    database(|f| &f.p99)
                 ),
                 p99s.map(|(g, b)| g <= 1.5 * b),
             ));
@@ -765,7 +800,7 @@ impl Report {
                     "isolation": f.golconde.as_ref().map(|_| if f.process { "process" } else { "thread" }),
                     "latency_rate_msgs_per_s": f.load.map(|l| l.rate),
                     "latency_share_of_capacity": f.load.and_then(|l| l.share),
-                    "latency_consumer": f.load.map(|l| if l.golconde { "golconde" } else { "broker alone" }),
+                    "latency_consumer": f.load.map(|l| l.consumer.label()),
                 })
             })
             .collect();
@@ -996,11 +1031,20 @@ mod tests {
     }
 
     fn latency(golconde: bool, rate: f64, share: Option<f64>, p50: f64, p99: f64) -> Figure {
+        let consumer = if golconde {
+            Consumer::Golconde
+        } else {
+            Consumer::Broker
+        };
+        latency_of(consumer, rate, share, p50, p99)
+    }
+
+    fn latency_of(consumer: Consumer, rate: f64, share: Option<f64>, p50: f64, p99: f64) -> Figure {
         let mut f = Figure::new("latency", 1);
         f.load = Some(Load {
             rate,
             share,
-            golconde,
+            consumer,
         });
         f.p50 = vec![p50];
         f.p99 = vec![p99];
@@ -1043,6 +1087,18 @@ mod tests {
                 ),
             ]
         );
+        // The bare consumer applying to the database is context on the same lines, never
+        // the reference.
+        report.add(latency_of(Consumer::Database, 500.0, Some(0.25), 4.0, 13.0));
+        let lines = find(&report, "at 500 msgs/s");
+        assert_eq!(lines[0].1, Some(true));
+        assert!(lines[0]
+            .0
+            .ends_with("(+4.5 ms); broker and database alone: 4.0 ms"));
+        assert!(lines[1]
+            .0
+            .ends_with("(1.40x); broker and database alone: 13.0 ms"));
+        assert!(!find(&report, "at 1000 msgs/s")[0].0.contains("database"));
         // Half load is the figure at 50% of capacity, not the last or the fastest.
         report.add(latency(true, 1500.0, Some(0.75), 40.0, 60.0));
         assert_eq!(
