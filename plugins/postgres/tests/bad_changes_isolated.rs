@@ -230,3 +230,35 @@ fn an_update_without_restriction_is_refused_and_a_delete_without_one_empties_the
         1
     );
 }
+
+/// The batch's last statement goes out with the COMMIT right behind it. When that statement
+/// fails, nothing before it may have committed: the batch is then applied again change by
+/// change, which would find its own inserts and refuse them.
+#[test]
+fn a_failing_last_statement_commits_nothing_before_it() {
+    let db = Db::new("last_fails");
+    db.exec(TABLES);
+    let pg = db.plugin("");
+    // Two statements: the inserts, then the upserts, the last of which breaks a check.
+    let messages: Vec<String> = [("add", 1, 1), ("add", 2, 1), ("set", 3, 1), ("set", 4, -1)]
+        .iter()
+        .map(|(action, id, qty)| {
+            format!(
+                r#"{{"action": "{action}", "id": "{}-{id}", "data": {{"id": {id},
+                   "email": "e{id}", "name": "n{id}", "parent": 1, "qty": {qty}}}}}"#,
+                db.schema
+            )
+        })
+        .collect();
+    let results = apply(&pg, &changes(&db.processor("child"), &messages));
+    for (i, result) in results.iter().take(3).enumerate() {
+        assert!(result.is_ok(), "message {i}: {result:?}");
+    }
+    assert!(permanent(&results[3]).contains("child_qty_check"));
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM {s}.child ORDER BY id", &[])
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
