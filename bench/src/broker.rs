@@ -274,6 +274,31 @@ pub async fn publish_at_rate(
     Ok(total)
 }
 
+/// A latency consumer's subscription to `queue`, on a connection of its own, as Golconde
+/// has: one lapin connection publishing and consuming at once serialises both on its single
+/// I/O loop.
+async fn subscribe(
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> Result<(Connection, Channel, lapin::Consumer)> {
+    let receiver = connect().await?;
+    let channel = receiver.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming queue `{queue}`"))?;
+    Ok((receiver, channel, consumer))
+}
+
 /// A latency message's row, as the bare database consumer reads it.
 #[derive(serde::Deserialize)]
 struct LatencyMessage {
@@ -308,20 +333,7 @@ pub async fn latency_into_database(
     database: tokio_postgres::Client,
 ) -> Result<u64> {
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let receiver = connect().await?;
-    let channel = receiver.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "latency-database".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming queue `{queue}`"))?;
+    let (receiver, channel, mut consumer) = subscribe(queue, "latency-database", prefetch).await?;
     let upsert = crate::db::prepare_latency_upsert(&database).await?;
     let name = queue.to_string();
     let receiving = tokio::spawn(async move {
@@ -397,22 +409,7 @@ pub async fn latency(
     prefetch: u16,
 ) -> Result<Vec<f64>> {
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    // A connection of its own, as Golconde has: one lapin connection publishing and
-    // consuming at once serialises both on its single I/O loop.
-    let receiver = connect().await?;
-    let channel = receiver.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming queue `{queue}`"))?;
+    let (receiver, channel, mut consumer) = subscribe(queue, "latency", prefetch).await?;
     let name = queue.to_string();
     let receiving = tokio::spawn(async move {
         let mut ms = Vec::with_capacity(total as usize);
