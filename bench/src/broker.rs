@@ -274,31 +274,6 @@ pub async fn publish_at_rate(
     Ok(total)
 }
 
-/// A latency consumer's subscription to `queue`, on a connection of its own, as Golconde
-/// has: one lapin connection publishing and consuming at once serialises both on its single
-/// I/O loop.
-async fn subscribe(
-    queue: &str,
-    tag: &str,
-    prefetch: u16,
-) -> Result<(Connection, Channel, lapin::Consumer)> {
-    let receiver = connect().await?;
-    let channel = receiver.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming queue `{queue}`"))?;
-    Ok((receiver, channel, consumer))
-}
-
 /// A latency message's row, as the bare database consumer reads it.
 #[derive(serde::Deserialize)]
 struct LatencyMessage {
@@ -333,7 +308,8 @@ pub async fn latency_into_database(
     database: tokio_postgres::Client,
 ) -> Result<u64> {
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let (receiver, channel, mut consumer) = subscribe(queue, "latency-database", prefetch).await?;
+    let receiver = connect().await?;
+    let (channel, mut consumer) = consume(&receiver, queue, prefetch, "latency-database").await?;
     let upsert = crate::db::prepare_latency_upsert(&database).await?;
     let name = queue.to_string();
     let receiving = tokio::spawn(async move {
@@ -409,7 +385,10 @@ pub async fn latency(
     prefetch: u16,
 ) -> Result<Vec<f64>> {
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let (receiver, channel, mut consumer) = subscribe(queue, "latency", prefetch).await?;
+    // A connection of its own, as Golconde has: one lapin connection publishing and
+    // consuming at once serialises both on its single I/O loop.
+    let receiver = connect().await?;
+    let (channel, mut consumer) = consume(&receiver, queue, prefetch, "latency").await?;
     let name = queue.to_string();
     let receiving = tokio::spawn(async move {
         let mut ms = Vec::with_capacity(total as usize);
