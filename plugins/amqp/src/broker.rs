@@ -26,7 +26,7 @@ use std::{
 
 use lapin::{
     options::QueueDeclareOptions,
-    tcp::{AMQPUriTcpExt, AsyncTcpStream},
+    tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig},
     types::{FieldTable, ShortString},
     uri::AMQPUri,
     Channel, Connection, ConnectionProperties,
@@ -37,13 +37,40 @@ use crate::{
     config::{Address, Declare, Settings},
     error::{classify, connect_hint, describe, Error},
     queues,
-    screen::{self, Kit, Screened},
+    screen::{self, BrokerStream, Kit, Screened},
     tap::{Inbox, Napping},
 };
 
 /// Worker threads of the runtime. Two drained a queue measurably faster than one in
 /// `examples/amqp_drain.rs`: a consumer's task then does not wait behind lapin's own tasks.
 const WORKERS: usize = 2;
+
+/// Opens one connection's socket: TCP, TLS if the URL asks for it, then the screen (and
+/// the consumer's tap) around it.
+struct Opener {
+    tls: OwnedTLSConfig,
+    handle: Handle,
+    frame_max: usize,
+    tap: Option<Arc<Inbox>>,
+}
+
+impl Opener {
+    async fn open(&self, uri: &AMQPUri) -> lapin::Result<AsyncTcpStream<BrokerStream>> {
+        let tokio = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+        let stream = uri
+            .connect_with_config_async(self.tls.as_ref(), &tokio)
+            .await?;
+        let napping = screen::low_water(&stream).map(|low_water| Napping {
+            low_water,
+            runtime: self.handle.clone(),
+        });
+        let screened = Screened::new(stream, self.frame_max);
+        Ok(AsyncTcpStream::Plain(match self.tap.clone() {
+            Some(inbox) => screened.tapped(inbox, napping),
+            None => screened,
+        }))
+    }
+}
 
 /// What a transport and its consumers share: the settings and the runtime.
 pub struct Engine {
@@ -188,40 +215,55 @@ impl Connector {
             format!("{} {role}", settings.connection_name)
         };
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let tls = settings.tls.lapin();
-        let frame_max = broker.frame_max as usize;
-        let tokio = async_rs::Runtime::tokio_with_handle(self.handle.clone());
-        let handle = self.handle.clone();
-        // What `Connection::connect_uri_with_config` does, with the stream screened.
+        let opener = Opener {
+            tls: settings.tls.lapin(),
+            handle: self.handle.clone(),
+            frame_max: broker.frame_max as usize,
+            tap,
+        };
+        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+        // The socket is opened here and handed to lapin, not opened by lapin's I/O thread:
+        // lapin reports a failed connect through the handshake's first promise, and when the
+        // refusal comes before that promise is registered it is lost and connecting hangs
+        // until the timeout. Opened here, a refused or unreachable broker fails at once.
+        let stream = match tokio::time::timeout_at(deadline, opener.open(&broker.uri)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(self.refused(broker, &e)),
+            Err(_) => {
+                return Err(self.timeout(&broker.endpoint, "connecting", settings.connect_timeout))
+            }
+        };
+        let opened = std::sync::Mutex::new(Some(stream));
+        // What `Connection::connect_uri_with_config` does, with the stream screened. lapin
+        // calls this once (it is given no backoff of its own); if it ever called again, a
+        // new socket is opened the same way.
         let connecting = Connection::connector(
             broker.uri.clone(),
-            async_rs::Runtime::new(Kit::new(self.handle.clone(), frame_max)),
+            async_rs::Runtime::new(Kit::new(self.handle.clone(), opener.frame_max)),
             async move |uri: AMQPUri, _| {
-                let stream = uri.connect_with_config_async(tls.as_ref(), &tokio).await?;
-                let napping = screen::low_water(&stream).map(|low_water| Napping {
-                    low_water,
-                    runtime: handle.clone(),
-                });
-                let screened = Screened::new(stream, frame_max);
-                Ok(AsyncTcpStream::Plain(match tap.clone() {
-                    Some(inbox) => screened.tapped(inbox, napping),
-                    None => screened,
-                }))
+                let ready = opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match ready {
+                    Some(stream) => Ok(stream),
+                    None => opener.open(&uri).await,
+                }
             },
             properties,
         );
-        match tokio::time::timeout(settings.connect_timeout, connecting).await {
+        match tokio::time::timeout_at(deadline, connecting).await {
             Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => {
-                let reason = describe(&e);
-                let tls = broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
-                Err(Error::Connect {
-                    endpoint: broker.endpoint.clone(),
-                    hint: connect_hint(&reason, tls, settings.tls.has_identity()),
-                    reason,
-                })
-            }
+            Ok(Err(e)) => Err(self.refused(broker, &e)),
             Err(_) => Err(self.timeout(&broker.endpoint, "connecting", settings.connect_timeout)),
+        }
+    }
+
+    /// Why connecting to `broker` failed, with what to check.
+    fn refused(&self, broker: &Address, e: &lapin::Error) -> Error {
+        let reason = describe(e);
+        let tls = broker.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+        Error::Connect {
+            endpoint: broker.endpoint.clone(),
+            hint: connect_hint(&reason, tls, self.settings.tls.has_identity()),
+            reason,
         }
     }
 

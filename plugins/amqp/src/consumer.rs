@@ -549,6 +549,8 @@ fn start<F: Future>(future: F) -> Option<F::Output> {
 /// One connection consuming the queue.
 struct Session {
     connection: Connection,
+    /// The connection's events, listened to from before the channel opens.
+    events: Events,
     channel: Channel,
     consumer: lapin::Consumer,
     inbox: Arc<Inbox>,
@@ -570,9 +572,11 @@ impl Session {
             .connect(&format!("consumer {queue}"), next, Some(inbox.clone()))
             .await?;
         let (connection, endpoint) = (connected.connection, connected.endpoint);
+        let events = Box::pin(connection.events_listener());
         match Session::subscribe(connector, &endpoint, &connection, queue, prefetch).await {
             Ok((channel, consumer)) => Ok(Session {
                 connection,
+                events,
                 channel,
                 consumer,
                 inbox,
@@ -700,12 +704,15 @@ async fn supervise(
                     }
                 }
                 delay = settings.reconnect_initial;
-                // The host's threads take the deliveries (`Link::receive`); this task only
-                // learns from them that the stream ended.
+                // The host's threads take the deliveries (`Link::receive`) and learn there
+                // that lapin's stream ended. The connection's own events are watched too, so
+                // that its loss is noticed even if no stream ever says so.
+                let mut events = session.events;
                 let end = tokio::select! {
                     biased;
                     _ = stop.changed() => End::Stopped,
                     end = link.over(generation) => end,
+                    e = lost(&session.connection, &mut events) => End::Failed(e),
                 };
                 link.retire(generation);
                 let why = match end {
@@ -750,6 +757,42 @@ async fn supervise(
         }
         delay = (delay * 2).min(settings.reconnect_max);
     }
+}
+
+/// A connection's events, as lapin hands them out.
+type Events = Pin<Box<dyn futures_lite::Stream<Item = lapin::Event> + Send>>;
+
+/// Returns once `connection` is no longer open: with the error lapin reported, or with
+/// the state it is left in.
+async fn lost(connection: &Connection, events: &mut Events) -> lapin::Error {
+    loop {
+        if !connection.status().connected() {
+            return gone(connection);
+        }
+        // lapin reports an error as an event, but a close that is not an error only as
+        // the connection's state: that is looked at every second.
+        tokio::select! {
+            event = futures_lite::StreamExt::next(events) => match event {
+                Some(lapin::Event::Error(e)) => return e,
+                Some(_) => {}
+                None => return gone(connection),
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// What a connection that is no longer open is left as.
+fn gone(connection: &Connection) -> lapin::Error {
+    let status = connection.status();
+    let state = if status.errored() {
+        lapin::ConnectionState::Error
+    } else if status.closing() {
+        lapin::ConnectionState::Closing
+    } else {
+        lapin::ConnectionState::Closed
+    };
+    lapin::ErrorKind::InvalidConnectionState(state).into()
 }
 
 /// Ends the link when the task ends, however it ends (a panic included), so that the host's

@@ -125,3 +125,37 @@ fn publish_retrying(
     }
     panic!("publishing never succeeded");
 }
+
+/// The host may be busy elsewhere for a while (a long batch in the database) and not ask
+/// for deliveries: a lost connection is noticed and replaced by the plugin itself, not on
+/// the host's next `receive`.
+#[test]
+fn a_consumer_nobody_receives_from_reconnects_by_itself() {
+    let queue = TestQueue::new("idle-loss");
+    let name = unique("idle-loss-conn");
+    let transport = transport_named(&name);
+    let consumer = consume(&transport, &queue.name, 10);
+    let consumer_named = format!("{name} consumer");
+    the_connection(&consumer_named);
+    let before = connection_pids(&consumer_named);
+    assert_eq!(close_connections(&consumer_named), 1);
+    // No `receive` until the new connection is there.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = connection_pids(&consumer_named);
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no new connection 20 s after the broker closed {before:?}: {now:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    publish(&transport, &queue.name, &numbered("m", 0..1));
+    let got = receive_exactly(&consumer, 1);
+    assert_eq!(body(&got[0]), "m-0");
+    assert_eq!(generation_of(got[0].tag), 2, "delivered on the new channel");
+    consumer.ack(got[0].tag, false).into_result().unwrap();
+    consumer.close().into_result().unwrap();
+}

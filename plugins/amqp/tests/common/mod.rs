@@ -305,23 +305,36 @@ impl Broker {
     }
 }
 
-/// Closes, through `rabbitmqctl`, the broker connections whose client properties mention
-/// `name` (and only those: other people's tests share the broker). Returns how many.
-pub fn close_connections(name: &str) -> usize {
+/// The broker's ids (Erlang pids) of the connections whose client properties mention
+/// `name`.
+pub fn connection_pids(name: &str) -> Vec<String> {
     let listing = Command::new("rabbitmqctl")
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
         .expect("rabbitmqctl");
     assert!(listing.status.success(), "{listing:?}");
-    let text = String::from_utf8_lossy(&listing.stdout);
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .expect("a pid column")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Closes, through `rabbitmqctl`, the broker connections whose client properties mention
+/// `name` (and only those: other people's tests share the broker). Returns how many.
+pub fn close_connections(name: &str) -> usize {
     let mut closed = 0;
-    for line in text.lines().filter(|line| line.contains(name)) {
-        let pid = line.split_whitespace().next().expect("a pid column");
+    for pid in connection_pids(name) {
         let status = Command::new("rabbitmqctl")
             .args([
                 "-q",
                 "close_connection",
-                pid,
+                &pid,
                 "golconde connection-loss test",
             ])
             .status()
