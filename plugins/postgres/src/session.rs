@@ -1,7 +1,9 @@
 //! One connection, and applying a batch of changes through it.
 //!
 //! A batch is one transaction. The fast path sends one set-based statement per run of
-//! like operations, the last with the COMMIT right behind it ([`execute_then_commit`]). When a statement fails because of some change's data, the transaction
+//! like operations, the last with the COMMIT right behind it ([`execute_then_commit`]); a
+//! batch that is a single statement goes alone, its own transaction (see [`Inner::run`]).
+//! When a statement fails because of some change's data, the transaction
 //! is rolled back and the batch is applied again by bisection under savepoints: a range
 //! that fails is split in two until each bad change stands alone and is reported; every
 //! range that works is kept, and all of it commits together. A failure that is not the
@@ -83,6 +85,9 @@ pub struct PgSession {
 struct Inner {
     client: Client,
     shared: Arc<Shared>,
+    /// A transaction is open on the connection: BEGIN went out, and neither COMMIT nor
+    /// ROLLBACK since.
+    open: bool,
     /// Prepared statements by SQL text; cleared when a table changes.
     statements: HashMap<String, Statement>,
 }
@@ -154,6 +159,7 @@ impl PgSession {
                 client,
                 shared,
                 statements: HashMap::new(),
+                open: false,
             }),
             connection: Some(connection),
             runtime,
@@ -366,11 +372,13 @@ impl Inner {
             // Nothing can apply (a missing table, say): no need for a transaction.
             return Ok(Attempt::Done(results.into_iter().flatten().collect()));
         }
-        self.begin().await?;
+        // Only a failure that returned without rolling back (BEGIN's own) leaves one open.
+        self.rollback().await;
         // Later changes that replay an earlier change of this batch: (later, earlier).
         let mut repeats = Vec::new();
         let mut records = Vec::new();
         if self.shared.settings.dedupe {
+            self.begin().await?;
             match self.skip_seen(changes, plans, &mut results).await {
                 Ok((r, entries)) => {
                     repeats = r;
@@ -387,7 +395,7 @@ impl Inner {
             .collect();
 
         // With nothing to record after them, the batch's statements may take the COMMIT
-        // along (see [`Inner::run`]).
+        // along, or need no transaction of their own (see [`Inner::run`]).
         let may_commit = !self.shared.settings.dedupe;
         let mut committed = false;
         let isolation = match self.run(plans, &candidates, may_commit).await {
@@ -456,6 +464,7 @@ impl Inner {
             }
         }
         if !committed {
+            self.open = false;
             self.client
                 .batch_execute("COMMIT")
                 .await
@@ -471,6 +480,8 @@ impl Inner {
     }
 
     async fn begin(&mut self) -> Result<(), PluginError> {
+        // Set first: if the answer is lost, whatever was begun is rolled back.
+        self.open = true;
         // Deferred constraints are checked per statement, so that a violation is pinned
         // to its change rather than failing the whole batch at COMMIT.
         self.client
@@ -479,7 +490,11 @@ impl Inner {
             .map_err(|e| self.transient("starting a transaction", e))
     }
 
+    /// Rolls back the open transaction, if there is one.
     async fn rollback(&mut self) {
+        if !std::mem::take(&mut self.open) {
+            return;
+        }
         if let Err(e) = self.client.batch_execute("ROLLBACK").await {
             tracing::debug!("rolling back: {e}");
         }
@@ -636,9 +651,13 @@ impl Inner {
     }
 
     /// Applies the changes `candidates` (positions in `plans`) set-based; what each
-    /// returned, in the order of `candidates`.
+    /// returned, in the order of `candidates`. Begins the transaction unless it is open.
+    ///
     /// `may_commit`: nothing follows in the transaction, so the last statement may take the
-    /// COMMIT along; the answer says whether it did (then the transaction is over).
+    /// COMMIT along, and a batch that is a single statement is sent on its own, with no
+    /// transaction around it: PostgreSQL applies one statement all or nothing, with its
+    /// deferred constraints checked at its end. That saves the round trips of BEGIN and
+    /// COMMIT. The answer says whether the batch is committed (then no transaction is open).
     async fn run(
         &mut self,
         plans: &[Result<Vec<Prepared<'_>>, PluginError>],
@@ -668,6 +687,23 @@ impl Inner {
             })
         }));
         let last = runs.len().checked_sub(1);
+        if may_commit && !self.open && runs.len() == 1 && !runs[0].returns() {
+            let run = &runs[0];
+            let statement = self.statement(&run.sql()).await.map_err(classify)?;
+            let params = run.params();
+            let params: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            self.client
+                .execute(&statement, &params)
+                .await
+                .map_err(classify)?;
+            return Ok((applied, true));
+        }
+        if !self.open {
+            self.begin().await.map_err(Failure::Transient)?;
+        }
         let mut committed = false;
         for (index, run) in runs.into_iter().enumerate() {
             let sql = run.sql();
@@ -681,6 +717,10 @@ impl Inner {
             if may_commit && Some(index) == last && !run.returns() {
                 let (executed, commit) =
                     execute_then_commit(&self.client, &statement, &params).await;
+                if commit.is_some() {
+                    // Whatever the answers, the transaction is over.
+                    self.open = false;
+                }
                 executed.map_err(classify)?;
                 if let Some(commit) = commit {
                     commit.map_err(|e| Failure::Transient(self.transient("committing", e)))?;
@@ -997,7 +1037,6 @@ fn returned_value(kind: &Kind, text: Option<String>) -> Value {
     }
 }
 
-/// What a failed statement means, by SQLSTATE class.
 /// Sends `statement` and, once it is on its way, the transaction's COMMIT behind it, without
 /// waiting for its answer in between: a batch costs one round trip to the server fewer,
 /// which on a busy machine is one wake-up of the server and one of this thread fewer. The
@@ -1045,6 +1084,7 @@ async fn execute_then_commit(
     (executed.expect("polled until answered"), committed)
 }
 
+/// What a failed statement means, by SQLSTATE class.
 fn classify(e: tokio_postgres::Error) -> Failure {
     let Some(code) = e.code() else {
         // No SQLSTATE: the connection broke, or the protocol did.

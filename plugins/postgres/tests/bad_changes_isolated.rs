@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use golconde_plugin_api::{Action, Value};
+use golconde_plugin_api::{Action, Database, Value};
 
 const TABLES: &str = "
 CREATE TABLE {s}.parent (id int PRIMARY KEY);
@@ -231,6 +231,70 @@ fn an_update_without_restriction_is_refused_and_a_delete_without_one_empties_the
     );
 }
 
+/// Upserts of the `child` table as messages: (id, parent, qty) each.
+fn upserts(db: &Db, action: &str, rows: &[(i64, i64, i64)]) -> Vec<String> {
+    rows.iter()
+        .map(|(id, parent, qty)| {
+            format!(
+                r#"{{"action": "{action}", "id": "{}-{id}", "data": {{"id": {id},
+                   "email": "e{id}", "name": "n{id}", "parent": {parent}, "qty": {qty}}}}}"#,
+                db.schema
+            )
+        })
+        .collect()
+}
+
+fn child_ids(db: &Db) -> Vec<i64> {
+    db.query("SELECT id FROM {s}.child ORDER BY id", &[])
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A batch that is one statement is sent without a transaction around it. A deferred
+/// foreign key is then checked only as that statement ends, and still pins the change at
+/// fault. The session goes on with real transactions afterwards: a later batch of two
+/// statements whose last fails commits nothing of the first.
+#[test]
+fn a_single_statement_batch_fails_whole_and_leaves_no_transaction_behind() {
+    let db = Db::new("single_statement");
+    db.exec(
+        "CREATE TABLE {s}.parent (id int PRIMARY KEY);
+         INSERT INTO {s}.parent SELECT generate_series(1, 10);
+         CREATE TABLE {s}.child (
+             id bigint PRIMARY KEY,
+             email text,
+             name text NOT NULL,
+             parent int REFERENCES {s}.parent (id) DEFERRABLE INITIALLY DEFERRED,
+             qty int CHECK (qty >= 0)
+         );",
+    );
+    let pg = db.plugin("");
+    let processor = db.processor("child");
+    let mut session = pg.connect().unwrap();
+    let batch = upserts(&db, "set", &[(1, 1, 1), (2, 99, 1), (3, 2, 1)]);
+    let results = apply_in(&mut session, &changes(&processor, &batch));
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(permanent(&results[1]).contains("child_parent_fkey"));
+    assert_eq!(child_ids(&db), [1, 3]);
+
+    let mut batch = upserts(&db, "add", &[(4, 1, 1), (5, 1, 1)]);
+    batch.extend(upserts(&db, "set", &[(6, 1, 1), (7, 1, -1)]));
+    let results = apply_in(&mut session, &changes(&processor, &batch));
+    for (i, result) in results.iter().take(3).enumerate() {
+        assert!(result.is_ok(), "message {i}: {result:?}");
+    }
+    assert!(permanent(&results[3]).contains("child_qty_check"));
+    assert_eq!(child_ids(&db), [1, 3, 4, 5, 6]);
+
+    // And a single statement that works commits by itself.
+    let batch = upserts(&db, "set", &[(8, 3, 1), (9, 3, 1)]);
+    let results = apply_in(&mut session, &changes(&processor, &batch));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    drop(session);
+    assert_eq!(child_ids(&db), [1, 3, 4, 5, 6, 8, 9]);
+}
+
 /// The batch's last statement goes out with the COMMIT right behind it. When that statement
 /// fails, nothing before it may have committed: the batch is then applied again change by
 /// change, which would find its own inserts and refuse them.
@@ -240,25 +304,12 @@ fn a_failing_last_statement_commits_nothing_before_it() {
     db.exec(TABLES);
     let pg = db.plugin("");
     // Two statements: the inserts, then the upserts, the last of which breaks a check.
-    let messages: Vec<String> = [("add", 1, 1), ("add", 2, 1), ("set", 3, 1), ("set", 4, -1)]
-        .iter()
-        .map(|(action, id, qty)| {
-            format!(
-                r#"{{"action": "{action}", "id": "{}-{id}", "data": {{"id": {id},
-                   "email": "e{id}", "name": "n{id}", "parent": 1, "qty": {qty}}}}}"#,
-                db.schema
-            )
-        })
-        .collect();
+    let mut messages = upserts(&db, "add", &[(1, 1, 1), (2, 1, 1)]);
+    messages.extend(upserts(&db, "set", &[(3, 1, 1), (4, 1, -1)]));
     let results = apply(&pg, &changes(&db.processor("child"), &messages));
     for (i, result) in results.iter().take(3).enumerate() {
         assert!(result.is_ok(), "message {i}: {result:?}");
     }
     assert!(permanent(&results[3]).contains("child_qty_check"));
-    let ids: Vec<i64> = db
-        .query("SELECT id FROM {s}.child ORDER BY id", &[])
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(child_ids(&db), [1, 2, 3]);
 }
