@@ -372,8 +372,6 @@ impl Inner {
             // Nothing can apply (a missing table, say): no need for a transaction.
             return Ok(Attempt::Done(results.into_iter().flatten().collect()));
         }
-        // Only a failure that returned without rolling back (BEGIN's own) leaves one open.
-        self.rollback().await;
         // Later changes that replay an earlier change of this batch: (later, earlier).
         let mut repeats = Vec::new();
         let mut records = Vec::new();
@@ -480,14 +478,19 @@ impl Inner {
     }
 
     async fn begin(&mut self) -> Result<(), PluginError> {
-        // Set first: if the answer is lost, whatever was begun is rolled back.
         self.open = true;
         // Deferred constraints are checked per statement, so that a violation is pinned
         // to its change rather than failing the whole batch at COMMIT.
-        self.client
+        let begun = self
+            .client
             .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
-            .await
-            .map_err(|e| self.transient("starting a transaction", e))
+            .await;
+        if let Err(e) = begun {
+            // BEGIN may have gone through and the SET not: nothing may stay open.
+            self.rollback().await;
+            return Err(self.transient("starting a transaction", e));
+        }
+        Ok(())
     }
 
     /// Rolls back the open transaction, if there is one.
@@ -687,21 +690,8 @@ impl Inner {
             })
         }));
         let last = runs.len().checked_sub(1);
-        if may_commit && !self.open && runs.len() == 1 && !runs[0].returns() {
-            let run = &runs[0];
-            let statement = self.statement(&run.sql()).await.map_err(classify)?;
-            let params = run.params();
-            let params: Vec<&(dyn ToSql + Sync)> = params
-                .iter()
-                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            self.client
-                .execute(&statement, &params)
-                .await
-                .map_err(classify)?;
-            return Ok((applied, true));
-        }
-        if !self.open {
+        let alone = may_commit && !self.open && runs.len() == 1 && !runs[0].returns();
+        if !alone && !self.open {
             self.begin().await.map_err(Failure::Transient)?;
         }
         let mut committed = false;
@@ -713,6 +703,14 @@ impl Inner {
                 .iter()
                 .map(|p| p.as_ref() as &(dyn ToSql + Sync))
                 .collect();
+            if alone {
+                self.client
+                    .execute(&statement, &params)
+                    .await
+                    .map_err(classify)?;
+                committed = true;
+                continue;
+            }
             // A statement that returns keys is checked before anything may commit.
             if may_commit && Some(index) == last && !run.returns() {
                 let (executed, commit) =
