@@ -58,8 +58,16 @@ fn new_plugin(kind: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     }
     vendored_copy_is_the_workspaces(&dir);
     fs::copy(workspace().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    // One crate at a time in the shared target folder, across test processes too. Every
+    // crate's vendored plugin-api lands under the same file name, and cargo holds its own
+    // lock only while it compiles: another crate's build could replace that library while
+    // this crate's doctests were being linked against it.
+    let lock = fs::File::create(target_dir().join("building.lock")).unwrap();
+    lock.lock()
+        .expect("a lock on target/new-plugin/building.lock");
     cargo(&dir, &["build"]);
     let tests = cargo(&dir, &["test"]);
+    drop(lock);
     assert!(tests.contains("test conforms ... ok"), "{tests}");
     (parent, dir)
 }
