@@ -34,6 +34,8 @@ wait_port() {
 ensure_toolchain() {
     command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust (https://rustup.rs), then run this again"
     command -v cc >/dev/null 2>&1 || apt_install build-essential
+    # jemalloc, the daemon's allocator, is built from source with make.
+    command -v make >/dev/null 2>&1 || apt_install make
     command -v pkg-config >/dev/null 2>&1 || apt_install pkg-config
 }
 
