@@ -2,13 +2,7 @@
 //! of them dies: each partition is a single-active-consumer queue, the producer routes by
 //! key, and the broker fails a partition over to the surviving process (docs/operations.md).
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use golconde_e2e::{
     eventually,
@@ -69,10 +63,8 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 500 }}
 
     // The producer routes every change of a row to the row's partition, while the first
     // process (the active consumer of both partitions: it subscribed first) works.
-    let published = Arc::new(AtomicBool::new(false));
     let producer = {
         let partitions = partitions.clone();
-        let published = published.clone();
         std::thread::spawn(move || {
             let client = Queues::passive();
             for i in (0..MESSAGES).step_by(1000) {
@@ -89,13 +81,12 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 500 }}
                     client.publish(queue, &messages);
                 }
             }
-            published.store(true, Ordering::SeqCst);
         })
     };
     assert!(eventually(Duration::from_secs(60), || db.count("items") > 0));
     let first = daemons.remove(0);
     first.kill();
-    let still_publishing = !published.load(Ordering::SeqCst);
+    let still_publishing = !producer.is_finished();
     let left: u64 = partitions
         .iter()
         .map(|q| {
