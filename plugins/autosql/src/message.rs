@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use crate::{limits, limits::Limits};
 
 /// The top-level fields a message may have.
-const FIELDS: &str = "action, data, restriction, table, id";
+const FIELDS: [&str; 5] = ["action", "data", "restriction", "table", "id"];
 
 /// Reads an object; `what` names it in errors ("the message", "`data`"). A field given
 /// twice is refused.
@@ -104,10 +104,11 @@ fn parse_envelope(body: &[u8], limits: &Limits) -> Result<Envelope, String> {
     if let Some((name, _)) = fields
         .fields
         .iter()
-        .find(|(name, _)| !FIELDS.split(", ").any(|f| f == *name))
+        .find(|(name, _)| !FIELDS.contains(&name.as_ref()))
     {
         return Err(format!(
-            "the message has an unknown field `{name}`; a message has only {FIELDS}"
+            "the message has an unknown field `{name}`; a message has only {}",
+            FIELDS.join(", ")
         ));
     }
 
