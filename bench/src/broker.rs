@@ -17,6 +17,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+use crate::report::Sample;
 use crate::workload::{latency_body, Format, Workload};
 
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -376,14 +377,14 @@ pub fn bodies(workload: Workload, format: Format) -> impl Iterator<Item = Vec<u8
 
 /// The broker's own share of the latency: the same fixed-rate publishing, consumed by a
 /// bare lapin consumer (acking cumulatively every 100) that notes when each message
-/// arrives. Returns the publish-to-delivery latencies in ms, sorted.
+/// arrives. Returns the publish-to-delivery latencies, in arrival order.
 pub async fn latency(
     connection: &Connection,
     queue: &str,
     rate: f64,
     duration: Duration,
     prefetch: u16,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Sample>> {
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     // A connection of its own, as Golconde has: one lapin connection publishing and
     // consuming at once serialises both on its single I/O loop.
@@ -403,7 +404,10 @@ pub async fn latency(
             let published = message["data"]["published_us"]
                 .as_i64()
                 .context("a latency message without published_us")?;
-            ms.push((arrived - published) as f64 / 1000.0);
+            ms.push(Sample {
+                published_us: published,
+                ms: (arrived - published) as f64 / 1000.0,
+            });
             if ms.len() % 100 == 0 || ms.len() as u64 == total {
                 channel
                     .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
@@ -412,7 +416,6 @@ pub async fn latency(
         }
         channel.close(200, "done".into()).await.ok();
         receiver.close(200, "done".into()).await.ok();
-        ms.sort_by(f64::total_cmp);
         Ok::<_, anyhow::Error>(ms)
     });
     let published = publish_at_rate(connection, queue, rate, duration).await?;

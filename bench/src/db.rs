@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
+use crate::report::Sample;
 use crate::workload::{Expected, Found, Row, Workload};
 
 pub const HOST: &str = "host=127.0.0.1 port=5432 user=postgres";
@@ -199,13 +200,14 @@ pub async fn prepare_latency_upsert(client: &Client) -> Result<tokio_postgres::S
         .context("preparing the latency part's UNNEST upsert into table users_latency")
 }
 
-/// Publish-to-commit latencies of `users_latency`, in ms, sorted; fails unless there are
-/// `count` rows.
-pub async fn latencies(client: &Client, count: u64) -> Result<Vec<f64>> {
+/// Publish-to-commit latencies of `users_latency`, in publishing order; fails unless
+/// there are `count` rows.
+pub async fn latencies(client: &Client, count: u64) -> Result<Vec<Sample>> {
     let rows = client
         .query(
-            "select (extract(epoch from applied_at) * 1000000)::bigint - published_us
-             from users_latency",
+            "select published_us,
+                    (extract(epoch from applied_at) * 1000000)::bigint - published_us
+             from users_latency order by published_us",
             &[],
         )
         .await
@@ -216,12 +218,13 @@ pub async fn latencies(client: &Client, count: u64) -> Result<Vec<f64>> {
             rows.len()
         );
     }
-    let mut ms: Vec<f64> = rows
+    Ok(rows
         .iter()
-        .map(|r| r.get::<_, i64>(0) as f64 / 1000.0)
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    Ok(ms)
+        .map(|r| Sample {
+            published_us: r.get(0),
+            ms: r.get::<_, i64>(1) as f64 / 1000.0,
+        })
+        .collect())
 }
 
 pub async fn latency_rows(client: &Client) -> Result<u64> {

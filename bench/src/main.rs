@@ -440,6 +440,25 @@ fn progress(line: &str) {
     eprintln!("  {line}");
 }
 
+/// Reports a latency run of `who` and returns its latencies (ms, sorted), saying where the
+/// slowest 1% were published: a stall shows as a few windows, a tail as many.
+fn summarize(who: &str, rate: f64, samples: &[report::Sample]) -> Vec<f64> {
+    let (ms, tail) = report::latencies(samples);
+    progress(&format!(
+        "{who} latency at {rate:.0}/s: {} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         the slowest {} published within {} of the run's {} windows of {} ms",
+        ms.len(),
+        report::percentile(&ms, 50.0),
+        report::percentile(&ms, 99.0),
+        ms.last().copied().unwrap_or(f64::NAN),
+        tail.messages,
+        tail.windows,
+        tail.of,
+        report::TAIL_WINDOW_US / 1000,
+    ));
+    ms
+}
+
 impl Bench {
     fn plan_summary(&self) -> serde_json::Value {
         let p = &self.plan;
@@ -1060,29 +1079,16 @@ impl Bench {
             broker::latency_into_database(&self.amqp, &queue, rate, duration, PREFETCH, database)
                 .await?;
         self.expect_empty(&queue).await?;
-        let ms = db::latencies(&self.client, total).await?;
-        progress(&format!(
-            "broker-and-database latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            report::percentile(&ms, 50.0),
-            report::percentile(&ms, 99.0),
-            ms[ms.len() - 1]
-        ));
-        Ok(ms)
+        let samples = db::latencies(&self.client, total).await?;
+        Ok(summarize("broker-and-database", rate, &samples))
     }
 
     /// Publish-to-delivery latencies (ms, sorted) of a bare lapin consumer.
     async fn broker_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<f64>> {
         let queue = self.fresh_queue().await?;
-        let ms = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
+        let samples = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
         self.expect_empty(&queue).await?;
-        progress(&format!(
-            "broker-only latency at {rate:.0}/s: {} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            ms.len(),
-            report::percentile(&ms, 50.0),
-            report::percentile(&ms, 99.0),
-            ms[ms.len() - 1]
-        ));
-        Ok(ms)
+        Ok(summarize("broker-only", rate, &samples))
     }
 
     /// Publish-to-commit latencies (ms, sorted) of Golconde with `workers` on an empty
@@ -1119,18 +1125,12 @@ impl Bench {
         let commits = daemon.commits()?;
         daemon.stop()?;
         self.expect_empty(&queue).await?;
-        let ms = db::latencies(&self.client, total).await?;
+        let samples = db::latencies(&self.client, total).await?;
         progress(&format!(
             "latency at {rate:.0}/s: {} batches of {:.1} messages on average, each applied \
              in {:.2} ms on average, 99% within {} ms",
             commits.batches, commits.mean_messages, commits.mean_apply_ms, commits.p99_apply_ms
         ));
-        progress(&format!(
-            "latency at {rate:.0}/s: {total} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            report::percentile(&ms, 50.0),
-            report::percentile(&ms, 99.0),
-            ms[ms.len() - 1]
-        ));
-        Ok(ms)
+        Ok(summarize("golconde", rate, &samples))
     }
 }

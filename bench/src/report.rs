@@ -126,6 +126,49 @@ fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
+/// One message of a latency run: when it was published (µs since 1970) and its latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub published_us: i64,
+    pub ms: f64,
+}
+
+/// The width of the windows [`Tail`] counts.
+pub const TAIL_WINDOW_US: i64 = 100_000;
+
+/// How a latency run's slowest 1% spread over the run: `messages` of them were published
+/// within `windows` of the run's `of` 100-ms windows. A few windows mean stalls, which a
+/// broker or database pausing (a flush, a checkpoint, a busy neighbour) inflicts on every
+/// consumer alike; many mean a tail of the consumer's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    pub messages: usize,
+    pub windows: usize,
+    pub of: usize,
+}
+
+/// The latencies of `samples`, sorted, and how their slowest 1% spread.
+pub fn latencies(samples: &[Sample]) -> (Vec<f64>, Tail) {
+    let mut by_latency = samples.to_vec();
+    by_latency.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+    let slowest = &by_latency[by_latency.len() - by_latency.len().div_ceil(100)..];
+    let first = samples.iter().map(|s| s.published_us).min().unwrap_or(0);
+    let last = samples.iter().map(|s| s.published_us).max().unwrap_or(0);
+    let window = |us: i64| (us - first) / TAIL_WINDOW_US;
+    let windows: std::collections::BTreeSet<i64> =
+        slowest.iter().map(|s| window(s.published_us)).collect();
+    let tail = Tail {
+        messages: slowest.len(),
+        windows: windows.len(),
+        of: if samples.is_empty() {
+            0
+        } else {
+            window(last) as usize + 1
+        },
+    };
+    (by_latency.iter().map(|s| s.ms).collect(), tail)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -837,6 +880,43 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 10 s of messages 1 ms apart, at 1 ms each but for the `slow` ones, at 50 ms.
+    fn run(slow: impl Fn(i64) -> bool) -> Vec<Sample> {
+        (0..10_000)
+            .map(|i| Sample {
+                published_us: 1_800_000_000_000_000 + i * 1000,
+                ms: if slow(i) { 50.0 } else { 1.0 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stall_and_a_spread_tail_are_told_apart() {
+        let (ms, stall) = latencies(&run(|i| (4_000..4_100).contains(&i)));
+        assert_eq!(ms.len(), 10_000);
+        assert!(ms.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(
+            stall,
+            Tail {
+                messages: 100,
+                windows: 1,
+                of: 100
+            }
+        );
+        let (_, spread) = latencies(&run(|i| i % 100 == 0));
+        assert_eq!(
+            spread,
+            Tail {
+                messages: 100,
+                windows: 100,
+                of: 100
+            }
+        );
+        let (ms, none) = latencies(&[]);
+        assert!(ms.is_empty());
+        assert_eq!(none.of, 0);
+    }
 
     #[test]
     fn medians_and_percentiles() {
