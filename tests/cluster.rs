@@ -9,7 +9,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant, SystemTime},
@@ -120,6 +120,9 @@ fn now() -> f64 {
 struct Stream {
     thread: std::thread::JoinHandle<u64>,
     finishing: Arc<AtomicBool>,
+    /// How many messages the broker confirmed so far: a failure says whether the stream
+    /// or Golconde stopped.
+    published: Arc<AtomicU64>,
 }
 
 impl Stream {
@@ -130,10 +133,12 @@ impl Stream {
         message: impl Fn(u64) -> (String, String) + Send + 'static,
     ) -> Stream {
         let finishing = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
         let mut producer = Producer::new(cluster.urls(), &unique("producer"));
         let exchange = exchange.to_string();
         let thread = std::thread::spawn({
             let finishing = finishing.clone();
+            let published = published.clone();
             move || {
                 let mut next = 0;
                 // Once finishing, up to a whole number of passes over the rows, so that
@@ -143,6 +148,7 @@ impl Stream {
                     let due = Instant::now() + PACE;
                     producer.publish(&exchange, &round, Duration::from_secs(60));
                     next += ROUND;
+                    published.store(next, Ordering::SeqCst);
                     if !finishing.load(Ordering::SeqCst) {
                         std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     }
@@ -150,7 +156,11 @@ impl Stream {
                 next
             }
         });
-        Stream { thread, finishing }
+        Stream {
+            thread,
+            finishing,
+            published,
+        }
     }
 
     /// Publishes the rest without pauses, waits until it is all on the broker, and says how
@@ -184,8 +194,15 @@ fn longest_stall(db: &mut Database, from: f64, to: f64) -> (f64, f64) {
 }
 
 /// Waits until a row is applied after `after` (seconds since 1970); fails the test with
-/// the daemon's log if none is within `limit`.
-fn wait_for_rows_after(db: &mut Database, after: f64, limit: Duration, daemon: &Daemon) {
+/// `state` (what the stream and the broker had then) and the daemon's log if none is
+/// within `limit`.
+fn wait_for_rows_after(
+    db: &mut Database,
+    after: f64,
+    limit: Duration,
+    daemon: &Daemon,
+    state: impl Fn() -> String,
+) {
     let flowing = eventually(limit, || {
         db.rows(&format!(
             "select count(*) from history where at > to_timestamp({after})"
@@ -194,7 +211,8 @@ fn wait_for_rows_after(db: &mut Database, after: f64, limit: Duration, daemon: &
     });
     assert!(
         flowing,
-        "no row applied within {limit:?} of the fault; log:\n{}",
+        "no row applied within {limit:?} of the fault; {}; log:\n{}",
+        state(),
         daemon.log()
     );
 }
@@ -246,7 +264,7 @@ struct Ha {
 impl Ha {
     /// Loses node `node` while the stream runs, waits for rows to be applied again, and
     /// measures and prints the pause, from the rows applied and from the daemon's log.
-    fn lose(&mut self, what: &'static str, node: usize, how: Loss) {
+    fn lose(&mut self, what: &'static str, node: usize, how: Loss, stream: &Stream) {
         let was_leader = self.cluster.leader(&self.queue) == Some(node);
         let logged = self.daemon.log().len();
         let issued = now();
@@ -256,7 +274,25 @@ impl Ha {
         }
         // The stream goes on until the faults are over: rows applied after the loss tell
         // that Golconde went on.
-        wait_for_rows_after(&mut self.db, now(), Duration::from_secs(60), &self.daemon);
+        let published = stream.published.load(Ordering::SeqCst);
+        wait_for_rows_after(
+            &mut self.db,
+            now(),
+            Duration::from_secs(60),
+            &self.daemon,
+            || {
+                format!(
+                    "the stream had published {published} messages at the fault and {} now; \
+                     `{}` holds {:?} (ready, unacknowledged), led by node {:?}; \
+                     Golconde consumes through nodes {:?}",
+                    stream.published.load(Ordering::SeqCst),
+                    self.queue,
+                    self.cluster.depth(&self.queue),
+                    self.cluster.leader(&self.queue),
+                    self.cluster.nodes_with_connections(&self.consumer),
+                )
+            },
+        );
         let moved = eventually(Duration::from_secs(60), || {
             let on = self.cluster.nodes_with_connections(&self.consumer);
             !on.is_empty() && !on.contains(&node)
@@ -433,15 +469,20 @@ dead_letter = {{ transport = "rabbit", queue = "{dead}" }}
         ha.daemon.log()
     );
     let node = ha.golconde_apart_from_leader();
-    ha.lose("the node Golconde consumed through", node, Loss::Stop);
+    ha.lose(
+        "the node Golconde consumed through",
+        node,
+        Loss::Stop,
+        &stream,
+    );
     // Two of three replicas are a majority, one is not: each node lost comes back before
     // the next is.
     ha.bring_back(node);
     let node = ha.leader_apart_from_golconde();
-    ha.lose("the queue's leader", node, Loss::Stop);
+    ha.lose("the queue's leader", node, Loss::Stop, &stream);
     ha.bring_back(node);
     let node = ha.leader_apart_from_golconde();
-    ha.lose("the queue's leader, killed", node, Loss::Kill);
+    ha.lose("the queue's leader, killed", node, Loss::Kill, &stream);
     let published = stream.finish();
 
     let Ha {
@@ -571,7 +612,13 @@ arguments = { "x-single-active-consumer" = true, "x-quorum-initial-group-size" =
     );
     let killed_at = now();
     first.kill();
-    wait_for_rows_after(&mut db, now(), Duration::from_secs(60), &survivor);
+    let published = stream.published.load(Ordering::SeqCst);
+    wait_for_rows_after(&mut db, now(), Duration::from_secs(60), &survivor, || {
+        format!(
+            "the stream had published {published} messages at the kill and {} now",
+            stream.published.load(Ordering::SeqCst)
+        )
+    });
     assert!(
         counter(&survivor_stats, "received") > 0,
         "the second took the partitions over"

@@ -814,11 +814,12 @@ impl Client {
     /// Publishes each (routing key, body) to `exchange` (`""`: the default exchange, where
     /// the routing key is a queue's name) as a persistent, mandatory message, pipelined, and
     /// returns once the broker confirmed them all. A message the broker could not route or
-    /// refused is an error, as is a lost connection: then some of the messages may have
-    /// been taken and others not.
+    /// refused is an error, as is a lost connection or confirmations that do not come
+    /// within [`CONFIRM_LIMIT`] (a node killed under a connection may leave them pending):
+    /// then some of the messages may have been taken and others not.
     pub fn publish(&self, exchange: &str, messages: &[(String, String)]) -> Result<(), String> {
         use lapin::Confirmation;
-        self.runtime.block_on(async {
+        let publishing = async {
             let mut confirms = Vec::with_capacity(messages.len());
             for (key, body) in messages {
                 let confirm = self
@@ -850,15 +851,30 @@ impl Client {
                 }
             }
             Ok(())
+        };
+        self.runtime.block_on(async {
+            tokio::time::timeout(CONFIRM_LIMIT, publishing)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no confirmation of {} messages to `{exchange}` within {CONFIRM_LIMIT:?}",
+                        messages.len()
+                    ))
+                })
         })
     }
 }
 
+/// How long [`Client::publish`] waits for the broker's confirmations.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
+
 impl Drop for Client {
     fn drop(&mut self) {
+        // Bounded: the client may be dropped because its node is gone.
+        let closing = self.connection.close(200, "done".into());
         let _ = self
             .runtime
-            .block_on(self.connection.close(200, "done".into()));
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), closing).await });
     }
 }
 

@@ -279,16 +279,35 @@ pub fn fill(transport: &Stomp, queue: &str, prefix: &str, n: usize) {
 /// `rabbitmqctl close_connection` cannot reach STOMP connections (they are not listed by
 /// `list_connections`), so this asks the STOMP adapter itself. Returns whether a
 /// connection was closed.
+///
+/// Other tests open and close STOMP connections all the while: a reader listed a moment
+/// ago may be gone when asked its port, so the question is caught per reader (one dead
+/// reader must not fail the lookup of the live one), and a lookup that found nothing,
+/// or that `rabbitmqctl` itself failed, is tried again for a few seconds.
 pub fn close_from_broker(port: u16) -> bool {
     let code = format!(
         "[rabbit_stomp_reader:close_connection(P, \"golconde test\") || P <- rabbit_stomp:list(), \
-         rabbit_stomp_reader:info(P, [peer_port]) =:= [{{peer_port,{port}}}]]."
+         (catch rabbit_stomp_reader:info(P, [peer_port])) =:= [{{peer_port,{port}}}]]."
     );
-    let output = Command::new("rabbitmqctl")
-        .args(["eval", &code])
-        .output()
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&output.stdout).contains("ok")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = Command::new("rabbitmqctl")
+            .args(["eval", &code])
+            .output()
+            .expect("rabbitmqctl runs");
+        if String::from_utf8_lossy(&output.stdout).contains("ok") {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "no STOMP connection from port {port} was closed: rabbitmqctl eval said {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A TCP proxy in front of the broker. It knows the local port of each of its
