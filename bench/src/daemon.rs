@@ -264,6 +264,18 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
 }
 
+/// CPU time (user and system) the bench itself used so far: what a ceiling's bare client,
+/// which runs inside it, costs per message. Its children (daemons, stopped by then) are
+/// not counted.
+pub fn own_cpu_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no utime and stime in `{stat}`"))?;
+    // SAFETY: sysconf(3) reads a constant of the system; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
 /// `utime` + `stime` (fields 14 and 15, in clock ticks) of a /proc/PID/stat line, counted
 /// after the command name's last `)` as in [`parent_of`].
 fn cpu_ticks(stat: &str) -> Option<u64> {

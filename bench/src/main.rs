@@ -496,14 +496,18 @@ impl Bench {
                 let mut figure = Figure::new(name, workload.messages);
                 for _ in 0..runs {
                     let queue = self.loaded_queue(workload, Format::Golconde).await?;
+                    let cpu = daemon::own_cpu_time()?;
                     let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
                         .await?;
+                    let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
                     self.expect_empty(&queue).await?;
                     progress(&format!(
-                        "{name}: {:.0}/s",
-                        workload.messages as f64 / t.as_secs_f64()
+                        "{name}: {:.0}/s, CPU {:.2} us/msg",
+                        workload.messages as f64 / t.as_secs_f64(),
+                        cpu.as_secs_f64() * 1e6 / workload.messages as f64
                     ));
                     figure.rate(workload.messages, t);
+                    figure.cpu(workload.messages, cpu);
                 }
                 self.report.add(figure);
             }
@@ -709,16 +713,20 @@ impl Bench {
         let mut figure = Figure::new(report::CEILING_S, workload.messages);
         for _ in 0..self.plan.runs {
             let queue = self.loaded_queue(workload, Format::Golconde).await?;
+            let cpu = daemon::own_cpu_time()?;
             let t = stomp::ceiling(&queue, workload.messages, 2 * batch, u64::from(batch))
                 .await
                 .context("ceiling S")?;
+            let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
             self.expect_empty(&queue).await.context("after ceiling S")?;
             progress(&format!(
-                "ceiling S (STOMP, prefetch {}, ACK per {batch}): {:.0}/s",
+                "ceiling S (STOMP, prefetch {}, ACK per {batch}): {:.0}/s, CPU {:.2} us/msg",
                 2 * batch,
-                workload.messages as f64 / t.as_secs_f64()
+                workload.messages as f64 / t.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / workload.messages as f64
             ));
             figure.rate(workload.messages, t);
+            figure.cpu(workload.messages, cpu);
         }
         self.report.add(figure);
         Ok(())

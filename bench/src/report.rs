@@ -280,6 +280,16 @@ fn fmt_spread(s: Option<Spread>, digits: usize) -> String {
     }
 }
 
+/// ` (N.NNx CLIENT bare client)`: Golconde's CPU per message against that of the bare
+/// client of a ceiling measured in the same run. Absolute microseconds follow the
+/// machine's speed; this ratio much less.
+fn times_bare(cpu: Option<f64>, bare: Option<f64>, client: &str) -> String {
+    match cpu.zip(bare) {
+        Some((cpu, bare)) if bare > 0.0 => format!(" ({:.2}x {client} bare client)", cpu / bare),
+        _ => String::new(),
+    }
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}"))
 }
@@ -292,6 +302,12 @@ impl Report {
     fn median_rate(&self, name: &str) -> Option<f64> {
         let f = self.figures.iter().find(|f| f.name == name)?;
         spread(&f.rates).map(|s| s.median)
+    }
+
+    /// The median CPU time per message of figure `name` (a ceiling's bare client).
+    fn median_cpu(&self, name: &str) -> Option<f64> {
+        let f = self.figures.iter().find(|f| f.name == name)?;
+        spread(&f.cpu_us).map(|s| s.median)
     }
 
     /// The best median end-to-end rate over `transport` into PostgreSQL with autosql, in
@@ -524,14 +540,16 @@ impl Report {
         }
         let cumulative = self.median_rate(CEILING_A_CUMULATIVE);
         let median = |v: &[f64]| spread(v).map(|s| s.median);
+        let bare = self.median_cpu(CEILING_A_CUMULATIVE);
         let mut out = Vec::new();
         for f in &amqp {
             let cpu = median(&f.cpu_us);
             out.push((
                 format!(
-                    "golconde amqp, workers={} CPU <= 8 us/msg: {}",
+                    "golconde amqp, workers={} CPU <= 8 us/msg: {}{}",
                     f.workers,
-                    cpu.map_or("-".into(), |c| format!("{c:.1} us/msg"))
+                    cpu.map_or("-".into(), |c| format!("{c:.1} us/msg")),
+                    times_bare(cpu, bare, "ceiling A's (ack every 100)")
                 ),
                 cpu.map(|c| c <= 8.0),
             ));
@@ -568,11 +586,14 @@ impl Report {
 
     fn stomp_targets(&self) -> Vec<(String, Option<bool>)> {
         let ceiling = self.median_rate(CEILING_S);
-        let stomp: Vec<(u32, f64)> = self
+        let stomp: Vec<(u32, f64, Option<f64>)> = self
             .figures
             .iter()
             .filter(|f| f.golconde.as_deref() == Some("stomp") && !f.process && f.is_reference())
-            .filter_map(|f| spread(&f.rates).map(|s| (f.workers, s.median)))
+            .filter_map(|f| {
+                let cpu = spread(&f.cpu_us).map(|s| s.median);
+                spread(&f.rates).map(|s| (f.workers, s.median, cpu))
+            })
             .collect();
         if stomp.is_empty() {
             return vec![(
@@ -580,13 +601,16 @@ impl Report {
                 None,
             )];
         }
+        let bare = self.median_cpu(CEILING_S);
         stomp
             .into_iter()
-            .map(|(workers, rate)| {
+            .map(|(workers, rate, cpu)| {
                 (
                     format!(
-                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}",
-                        fmt_ratio(ceiling.map(|c| rate / c))
+                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}; CPU {}{}",
+                        fmt_ratio(ceiling.map(|c| rate / c)),
+                        cpu.map_or("-".into(), |c| format!("{c:.1} us/msg")),
+                        times_bare(cpu, bare, "ceiling S's")
                     ),
                     ceiling.map(|c| rate >= 0.9 * c),
                 )
@@ -942,7 +966,9 @@ mod tests {
     fn amqp_is_held_to_its_cpu_the_cumulative_ceiling_and_its_worker_counts() {
         let mut report = Report::default();
         assert_eq!(report.amqp_targets()[0].1, None, "not measured");
-        report.add(rated(CEILING_A_CUMULATIVE, &[1000.0]));
+        let mut ceiling = rated(CEILING_A_CUMULATIVE, &[1000.0]);
+        ceiling.cpu_us = vec![3.0, 2.5, 4.0];
+        report.add(ceiling);
         let mut one = amqp(false, 1, &[950.0]);
         one.cpu_us = vec![7.5];
         let mut four = amqp(false, 4, &[880.0]);
@@ -964,6 +990,13 @@ mod tests {
             "{targets:?}"
         );
         assert!(targets[1].0.ends_with("0.95"), "{}", targets[1].0);
+        assert!(
+            targets[0]
+                .0
+                .ends_with("7.5 us/msg (2.50x ceiling A's (ack every 100) bare client)"),
+            "against the bare client's median: {}",
+            targets[0].0
+        );
         assert!(targets[4]
             .0
             .contains("workers=4 no slower than workers=1: 0.93"));
@@ -1076,21 +1109,27 @@ mod tests {
             f.golconde = Some("stomp".into());
             f
         };
-        report.add(stomp(1, 950.0));
+        let mut one = stomp(1, 950.0);
+        one.cpu_us = vec![6.0];
+        report.add(one);
         report.add(stomp(4, 850.0));
         let targets = find(&report, "ceiling S");
         assert_eq!(targets.len(), 2);
         assert!(targets.iter().all(|(_, met)| met.is_none()), "{targets:?}");
-        report.add(rated(CEILING_S, &[900.0, 1000.0, 1100.0]));
+        let mut ceiling = rated(CEILING_S, &[900.0, 1000.0, 1100.0]);
+        ceiling.cpu_us = vec![4.0];
+        report.add(ceiling);
         assert_eq!(
             find(&report, "ceiling S"),
             [
                 (
-                    "golconde stomp, workers=1 >= 0.9 x ceiling S: 0.95".into(),
+                    "golconde stomp, workers=1 >= 0.9 x ceiling S: 0.95; CPU 6.0 us/msg \
+                     (1.50x ceiling S's bare client)"
+                        .into(),
                     Some(true)
                 ),
                 (
-                    "golconde stomp, workers=4 >= 0.9 x ceiling S: 0.85".into(),
+                    "golconde stomp, workers=4 >= 0.9 x ceiling S: 0.85; CPU -".into(),
                     Some(false)
                 ),
             ]
