@@ -249,31 +249,32 @@ impl Commits {
 /// pipeline in process isolation), from the `utime` and `stime` of /proc/PID/stat. A child
 /// may exit between finding it and reading it; the daemon's own must be readable.
 fn cpu_time(pid: u32) -> Result<Duration> {
-    let ticks = |pid: u32| -> Result<u64> {
-        let path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}: `{stat}`"))
-    };
-    let mut total = ticks(pid)?;
+    let mut total = ticks_of(&format!("/proc/{pid}/stat"))?;
     for child in children(pid) {
-        total += ticks(child).unwrap_or(0);
+        total += ticks_of(&format!("/proc/{child}/stat")).unwrap_or(0);
     }
-    // SAFETY: sysconf(3) reads a constant of the system; no memory is involved.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+    Ok(as_time(total))
 }
 
 /// CPU time (user and system) the bench itself used so far: what a ceiling's bare client,
 /// which runs inside it, costs per message. Its children (daemons, stopped by then) are
 /// not counted.
 pub fn own_cpu_time() -> Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("no utime and stime in `{stat}`"))?;
+    ticks_of("/proc/self/stat").map(as_time)
+}
+
+/// The CPU time, in clock ticks, of the process whose stat file is `path`.
+fn ticks_of(path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}: `{stat}`"))
+}
+
+/// Clock ticks as time.
+fn as_time(ticks: u64) -> Duration {
     // SAFETY: sysconf(3) reads a constant of the system; no memory is involved.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
 /// `utime` + `stime` (fields 14 and 15, in clock ticks) of a /proc/PID/stat line, counted

@@ -440,6 +440,18 @@ fn progress(line: &str) {
     eprintln!("  {line}");
 }
 
+/// Records a run of a ceiling's bare client, which took `elapsed` and `cpu` for the
+/// figure's messages, and reports it as `label`.
+fn record_ceiling(figure: &mut Figure, label: &str, elapsed: Duration, cpu: Duration) {
+    figure.rate(figure.messages, elapsed);
+    figure.cpu(figure.messages, cpu);
+    progress(&format!(
+        "{label}: {:.0}/s, CPU {:.2} us/msg",
+        figure.rates.last().unwrap_or(&f64::NAN),
+        figure.cpu_us.last().unwrap_or(&f64::NAN)
+    ));
+}
+
 /// Reports a latency run of `who` and returns its latencies (ms, sorted), saying where the
 /// slowest 1% were published: a stall shows as a few windows, a tail as many.
 fn summarize(who: &str, rate: f64, samples: &[report::Sample]) -> Vec<f64> {
@@ -501,13 +513,7 @@ impl Bench {
                         .await?;
                     let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
                     self.expect_empty(&queue).await?;
-                    progress(&format!(
-                        "{name}: {:.0}/s, CPU {:.2} us/msg",
-                        workload.messages as f64 / t.as_secs_f64(),
-                        cpu.as_secs_f64() * 1e6 / workload.messages as f64
-                    ));
-                    figure.rate(workload.messages, t);
-                    figure.cpu(workload.messages, cpu);
+                    record_ceiling(&mut figure, name, t, cpu);
                 }
                 self.report.add(figure);
             }
@@ -719,14 +725,8 @@ impl Bench {
                 .context("ceiling S")?;
             let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
             self.expect_empty(&queue).await.context("after ceiling S")?;
-            progress(&format!(
-                "ceiling S (STOMP, prefetch {}, ACK per {batch}): {:.0}/s, CPU {:.2} us/msg",
-                2 * batch,
-                workload.messages as f64 / t.as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / workload.messages as f64
-            ));
-            figure.rate(workload.messages, t);
-            figure.cpu(workload.messages, cpu);
+            let label = format!("ceiling S (STOMP, prefetch {}, ACK per {batch})", 2 * batch);
+            record_ceiling(&mut figure, &label, t, cpu);
         }
         self.report.add(figure);
         Ok(())

@@ -280,13 +280,16 @@ fn fmt_spread(s: Option<Spread>, digits: usize) -> String {
     }
 }
 
-/// ` (N.NNx CLIENT bare client)`: Golconde's CPU per message against that of the bare
-/// client of a ceiling measured in the same run. Absolute microseconds follow the
-/// machine's speed; this ratio much less.
-fn times_bare(cpu: Option<f64>, bare: Option<f64>, client: &str) -> String {
-    match cpu.zip(bare) {
-        Some((cpu, bare)) if bare > 0.0 => format!(" ({:.2}x {client} bare client)", cpu / bare),
-        _ => String::new(),
+/// `N.N us/msg (N.NNx CLIENT bare client)`: Golconde's CPU per message, and against that
+/// of the bare client of a ceiling measured in the same run (`bare`), when there is one.
+/// Absolute microseconds follow the machine's speed; the ratio much less.
+fn fmt_cpu(cpu: Option<f64>, bare: Option<f64>, client: &str) -> String {
+    match (cpu, bare) {
+        (None, _) => "-".into(),
+        (Some(cpu), Some(bare)) if bare > 0.0 => {
+            format!("{cpu:.1} us/msg ({:.2}x {client} bare client)", cpu / bare)
+        }
+        (Some(cpu), _) => format!("{cpu:.1} us/msg"),
     }
 }
 
@@ -300,14 +303,17 @@ impl Report {
     }
 
     fn median_rate(&self, name: &str) -> Option<f64> {
-        let f = self.figures.iter().find(|f| f.name == name)?;
-        spread(&f.rates).map(|s| s.median)
+        self.median(name, |f| &f.rates)
     }
 
     /// The median CPU time per message of figure `name` (a ceiling's bare client).
     fn median_cpu(&self, name: &str) -> Option<f64> {
+        self.median(name, |f| &f.cpu_us)
+    }
+
+    fn median(&self, name: &str, values: impl Fn(&Figure) -> &Vec<f64>) -> Option<f64> {
         let f = self.figures.iter().find(|f| f.name == name)?;
-        spread(&f.cpu_us).map(|s| s.median)
+        spread(values(f)).map(|s| s.median)
     }
 
     /// The best median end-to-end rate over `transport` into PostgreSQL with autosql, in
@@ -546,10 +552,9 @@ impl Report {
             let cpu = median(&f.cpu_us);
             out.push((
                 format!(
-                    "golconde amqp, workers={} CPU <= 8 us/msg: {}{}",
+                    "golconde amqp, workers={} CPU <= 8 us/msg: {}",
                     f.workers,
-                    cpu.map_or("-".into(), |c| format!("{c:.1} us/msg")),
-                    times_bare(cpu, bare, "ceiling A's (ack every 100)")
+                    fmt_cpu(cpu, bare, "ceiling A's (ack every 100)")
                 ),
                 cpu.map(|c| c <= 8.0),
             ));
@@ -607,10 +612,9 @@ impl Report {
             .map(|(workers, rate, cpu)| {
                 (
                     format!(
-                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}; CPU {}{}",
+                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}; CPU {}",
                         fmt_ratio(ceiling.map(|c| rate / c)),
-                        cpu.map_or("-".into(), |c| format!("{c:.1} us/msg")),
-                        times_bare(cpu, bare, "ceiling S's")
+                        fmt_cpu(cpu, bare, "ceiling S's")
                     ),
                     ceiling.map(|c| rate >= 0.9 * c),
                 )

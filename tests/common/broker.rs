@@ -865,8 +865,10 @@ impl Client {
     }
 }
 
-/// How long [`Client::publish`] waits for the broker's confirmations.
-const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
+/// How long a test's own lapin client waits for the broker's confirmations, or for its
+/// connection to close: lapin has been seen to leave both pending for ever once its
+/// connection was lost (a node stopped or killed under it, a message it sent dropping it).
+pub const CONFIRM_LIMIT: Duration = Duration::from_secs(10);
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -874,7 +876,7 @@ impl Drop for Client {
         let closing = self.connection.close(200, "done".into());
         let _ = self
             .runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), closing).await });
+            .block_on(async { tokio::time::timeout(CONFIRM_LIMIT, closing).await });
     }
 }
 

@@ -22,6 +22,8 @@ use golconde_plugin_api::{
     AckMode, ConsumeOptions, Message, PluginError,
 };
 
+use crate::broker::CONFIRM_LIMIT;
+
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const PG: &str = "host=127.0.0.1 user=postgres";
 
@@ -302,13 +304,13 @@ impl Queues {
                         // header table thousands deep was out, the message delivered, and
                         // leave the confirmation pending for ever. What the caller checks
                         // next tells whether the message arrived.
-                        match tokio::time::timeout(CONFIRM_WAIT, confirm).await {
+                        match tokio::time::timeout(CONFIRM_LIMIT, confirm).await {
                             Ok(confirmed) => {
                                 confirmed.expect("confirm");
                             }
                             Err(_) => eprintln!(
                                 "no confirmation of the message to `{queue}` within \
-                                 {CONFIRM_WAIT:?}; going on"
+                                 {CONFIRM_LIMIT:?}; going on"
                             ),
                         }
                     })
@@ -468,9 +470,6 @@ pub fn flat_header_table(headers: &[(&str, &str)]) -> lapin::types::FieldTable {
     table
 }
 
-/// How long a test's own lapin client waits for a confirmation or a close.
-const CONFIRM_WAIT: Duration = Duration::from_secs(20);
-
 /// Runs `work` on a channel of a connection of its own to the shared broker, with publisher
 /// confirms on, and closes the connection after.
 fn with_channel<F, W>(work: W)
@@ -501,7 +500,7 @@ where
             .expect("confirms");
         work(channel).await;
         // Bounded, as the confirmation above: the connection may be gone unnoticed.
-        let _ = tokio::time::timeout(CONFIRM_WAIT, connection.close(200, "done".into())).await;
+        let _ = tokio::time::timeout(CONFIRM_LIMIT, connection.close(200, "done".into())).await;
     });
 }
 
