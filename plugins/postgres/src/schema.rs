@@ -210,7 +210,8 @@ pub struct Table {
     /// `schema.table`, for messages.
     pub display: String,
     pub columns: Vec<ColumnInfo>,
-    pub by_name: HashMap<String, usize>,
+    /// Looked up for every column of every operation: hashed with foldhash, not SipHash.
+    pub by_name: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Column positions of the primary key; empty when there is none.
     pub primary_key: Vec<usize>,
     /// Column positions of every other unique index usable as an upsert target.
@@ -314,7 +315,7 @@ pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, In
             }),
         });
     }
-    let by_name: HashMap<String, usize> = columns
+    let by_name: HashMap<String, usize, foldhash::fast::RandomState> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| (c.name.clone(), i))

@@ -84,6 +84,9 @@ pub const PROTOCOL_LINE_BYTES: usize = 1024;
 /// The longest command line: a line that long without an end is no STOMP command.
 const COMMAND_LINE_BYTES: usize = 64;
 
+/// Header lines of a typical MESSAGE (RabbitMQ sends seven or eight).
+const TYPICAL_HEADERS: usize = 10;
+
 /// The frame being read, from its command line on.
 #[derive(Debug)]
 struct Head {
@@ -112,7 +115,8 @@ impl Head {
     fn new(command: Command, size: usize) -> Head {
         Head {
             command,
-            headers: Vec::new(),
+            // A broker's MESSAGE carries about this many: one allocation, no regrowth.
+            headers: Vec::with_capacity(TYPICAL_HEADERS),
             size,
             head_size: 0,
             lines: 0,
@@ -201,8 +205,14 @@ impl StompCodec {
         }
     }
 
-    /// Reads one complete header line (without its EOL) into `head`.
-    fn header_line(&self, head: &mut Head, line: &[u8]) -> Result<(), CodecError> {
+    /// Reads one complete header line (without its EOL) into `head`, within the limits
+    /// `max_frame_bytes` and `max_headers`.
+    fn header_line(
+        head: &mut Head,
+        line: &[u8],
+        max_frame_bytes: usize,
+        max_headers: usize,
+    ) -> Result<(), CodecError> {
         head.lines += 1;
         let Some(colon) = memchr::memchr(b':', line) else {
             head.unreadable(format!("header line `{}` has no colon", preview(line)));
@@ -237,8 +247,8 @@ impl StompCodec {
             .iter()
             .position(|p| *p == name)
             .filter(|&i| !head.protocol_kept[i]);
-        let fits = head.size <= self.max_frame_bytes;
-        let room = head.headers.len() < self.max_headers;
+        let fits = head.size <= max_frame_bytes;
+        let room = head.headers.len() < max_headers;
         if !(fits && room) && protocol.is_none() {
             if fits {
                 head.over_count += 1;
@@ -292,6 +302,17 @@ impl StompCodec {
             body,
         })
     }
+}
+
+/// The body of `length` bytes at the start of `src`, which is then skipped with its NUL.
+/// Copied out rather than split off: a split would make the read buffer shared, and a
+/// shared buffer cannot take back the room of frames already read, so every read would
+/// allocate anew; the consumer needs the body in a buffer of its own anyway, and this one
+/// passes on without another copy (`Vec::from` of a `Bytes` made from a `Vec`).
+fn take_body(src: &mut BytesMut, length: usize) -> bytes::Bytes {
+    let body = bytes::Bytes::from(src[..length].to_vec());
+    src.advance(length + 1);
+    body
 }
 
 /// How many bytes at the start of `src` are complete EOLs (`\n` or `\r\n`).
@@ -408,10 +429,12 @@ impl Decoder for StompCodec {
                             if content.is_empty() {
                                 self.start_body();
                             } else {
-                                let mut head = self.head.take().expect("checked");
-                                let read = self.header_line(&mut head, content);
-                                self.head = Some(head);
-                                read?;
+                                Self::header_line(
+                                    head,
+                                    content,
+                                    self.max_frame_bytes,
+                                    self.max_headers,
+                                )?;
                             }
                         }
                     }
@@ -444,7 +467,7 @@ impl Decoder for StompCodec {
                                 return Err(CodecError::MissingNul { length });
                             }
                             head.size += length + 1;
-                            let body = src.split_to(length + 1).freeze().slice(..length);
+                            let body = take_body(src, length);
                             return Ok(Some(self.finish(body, src)));
                         }
                         None => match memchr::memchr(0, &src[self.scanned..]) {
@@ -453,7 +476,7 @@ impl Decoder for StompCodec {
                             {
                                 let at = self.scanned + offset;
                                 head.size += at + 1;
-                                let body = src.split_to(at + 1).freeze().slice(..at);
+                                let body = take_body(src, at);
                                 return Ok(Some(self.finish(body, src)));
                             }
                             found => {

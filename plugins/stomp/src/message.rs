@@ -137,7 +137,8 @@ impl Incoming {
             ack_id,
             redelivered,
             message: Message {
-                body: RVec::from(frame.body.to_vec()),
+                // The codec's body owns its buffer alone: this takes it without a copy.
+                body: RVec::from(Vec::from(frame.body)),
                 headers: RVec::from(headers),
             },
         })

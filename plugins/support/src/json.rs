@@ -10,6 +10,9 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
+/// Fields an object is given room for before its first is read.
+const TYPICAL_FIELDS: usize = 8;
+
 /// The fields of one JSON object, in the order written, values still as JSON text.
 #[derive(Debug)]
 pub struct Object<'a> {
@@ -48,7 +51,9 @@ impl<'de> Deserialize<'de> for Object<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
-                let mut fields = Vec::new();
+                // Most objects (a message, its `data`) have a handful of fields: one
+                // allocation instead of growing through 4 and 8.
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(TYPICAL_FIELDS));
                 while let Some((Name(name), value)) = map.next_entry::<Name, &'de RawValue>()? {
                     fields.push((name, value));
                 }
