@@ -343,7 +343,9 @@ impl Connection {
     {
         let connect_ms = settings.connect_timeout.as_millis() as u64;
         let codec = || StompCodec::new(settings.max_frame_bytes, settings.max_headers);
-        let mut frames = FramedRead::new(read, codec());
+        // As large as what gathers in the socket during a nap, so that one read takes it
+        // all; the default 8 KiB took eight reads for it.
+        let mut frames = FramedRead::with_capacity(read, codec(), NAP_LOW_WATER as usize);
         let mut sink_out = FramedWrite::new(write, codec());
 
         let mut connect = Frame::new(Command::Connect)
