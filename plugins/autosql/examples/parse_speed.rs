@@ -16,6 +16,9 @@ fn main() {
     let bodies: Vec<Vec<u8>> = (0..MESSAGES)
         .map(|i| {
             let id = i % KEYS;
+            // The bench's body (`golconde_bench_memory::Workload::body`), written out: that crate is a
+            // plugin library too, and two plugin libraries cannot link into one program (both export
+            // the root module's symbol).
             format!(
                 r#"{{"action":"set","data":{{"id":{id},"name":"user {i}","email":"u{id}.v{i}@example.com","score":{i},"updated_at":"2026-01-01T00:00:07Z"}}}}"#
             )

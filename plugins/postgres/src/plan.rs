@@ -366,7 +366,7 @@ pub fn runs<'p, 'a>(ops: impl IntoIterator<Item = (Origin, &'p Prepared<'a>)>) -
     let mut runs: Vec<Run<'p, 'a>> = Vec::new();
     // The run being built, with holes where an operation was collapsed into a later one.
     let mut rows: Vec<Option<(Origin, &'p Prepared<'a>)>> = Vec::new();
-    let mut keys: HashMap<RowKey<'p, 'a>, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut keys: foldhash::HashMap<RowKey<'p, 'a>, usize> = HashMap::default();
     let mut finish = |rows: &mut Vec<Option<_>>| {
         if !rows.is_empty() {
             runs.push(Run {

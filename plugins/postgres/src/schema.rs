@@ -10,8 +10,6 @@
 //!
 //! [`MISSING_FOR`]: golconde_plugin_support::catalog::MISSING_FOR
 
-use std::collections::HashMap;
-
 use tokio_postgres::Client;
 
 /// Quotes an identifier for SQL: wrapped in `"`, with every `"` doubled.
@@ -211,7 +209,7 @@ pub struct Table {
     pub display: String,
     pub columns: Vec<ColumnInfo>,
     /// Looked up for every column of every operation: hashed with foldhash, not SipHash.
-    pub by_name: HashMap<String, usize, foldhash::fast::RandomState>,
+    pub by_name: foldhash::HashMap<String, usize>,
     /// Column positions of the primary key; empty when there is none.
     pub primary_key: Vec<usize>,
     /// Column positions of every other unique index usable as an upsert target.
@@ -315,7 +313,7 @@ pub async fn introspect(client: &Client, name: &str) -> Result<Option<Table>, In
             }),
         });
     }
-    let by_name: HashMap<String, usize, foldhash::fast::RandomState> = columns
+    let by_name: foldhash::HashMap<String, usize> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| (c.name.clone(), i))

@@ -136,6 +136,72 @@ impl Head {
         self.first_unreadable.get_or_insert(why);
     }
 
+    /// Reads one complete header line (without its EOL) into the frame, within the limits
+    /// `max_frame_bytes` and `max_headers`.
+    fn header_line(
+        &mut self,
+        line: &[u8],
+        max_frame_bytes: usize,
+        max_headers: usize,
+    ) -> Result<(), CodecError> {
+        self.lines += 1;
+        let Some(colon) = memchr::memchr(b':', line) else {
+            self.unreadable(format!("header line `{}` has no colon", preview(line)));
+            return Ok(());
+        };
+        if colon == 0 {
+            self.unreadable(format!("header line `{}` has an empty name", preview(line)));
+            return Ok(());
+        }
+        let escaped = self.command.escapes_headers();
+        let name = match decode_text(&line[..colon], escaped, line) {
+            Ok(name) => name,
+            Err(why) => {
+                self.unreadable(why);
+                return Ok(());
+            }
+        };
+        if name == "content-length" {
+            // The first occurrence wins; later ones are dropped like any repeated header.
+            if !self.seen_length {
+                self.seen_length = true;
+                let value = &line[colon + 1..];
+                let length = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| CodecError::BadContentLength(preview(value)))?;
+                self.length = Some(length);
+            }
+            return Ok(());
+        }
+        let protocol = PROTOCOL_HEADERS
+            .iter()
+            .position(|p| *p == name)
+            .filter(|&i| !self.protocol_kept[i]);
+        let fits = self.size <= max_frame_bytes;
+        let room = self.headers.len() < max_headers;
+        if !(fits && room) && protocol.is_none() {
+            if fits {
+                self.over_count += 1;
+            } else {
+                self.over_size += 1;
+            }
+            return Ok(());
+        }
+        let value = match decode_text(&line[colon + 1..], escaped, line) {
+            Ok(value) => value,
+            Err(why) => {
+                self.unreadable(why);
+                return Ok(());
+            }
+        };
+        if let Some(i) = protocol {
+            self.protocol_kept[i] = true;
+        }
+        self.headers.push((name, value));
+        Ok(())
+    }
+
     /// What was left out of the frame, in words, or `None` if nothing was.
     fn incomplete(&self, max_frame_bytes: usize, max_headers: usize) -> Option<String> {
         let mut parts = Vec::new();
@@ -203,72 +269,6 @@ impl StompCodec {
             phase: Phase::Lines,
             scanned: 0,
         }
-    }
-
-    /// Reads one complete header line (without its EOL) into `head`, within the limits
-    /// `max_frame_bytes` and `max_headers`.
-    fn header_line(
-        head: &mut Head,
-        line: &[u8],
-        max_frame_bytes: usize,
-        max_headers: usize,
-    ) -> Result<(), CodecError> {
-        head.lines += 1;
-        let Some(colon) = memchr::memchr(b':', line) else {
-            head.unreadable(format!("header line `{}` has no colon", preview(line)));
-            return Ok(());
-        };
-        if colon == 0 {
-            head.unreadable(format!("header line `{}` has an empty name", preview(line)));
-            return Ok(());
-        }
-        let escaped = head.command.escapes_headers();
-        let name = match decode_text(&line[..colon], escaped, line) {
-            Ok(name) => name,
-            Err(why) => {
-                head.unreadable(why);
-                return Ok(());
-            }
-        };
-        if name == "content-length" {
-            // The first occurrence wins; later ones are dropped like any repeated header.
-            if !head.seen_length {
-                head.seen_length = true;
-                let value = &line[colon + 1..];
-                let length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .ok_or_else(|| CodecError::BadContentLength(preview(value)))?;
-                head.length = Some(length);
-            }
-            return Ok(());
-        }
-        let protocol = PROTOCOL_HEADERS
-            .iter()
-            .position(|p| *p == name)
-            .filter(|&i| !head.protocol_kept[i]);
-        let fits = head.size <= max_frame_bytes;
-        let room = head.headers.len() < max_headers;
-        if !(fits && room) && protocol.is_none() {
-            if fits {
-                head.over_count += 1;
-            } else {
-                head.over_size += 1;
-            }
-            return Ok(());
-        }
-        let value = match decode_text(&line[colon + 1..], escaped, line) {
-            Ok(value) => value,
-            Err(why) => {
-                head.unreadable(why);
-                return Ok(());
-            }
-        };
-        if let Some(i) = protocol {
-            head.protocol_kept[i] = true;
-        }
-        head.headers.push((name, value));
-        Ok(())
     }
 
     /// The header section is complete: decides whether the body fits.
@@ -429,12 +429,7 @@ impl Decoder for StompCodec {
                             if content.is_empty() {
                                 self.start_body();
                             } else {
-                                Self::header_line(
-                                    head,
-                                    content,
-                                    self.max_frame_bytes,
-                                    self.max_headers,
-                                )?;
+                                head.header_line(content, self.max_frame_bytes, self.max_headers)?;
                             }
                         }
                     }

@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Object<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
                 // Most objects (a message, its `data`) have a handful of fields: one
                 // allocation instead of growing through 4 and 8.
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(TYPICAL_FIELDS));
+                let mut fields = Vec::with_capacity(TYPICAL_FIELDS);
                 while let Some((Name(name), value)) = map.next_entry::<Name, &'de RawValue>()? {
                     fields.push((name, value));
                 }
