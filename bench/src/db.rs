@@ -1,18 +1,23 @@
 //! PostgreSQL side of the benchmark: the bench's own database and tables, the checks that
 //! a run left every row right, ceiling B (the database alone, in 1,000-row UNNEST
-//! upserts) and the publish-to-commit latencies.
+//! upserts), the publish-to-commit latencies and the probe that times
+//! the database's own commits beside them.
 //!
 //! Depends on tokio-postgres only. Key decision: the bench creates a database of its own
 //! (`golconde_bench_<pid>`) and drops it at the end, so it never touches anyone's data and
 //! runs beside the tests.
 
 use std::collections::HashMap;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio_postgres::{Client, NoTls};
 
-use crate::report::Sample;
+use crate::report::{Sample, Stall};
 use crate::workload::{Expected, Found, Row, Workload};
 
 pub const HOST: &str = "host=127.0.0.1 port=5432 user=postgres";
@@ -26,7 +31,9 @@ pub const SCHEMA: &str = "
     create function stamp_applied() returns trigger language plpgsql as $$
         begin new.applied_at := clock_timestamp(); return new; end $$;
     create trigger stamp_applied before insert or update on users_latency
-        for each row execute function stamp_applied();";
+        for each row execute function stamp_applied();
+    create table commit_probe (id int primary key, at timestamptz);
+    insert into commit_probe values (1, now());";
 
 pub async fn connect(dsn: &str) -> Result<Client> {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls)
@@ -233,4 +240,59 @@ pub async fn latency_rows(client: &Client) -> Result<u64> {
         .await
         .context("counting rows of table users_latency")?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// How often [`CommitProbe`] commits.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// A probe's commit slower than this is a stall. One row's commit takes well under a
+/// millisecond when nothing holds the database up.
+pub const STALL_MS: f64 = 5.0;
+
+/// Times a one-row commit of its own every [`PROBE_EVERY`] during a latency run, on a
+/// connection of its own: a commit waits for the write-ahead log to reach the disk, as
+/// every consumer's does, so its slow ones ([`STALL_MS`]) show when the database (or the
+/// disk under it) held every commit up, whoever ran. Its load, 100 small commits a second,
+/// is the same for every consumer.
+pub struct CommitProbe {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<Stall>>>,
+}
+
+impl CommitProbe {
+    pub async fn start(dsn: &str) -> Result<CommitProbe> {
+        let client = connect(dsn).await?;
+        let update = client
+            .prepare("update commit_probe set at = clock_timestamp() where id = 1")
+            .await
+            .context("preparing the commit probe's update of table commit_probe")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut stalls = Vec::new();
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stopped.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let start_us = crate::broker::now_us();
+                let clock = Instant::now();
+                client
+                    .execute(&update, &[])
+                    .await
+                    .context("the commit probe's update of table commit_probe")?;
+                let ms = clock.elapsed().as_secs_f64() * 1000.0;
+                if ms > STALL_MS {
+                    stalls.push(Stall { start_us, ms });
+                }
+            }
+            Ok(stalls)
+        });
+        Ok(CommitProbe { stop, task })
+    }
+
+    /// The commits that stalled since [`CommitProbe::start`].
+    pub async fn stop(self) -> Result<Vec<Stall>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.context("the commit probe's task")?
+    }
 }

@@ -35,7 +35,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::daemon::{Daemon, Rss, Setup};
-use crate::report::{Consumer, Figure, Load, Report};
+use crate::report::{Consumer, Figure, Load, Report, Sample, Stall};
 use crate::workload::{Expected, Format, Workload};
 
 /// The prefetch of ceiling A and the baseline: Golconde's default for one worker
@@ -453,12 +453,16 @@ fn record_ceiling(figure: &mut Figure, label: &str, elapsed: Duration, cpu: Dura
 }
 
 /// Reports a latency run of `who` and returns its latencies (ms, sorted), saying where the
-/// slowest 1% were published: a stall shows as a few windows, a tail as many.
-fn summarize(who: &str, rate: f64, samples: &[report::Sample]) -> Vec<f64> {
-    let (ms, tail) = report::latencies(samples);
+/// slowest 1% were published: a stall shows as a few windows, a tail as many; and how many
+/// of them were on their way while the database's commits stalled.
+fn summarize(who: &str, rate: f64, samples: &[Sample], stalls: &[Stall]) -> Vec<f64> {
+    let (ms, tail) = report::latencies(samples, stalls);
+    let slowest_stall = stalls.iter().map(|s| s.ms).fold(0.0, f64::max);
     progress(&format!(
         "{who} latency at {rate:.0}/s: {} messages, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         the slowest {} published within {} of the run's {} windows of {} ms",
+         the slowest {} published within {} of the run's {} windows of {} ms, {} of them on \
+         their way during one of the database's {} commit stalls (over {} ms, the longest \
+         {slowest_stall:.1} ms)",
         ms.len(),
         report::percentile(&ms, 50.0),
         report::percentile(&ms, 99.0),
@@ -467,6 +471,9 @@ fn summarize(who: &str, rate: f64, samples: &[report::Sample]) -> Vec<f64> {
         tail.windows,
         tail.of,
         report::TAIL_WINDOW_US / 1000,
+        tail.in_stalls,
+        stalls.len(),
+        db::STALL_MS,
     ));
     ms
 }
@@ -1059,13 +1066,21 @@ impl Bench {
                 for turn in 0..CONSUMERS.len() {
                     let figure = &mut figures[(run + turn) % CONSUMERS.len()];
                     let consumer = figure.load.expect("set above").consumer;
-                    let ms = match consumer {
-                        Consumer::Broker => self.broker_latency(rate, duration).await?,
-                        Consumer::Database => self.database_latency(rate, duration).await?,
-                        Consumer::Golconde => {
-                            self.golconde_latency(rate, duration, workers).await?
+                    let probe = db::CommitProbe::start(&self.db.dsn).await?;
+                    let (who, samples) = match consumer {
+                        Consumer::Broker => {
+                            ("broker-only", self.broker_latency(rate, duration).await?)
                         }
+                        Consumer::Database => (
+                            "broker-and-database",
+                            self.database_latency(rate, duration).await?,
+                        ),
+                        Consumer::Golconde => (
+                            "golconde",
+                            self.golconde_latency(rate, duration, workers).await?,
+                        ),
                     };
+                    let ms = summarize(who, rate, &samples, &probe.stop().await?);
                     figure.messages = ms.len() as u64;
                     figure.latency(&ms);
                 }
@@ -1077,9 +1092,9 @@ impl Bench {
         Ok(())
     }
 
-    /// Publish-to-commit latencies (ms, sorted) of a bare lapin consumer upserting into
-    /// the database what has arrived.
-    async fn database_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<f64>> {
+    /// Publish-to-commit latencies of a bare lapin consumer upserting into the database
+    /// what has arrived.
+    async fn database_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<Sample>> {
         db::truncate(&self.client).await?;
         let queue = self.fresh_queue().await?;
         let database = db::connect(&self.db.dsn).await?;
@@ -1087,26 +1102,25 @@ impl Bench {
             broker::latency_into_database(&self.amqp, &queue, rate, duration, PREFETCH, database)
                 .await?;
         self.expect_empty(&queue).await?;
-        let samples = db::latencies(&self.client, total).await?;
-        Ok(summarize("broker-and-database", rate, &samples))
+        db::latencies(&self.client, total).await
     }
 
-    /// Publish-to-delivery latencies (ms, sorted) of a bare lapin consumer.
-    async fn broker_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<f64>> {
+    /// Publish-to-delivery latencies of a bare lapin consumer.
+    async fn broker_latency(&mut self, rate: f64, duration: Duration) -> Result<Vec<Sample>> {
         let queue = self.fresh_queue().await?;
         let samples = broker::latency(&self.amqp, &queue, rate, duration, PREFETCH).await?;
         self.expect_empty(&queue).await?;
-        Ok(summarize("broker-only", rate, &samples))
+        Ok(samples)
     }
 
-    /// Publish-to-commit latencies (ms, sorted) of Golconde with `workers` on an empty
-    /// queue, the bench publishing at `rate` meanwhile.
+    /// Publish-to-commit latencies of Golconde with `workers` on an empty queue, the bench
+    /// publishing at `rate` meanwhile.
     async fn golconde_latency(
         &mut self,
         rate: f64,
         duration: Duration,
         workers: u32,
-    ) -> Result<Vec<f64>> {
+    ) -> Result<Vec<Sample>> {
         db::truncate(&self.client).await?;
         let queue = self.fresh_queue().await?;
         let mut daemon = self.start(Mode::AMQP, &queue, "users_latency", workers)?;
@@ -1139,6 +1153,6 @@ impl Bench {
              in {:.2} ms on average, 99% within {} ms",
             commits.batches, commits.mean_messages, commits.mean_apply_ms, commits.p99_apply_ms
         ));
-        Ok(summarize("golconde", rate, &samples))
+        Ok(samples)
     }
 }

@@ -139,16 +139,33 @@ pub const TAIL_WINDOW_US: i64 = 100_000;
 /// How a latency run's slowest 1% spread over the run: `messages` of them were published
 /// within `windows` of the run's `of` 100-ms windows. A few windows mean stalls, which a
 /// broker or database pausing (a flush, a checkpoint, a busy neighbour) inflicts on every
-/// consumer alike; many mean a tail of the consumer's own.
+/// consumer alike; many mean a tail of the consumer's own. `in_stalls` of them were still
+/// on their way while one of the run's [`Stall`]s lasted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {
     pub messages: usize,
     pub windows: usize,
     pub of: usize,
+    pub in_stalls: usize,
 }
 
-/// The latencies of `samples`, sorted, and how their slowest 1% spread.
-pub fn latencies(samples: &[Sample]) -> (Vec<f64>, Tail) {
+/// A commit of the database's probe (see `db::CommitProbe`) that took `ms`, begun at
+/// `start_us` (µs since 1970).
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    pub start_us: i64,
+    pub ms: f64,
+}
+
+impl Stall {
+    fn end_us(&self) -> i64 {
+        self.start_us + (self.ms * 1000.0) as i64
+    }
+}
+
+/// The latencies of `samples`, sorted, and how their slowest 1% spread over the run and
+/// over the database's `stalls`.
+pub fn latencies(samples: &[Sample], stalls: &[Stall]) -> (Vec<f64>, Tail) {
     let mut by_latency = samples.to_vec();
     by_latency.sort_by(|a, b| a.ms.total_cmp(&b.ms));
     let slowest = &by_latency[by_latency.len() - by_latency.len().div_ceil(100)..];
@@ -157,9 +174,18 @@ pub fn latencies(samples: &[Sample]) -> (Vec<f64>, Tail) {
     let window = |us: i64| (us - first) / TAIL_WINDOW_US;
     let windows: std::collections::BTreeSet<i64> =
         slowest.iter().map(|s| window(s.published_us)).collect();
+    // A message was held up by a stall if it was on its way (published, not yet applied)
+    // at any moment of it.
+    let in_stall = |s: &Sample| {
+        let arrived = s.published_us + (s.ms * 1000.0) as i64;
+        stalls
+            .iter()
+            .any(|stall| s.published_us <= stall.end_us() && stall.start_us <= arrived)
+    };
     let tail = Tail {
         messages: slowest.len(),
         windows: windows.len(),
+        in_stalls: slowest.iter().filter(|s| in_stall(s)).count(),
         of: if samples.is_empty() {
             0
         } else {
@@ -921,7 +947,13 @@ mod tests {
 
     #[test]
     fn a_stall_and_a_spread_tail_are_told_apart() {
-        let (ms, stall) = latencies(&run(|i| (4_000..4_100).contains(&i)));
+        // The database stalled from 4,050 to 4,099 ms into the run, while messages 4,000
+        // to 4,099 were on their way, and no other.
+        let commit = Stall {
+            start_us: 1_800_000_000_000_000 + 4_050 * 1000,
+            ms: 49.0,
+        };
+        let (ms, stall) = latencies(&run(|i| (4_000..4_100).contains(&i)), &[commit]);
         assert_eq!(ms.len(), 10_000);
         assert!(ms.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(
@@ -929,19 +961,23 @@ mod tests {
             Tail {
                 messages: 100,
                 windows: 1,
-                of: 100
+                of: 100,
+                in_stalls: 100,
             }
         );
-        let (_, spread) = latencies(&run(|i| i % 100 == 0));
+        let (_, spread) = latencies(&run(|i| i % 100 == 0), &[commit]);
         assert_eq!(
             spread,
             Tail {
                 messages: 100,
                 windows: 100,
-                of: 100
+                of: 100,
+                // Only message 4,000 (published 50 ms before the stall, 50 ms on its way)
+                // overlaps it.
+                in_stalls: 1,
             }
         );
-        let (ms, none) = latencies(&[]);
+        let (ms, none) = latencies(&[], &[]);
         assert!(ms.is_empty());
         assert_eq!(none.of, 0);
     }
