@@ -361,12 +361,18 @@ pub struct Run<'p, 'a> {
     pub rows: Vec<(Origin, &'p Prepared<'a>)>,
 }
 
-/// Groups operations, in order, into runs of one shape.
-pub fn runs<'p, 'a>(ops: impl IntoIterator<Item = (Origin, &'p Prepared<'a>)>) -> Vec<Run<'p, 'a>> {
+/// Groups operations, in order, into runs of one shape; `count` is how many there are.
+pub fn runs<'p, 'a>(
+    ops: impl IntoIterator<Item = (Origin, &'p Prepared<'a>)>,
+    count: usize,
+) -> Vec<Run<'p, 'a>> {
     let mut runs: Vec<Run<'p, 'a>> = Vec::new();
     // The run being built, with holes where an operation was collapsed into a later one.
-    let mut rows: Vec<Option<(Origin, &'p Prepared<'a>)>> = Vec::new();
-    let mut keys: foldhash::HashMap<RowKey<'p, 'a>, usize> = HashMap::default();
+    // Both are sized for the whole batch, which is usually one run: grown step by step,
+    // the map was rehashed about ten times for a batch of 500.
+    let mut rows: Vec<Option<(Origin, &'p Prepared<'a>)>> = Vec::with_capacity(count);
+    let mut keys: foldhash::HashMap<RowKey<'p, 'a>, usize> =
+        HashMap::with_capacity_and_hasher(count, Default::default());
     let mut finish = |rows: &mut Vec<Option<_>>| {
         if !rows.is_empty() {
             runs.push(Run {
@@ -789,15 +795,18 @@ mod tests {
             .iter()
             .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
             .collect();
-        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
-            (
-                Origin {
-                    change: i,
-                    operation: 0,
-                },
-                op,
-            )
-        }));
+        let runs = runs(
+            prepared.iter().enumerate().map(|(i, op)| {
+                (
+                    Origin {
+                        change: i,
+                        operation: 0,
+                    },
+                    op,
+                )
+            }),
+            prepared.len(),
+        );
         let changes =
             |run: &Run| -> Vec<usize> { run.rows.iter().map(|(o, _)| o.change).collect() };
         assert_eq!(runs.len(), 4);
@@ -835,15 +844,18 @@ mod tests {
         // Such operations are all sent, the statement keeping the last of each key.
         let ops = [set.clone(), set.clone(), update.clone(), update];
         let prepared: Vec<Prepared> = ops.iter().map(|op| prepared(&t, op)).collect();
-        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
-            (
-                Origin {
-                    change: i,
-                    operation: 0,
-                },
-                op,
-            )
-        }));
+        let runs = runs(
+            prepared.iter().enumerate().map(|(i, op)| {
+                (
+                    Origin {
+                        change: i,
+                        operation: 0,
+                    },
+                    op,
+                )
+            }),
+            prepared.len(),
+        );
         let sizes: Vec<usize> = runs.iter().map(|r| r.rows.len()).collect();
         assert_eq!(sizes, [2, 2]);
     }
@@ -863,15 +875,18 @@ mod tests {
             .iter()
             .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
             .collect();
-        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
-            (
-                Origin {
-                    change: i,
-                    operation: 0,
-                },
-                op,
-            )
-        }));
+        let runs = runs(
+            prepared.iter().enumerate().map(|(i, op)| {
+                (
+                    Origin {
+                        change: i,
+                        operation: 0,
+                    },
+                    op,
+                )
+            }),
+            prepared.len(),
+        );
         assert_eq!(runs.len(), 3);
     }
 
@@ -894,15 +909,18 @@ mod tests {
             .collect();
         assert!(sql(&prepared[0]).contains("$2::pg_catalog.timestamptz[]"));
         assert!(sql(&prepared[3]).contains("$2::pg_catalog.text[]"));
-        let runs = runs(prepared.iter().enumerate().map(|(i, op)| {
-            (
-                Origin {
-                    change: i,
-                    operation: 0,
-                },
-                op,
-            )
-        }));
+        let runs = runs(
+            prepared.iter().enumerate().map(|(i, op)| {
+                (
+                    Origin {
+                        change: i,
+                        operation: 0,
+                    },
+                    op,
+                )
+            }),
+            prepared.len(),
+        );
         let changes: Vec<Vec<usize>> = runs
             .iter()
             .map(|run| run.rows.iter().map(|(o, _)| o.change).collect())

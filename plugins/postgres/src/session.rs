@@ -678,17 +678,21 @@ impl Inner {
                 duplicate: false,
             })
             .collect();
-        let runs = plan::runs((0..candidates.len()).flat_map(|k| {
-            ops(k).iter().enumerate().map(move |(j, op)| {
-                (
-                    Origin {
-                        change: k,
-                        operation: j,
-                    },
-                    op,
-                )
-            })
-        }));
+        let count = (0..candidates.len()).map(|k| ops(k).len()).sum();
+        let runs = plan::runs(
+            (0..candidates.len()).flat_map(|k| {
+                ops(k).iter().enumerate().map(move |(j, op)| {
+                    (
+                        Origin {
+                            change: k,
+                            operation: j,
+                        },
+                        op,
+                    )
+                })
+            }),
+            count,
+        );
         let last = runs.len().checked_sub(1);
         let alone = may_commit && !self.open && runs.len() == 1 && !runs[0].returns();
         if !alone && !self.open {

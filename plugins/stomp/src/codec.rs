@@ -154,7 +154,15 @@ impl Head {
             return Ok(());
         }
         let escaped = self.command.escapes_headers();
-        let name = match decode_text(&line[..colon], escaped, line) {
+        // One check of the whole line, not one of each half: the colon is ASCII, so both
+        // halves of a valid line are valid. A line that is not is read half by half, as
+        // each half's error names what it is.
+        let text = std::str::from_utf8(line).ok();
+        let half = |range: std::ops::Range<usize>| match text {
+            Some(text) => unescape(&text[range], escaped, line),
+            None => decode_text(&line[range], escaped, line),
+        };
+        let name = match half(0..colon) {
             Ok(name) => name,
             Err(why) => {
                 self.unreadable(why);
@@ -188,7 +196,7 @@ impl Head {
             }
             return Ok(());
         }
-        let value = match decode_text(&line[colon + 1..], escaped, line) {
+        let value = match half(colon + 1..line.len()) {
             Ok(value) => value,
             Err(why) => {
                 self.unreadable(why);
@@ -346,6 +354,12 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 fn decode_text(raw: &[u8], escaped: bool, line: &[u8]) -> Result<String, String> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| format!("header line `{}` is not UTF-8", preview(line)))?;
+    unescape(text, escaped, line)
+}
+
+/// A header name or value already known to be text, with STOMP's escapes undone if the
+/// frame's command has them.
+fn unescape(text: &str, escaped: bool, line: &[u8]) -> Result<String, String> {
     if !escaped || !text.contains('\\') {
         return Ok(text.to_owned());
     }
@@ -723,15 +737,18 @@ mod tests {
 
     #[test]
     fn unreadable_header_lines_are_dropped_and_said() {
-        let f = &frames(b"MESSAGE\nack:1\na:b\\t\nnocolon\n:v\nc:\xff\nd:ok\n\nbody\0")[0];
+        // Not UTF-8 in the value, then in the name; UTF-8 beyond ASCII is text.
+        let f = &frames(
+            b"MESSAGE\nack:1\na:b\\t\nnocolon\n:v\nc:\xff\n\xffn:v\nd:ok\n\xc3\xa9:\xc3\xbc\n\nbody\0",
+        )[0];
         assert_eq!(
             f.headers,
-            [("ack", "1"), ("d", "ok")].map(|(n, v)| (n.to_string(), v.to_string()))
+            [("ack", "1"), ("d", "ok"), ("é", "ü")].map(|(n, v)| (n.to_string(), v.to_string()))
         );
         assert_eq!(&f.body[..], b"body");
         let why = f.incomplete.as_deref().expect("marked");
         assert!(
-            why.starts_with("4 header lines could not be read and were dropped (the first: header line `a:b\\\\t` has an escape"),
+            why.starts_with("5 header lines could not be read and were dropped (the first: header line `a:b\\\\t` has an escape"),
             "{why}"
         );
     }
