@@ -38,9 +38,9 @@ use crate::daemon::{Daemon, Rss, Setup};
 use crate::report::{Consumer, Figure, Load, Report, Sample, Stall};
 use crate::workload::{Expected, Format, Workload};
 
-/// The prefetch of ceiling A and the baseline: Golconde's default for one worker
-/// (2 x batch.max_messages x workers).
-const PREFETCH: u16 = 1000;
+/// The prefetch of ceiling A, the baseline and the latency part's bare consumers:
+/// Golconde's default for one worker (2 x batch.max_messages x max(workers, 2)).
+const PREFETCH: u16 = 2000;
 
 const PARTS: [&str; 12] = [
     "amqp", "process", "mysql", "debezium", "stomp", "nats", "redis", "ceilings", "baseline",
@@ -491,7 +491,7 @@ impl Bench {
             "latency_rates": p.latency_rates,
             "memory_messages": p.memory,
             "host_messages": p.host_messages,
-            "stomp_ceiling": {"prefetch": 2 * self.batch(), "ack_every": self.batch()},
+            "stomp_ceiling": {"prefetch": self.stomp_prefetch(), "ack_every": self.batch()},
             "workers": p.workers,
             "batch_max_messages": p.batch,
             "prefetch_ceiling_and_baseline": PREFETCH,
@@ -718,21 +718,29 @@ impl Bench {
         self.plan.batch.unwrap_or(500)
     }
 
+    /// Golconde's default prefetch for one worker: four batches (two for each of at least
+    /// two workers).
+    fn stomp_prefetch(&self) -> u32 {
+        4 * self.batch()
+    }
+
     /// Ceiling S: the pre-loaded queue drained over STOMP by the bench's own client, with
     /// the `stomp` transport's subscription and acknowledgements under Golconde's defaults
-    /// for one worker: `ack:client`, a prefetch of two batches, one cumulative ACK per batch.
+    /// for one worker: `ack:client`, a prefetch of four batches, one cumulative ACK per
+    /// batch.
     async fn stomp_ceiling(&mut self, workload: Workload) -> Result<()> {
         let batch = self.batch();
+        let prefetch = self.stomp_prefetch();
         let mut figure = Figure::new(report::CEILING_S, workload.messages);
         for _ in 0..self.plan.runs {
             let queue = self.loaded_queue(workload, Format::Golconde).await?;
             let cpu = daemon::own_cpu_time()?;
-            let t = stomp::ceiling(&queue, workload.messages, 2 * batch, u64::from(batch))
+            let t = stomp::ceiling(&queue, workload.messages, prefetch, u64::from(batch))
                 .await
                 .context("ceiling S")?;
             let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
             self.expect_empty(&queue).await.context("after ceiling S")?;
-            let label = format!("ceiling S (STOMP, prefetch {}, ACK per {batch})", 2 * batch);
+            let label = format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})");
             record_ceiling(&mut figure, &label, t, cpu);
         }
         self.report.add(figure);

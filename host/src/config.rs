@@ -213,14 +213,31 @@ pub struct PipelineConfig {
     pub workers: usize,
     #[serde(default)]
     pub batch: BatchConfig,
-    /// Unacknowledged deliveries the broker may hand over; defaults to twice a batch for
-    /// every worker.
+    /// Unacknowledged deliveries the broker may hand over; see [`PipelineConfig::prefetch`].
     pub prefetch: Option<u32>,
     #[serde(default)]
     pub retry: RetryConfig,
     pub dead_letter: Option<Target>,
     #[serde(default)]
     pub fan_out: Vec<Target>,
+}
+
+impl PipelineConfig {
+    /// The prefetch asked of the transport: the configured one, else two batches for
+    /// every worker and never fewer than four. Two batches are in flight at most (one
+    /// applying, the next waiting for it); with only those two in the window, the broker
+    /// stops sending while both are, and after each commit the pipeline runs dry for as
+    /// long as the acknowledgement and the next deliveries take to cross. Four batches
+    /// keep one arriving meanwhile: one worker drained AMQP about 5% faster with 2,000
+    /// than with 1,000 at the default batch of 500, and no faster with 4,000.
+    pub fn prefetch(&self) -> u32 {
+        self.prefetch.unwrap_or_else(|| {
+            let workers = u32::try_from(self.workers.max(2)).unwrap_or(u32::MAX);
+            self.batch
+                .max_messages
+                .saturating_mul(workers.saturating_mul(2))
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
@@ -946,6 +963,17 @@ table = "public.users"
         let p = file.config.pipelines[0].get_ref();
         assert_eq!(p.max_message_bytes, 16 * 1024 * 1024);
         assert_eq!(p.prefetch, None);
+        for (keys, prefetch) in [
+            ("", 2000),
+            ("workers = 2", 2000),
+            ("workers = 4", 4000),
+            ("workers = 3\nbatch = { max_messages = 10 }", 60),
+            ("workers = 4\nprefetch = 7", 7),
+        ] {
+            let file = parse(&MINIMAL.replace("table = ", &format!("{keys}\ntable = "))).unwrap();
+            let p = file.config.pipelines[0].get_ref();
+            assert_eq!(p.prefetch(), prefetch, "{keys}");
+        }
         for (key, expected) in [
             ("prefetch = 0", "`prefetch` must be at least 1"),
             (

@@ -543,12 +543,7 @@ impl Dispatcher {
         }
         let config = &self.parts.config;
         let options = ConsumeOptions {
-            prefetch: config.prefetch.unwrap_or(
-                config
-                    .batch
-                    .max_messages
-                    .saturating_mul(2 * config.workers as u32),
-            ),
+            prefetch: config.prefetch(),
             ack_mode: AckMode::Cumulative,
         };
         let transport = self.parts.transport.get();
