@@ -678,6 +678,20 @@ mod tests {
     use golconde_plugin_api::Value;
 
     use super::*;
+
+    /// The runs of `prepared`, each operation a change of its own.
+    fn one_each<'p, 'a>(prepared: &'p [Prepared<'a>]) -> Vec<Run<'p, 'a>> {
+        let origins = prepared.iter().enumerate().map(|(i, op)| {
+            (
+                Origin {
+                    change: i,
+                    operation: 0,
+                },
+                op,
+            )
+        });
+        runs(origins, prepared.len())
+    }
     use crate::schema::{quote_ident, ColumnInfo, Kind};
 
     fn table() -> Arc<Table> {
@@ -795,18 +809,7 @@ mod tests {
             .iter()
             .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
             .collect();
-        let runs = runs(
-            prepared.iter().enumerate().map(|(i, op)| {
-                (
-                    Origin {
-                        change: i,
-                        operation: 0,
-                    },
-                    op,
-                )
-            }),
-            prepared.len(),
-        );
+        let runs = one_each(&prepared);
         let changes =
             |run: &Run| -> Vec<usize> { run.rows.iter().map(|(o, _)| o.change).collect() };
         assert_eq!(runs.len(), 4);
@@ -844,18 +847,7 @@ mod tests {
         // Such operations are all sent, the statement keeping the last of each key.
         let ops = [set.clone(), set.clone(), update.clone(), update];
         let prepared: Vec<Prepared> = ops.iter().map(|op| prepared(&t, op)).collect();
-        let runs = runs(
-            prepared.iter().enumerate().map(|(i, op)| {
-                (
-                    Origin {
-                        change: i,
-                        operation: 0,
-                    },
-                    op,
-                )
-            }),
-            prepared.len(),
-        );
+        let runs = one_each(&prepared);
         let sizes: Vec<usize> = runs.iter().map(|r| r.rows.len()).collect();
         assert_eq!(sizes, [2, 2]);
     }
@@ -875,18 +867,7 @@ mod tests {
             .iter()
             .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
             .collect();
-        let runs = runs(
-            prepared.iter().enumerate().map(|(i, op)| {
-                (
-                    Origin {
-                        change: i,
-                        operation: 0,
-                    },
-                    op,
-                )
-            }),
-            prepared.len(),
-        );
+        let runs = one_each(&prepared);
         assert_eq!(runs.len(), 3);
     }
 
@@ -909,18 +890,7 @@ mod tests {
             .collect();
         assert!(sql(&prepared[0]).contains("$2::pg_catalog.timestamptz[]"));
         assert!(sql(&prepared[3]).contains("$2::pg_catalog.text[]"));
-        let runs = runs(
-            prepared.iter().enumerate().map(|(i, op)| {
-                (
-                    Origin {
-                        change: i,
-                        operation: 0,
-                    },
-                    op,
-                )
-            }),
-            prepared.len(),
-        );
+        let runs = one_each(&prepared);
         let changes: Vec<Vec<usize>> = runs
             .iter()
             .map(|run| run.rows.iter().map(|(o, _)| o.change).collect())
