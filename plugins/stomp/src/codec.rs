@@ -173,11 +173,10 @@ impl Head {
             // The first occurrence wins; later ones are dropped like any repeated header.
             if !self.seen_length {
                 self.seen_length = true;
-                let value = &line[colon + 1..];
-                let length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .ok_or_else(|| CodecError::BadContentLength(preview(value)))?;
+                // A value that is not UTF-8 left `text` unset: no length either way.
+                let length = text
+                    .and_then(|text| text[colon + 1..].parse::<usize>().ok())
+                    .ok_or_else(|| CodecError::BadContentLength(preview(&line[colon + 1..])))?;
                 self.length = Some(length);
             }
             return Ok(());
@@ -910,6 +909,7 @@ mod tests {
             (&b"HELLO\n\n\0"[..], "unknown command"),
             (&[b'M'; 100][..], "unknown command"),
             (b"MESSAGE\ncontent-length:x\n\n\0", "content-length"),
+            (b"MESSAGE\ncontent-length:1\xff\n\n\0", "content-length"),
             (b"MESSAGE\ncontent-length:1\n\nab\0", "not followed by NUL"),
             (b"MESSAGE\na:b\n\nunfinished", "middle of a frame"),
         ] {
