@@ -440,6 +440,24 @@ fn progress(line: &str) {
     eprintln!("  {line}");
 }
 
+/// A broker's ceiling: its bare client draining a pre-loaded queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ceiling {
+    AmqpEach,
+    AmqpEvery100,
+    Stomp,
+}
+
+impl Ceiling {
+    fn name(self) -> &'static str {
+        match self {
+            Ceiling::AmqpEach => report::CEILING_A,
+            Ceiling::AmqpEvery100 => report::CEILING_A_CUMULATIVE,
+            Ceiling::Stomp => report::CEILING_S,
+        }
+    }
+}
+
 /// Records a run of a ceiling's bare client, which took `elapsed` and `cpu` for the
 /// figure's messages, and reports it as `label`.
 fn record_ceiling(figure: &mut Figure, label: &str, elapsed: Duration, cpu: Duration) {
@@ -508,19 +526,16 @@ impl Bench {
         let expected = workload.expected();
         let runs = self.plan.runs;
         if self.plan.wants("ceilings") {
-            for (name, every) in [
-                ("ceiling A: broker, ack each", 1),
-                ("ceiling A: broker, ack every 100", 100),
-            ] {
-                let mut figure = Figure::new(name, workload.messages);
+            let mut ceilings = vec![Ceiling::AmqpEach];
+            // Beside Golconde's AMQP runs, ceiling A (ack every 100), the one their target
+            // names, takes its turns with them instead.
+            if !self.amqp_turn() {
+                ceilings.push(Ceiling::AmqpEvery100);
+            }
+            for ceiling in ceilings {
+                let mut figure = Figure::new(ceiling.name(), workload.messages);
                 for _ in 0..runs {
-                    let queue = self.loaded_queue(workload, Format::Golconde).await?;
-                    let cpu = daemon::own_cpu_time()?;
-                    let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
-                        .await?;
-                    let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
-                    self.expect_empty(&queue).await?;
-                    record_ceiling(&mut figure, name, t, cpu);
+                    self.ceiling(ceiling, workload, &mut figure).await?;
                 }
                 self.report.add(figure);
             }
@@ -591,10 +606,11 @@ impl Bench {
         .filter(|(_, wanted)| *wanted)
         .map(|(mode, _)| mode)
         .collect();
-        let mut turns = vec![modes];
+        let amqp_ceiling = (self.plan.wants("ceilings") && !modes.is_empty())
+            .then_some(Ceiling::AmqpEvery100);
+        let mut turns = vec![(modes, amqp_ceiling)];
         if self.plan.wants("stomp") {
-            self.stomp_ceiling(workload).await?;
-            turns.push(vec![Mode::STOMP]);
+            turns.push((vec![Mode::STOMP], Some(Ceiling::Stomp)));
         }
         // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
         for (part, mode, kind, name, through) in [
@@ -654,33 +670,49 @@ impl Bench {
                 figure.rate(workload.messages, t);
             }
             self.report.add(figure);
-            turns.push(vec![mode]);
+            turns.push((vec![mode], None));
         }
-        for modes in turns {
+        for (modes, ceiling) in turns {
+            if modes.is_empty() {
+                continue;
+            }
+            // The turn's ceiling runs once in every round, first and then last, so that
+            // the broker's drift over the minutes of a bench weighs on it as on the runs
+            // divided by it.
+            let mut reference = ceiling.map(|c| Figure::new(c.name(), workload.messages));
             for workers in self.plan.workers.clone() {
-                if modes.is_empty() {
-                    break;
-                }
                 let mut figures: Vec<Figure> = modes
                     .iter()
                     .map(|mode| mode.figure(workers, workload.messages))
                     .collect();
                 for run in 0..runs {
-                    let mut order: Vec<usize> = (0..modes.len()).collect();
+                    let mut order: Vec<Option<usize>> =
+                        std::iter::once(None).chain((0..modes.len()).map(Some)).collect();
                     if run % 2 == 1 {
                         order.reverse();
                     }
-                    for i in order {
-                        let figure = &mut figures[i];
-                        self.golconde(modes[i], workers, workload, &expected)
-                            .await
-                            .with_context(|| figure.name.clone())?
-                            .record(figure, workload.messages);
+                    for slot in order {
+                        match (slot, ceiling.zip(reference.as_mut())) {
+                            (None, Some((ceiling, figure))) => {
+                                self.ceiling(ceiling, workload, figure).await?;
+                            }
+                            (None, None) => {}
+                            (Some(i), _) => {
+                                let figure = &mut figures[i];
+                                self.golconde(modes[i], workers, workload, &expected)
+                                    .await
+                                    .with_context(|| figure.name.clone())?
+                                    .record(figure, workload.messages);
+                            }
+                        }
                     }
                 }
                 for figure in figures {
                     self.report.add(figure);
                 }
+            }
+            if let Some(figure) = reference {
+                self.report.add(figure);
             }
         }
         if self.plan.wants("latency") {
@@ -724,26 +756,46 @@ impl Bench {
         4 * self.batch()
     }
 
-    /// Ceiling S: the pre-loaded queue drained over STOMP by the bench's own client, with
-    /// the `stomp` transport's subscription and acknowledgements under Golconde's defaults
-    /// for one worker: `ack:client`, a prefetch of four batches, one cumulative ACK per
-    /// batch.
-    async fn stomp_ceiling(&mut self, workload: Workload) -> Result<()> {
-        let batch = self.batch();
-        let prefetch = self.stomp_prefetch();
-        let mut figure = Figure::new(report::CEILING_S, workload.messages);
-        for _ in 0..self.plan.runs {
-            let queue = self.loaded_queue(workload, Format::Golconde).await?;
-            let cpu = daemon::own_cpu_time()?;
-            let t = stomp::ceiling(&queue, workload.messages, prefetch, u64::from(batch))
-                .await
-                .context("ceiling S")?;
-            let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
-            self.expect_empty(&queue).await.context("after ceiling S")?;
-            let label = format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})");
-            record_ceiling(&mut figure, &label, t, cpu);
-        }
-        self.report.add(figure);
+    /// Whether this bench has a turn of Golconde's AMQP runs.
+    fn amqp_turn(&self) -> bool {
+        ["amqp", "debezium", "process", "mysql"]
+            .iter()
+            .any(|part| self.plan.wants(part))
+    }
+
+    /// One run of `ceiling` on a freshly loaded queue, added to `figure`.
+    ///
+    /// Ceiling S drains over STOMP by the bench's own client, with the `stomp` transport's
+    /// subscription and acknowledgements under Golconde's defaults for one worker:
+    /// `ack:client`, a prefetch of four batches, one cumulative ACK per batch.
+    async fn ceiling(
+        &mut self,
+        ceiling: Ceiling,
+        workload: Workload,
+        figure: &mut Figure,
+    ) -> Result<()> {
+        let queue = self.loaded_queue(workload, Format::Golconde).await?;
+        let cpu = daemon::own_cpu_time()?;
+        let (t, label) = match ceiling {
+            Ceiling::AmqpEach | Ceiling::AmqpEvery100 => {
+                let every = if ceiling == Ceiling::AmqpEach { 1 } else { 100 };
+                let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
+                    .await?;
+                (t, ceiling.name().to_owned())
+            }
+            Ceiling::Stomp => {
+                let (batch, prefetch) = (self.batch(), self.stomp_prefetch());
+                let t = stomp::ceiling(&queue, workload.messages, prefetch, u64::from(batch))
+                    .await
+                    .context("ceiling S")?;
+                (t, format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})"))
+            }
+        };
+        let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
+        self.expect_empty(&queue)
+            .await
+            .with_context(|| format!("after {}", ceiling.name()))?;
+        record_ceiling(figure, &label, t, cpu);
         Ok(())
     }
 
