@@ -1,6 +1,7 @@
 //! RabbitMQ side of the benchmark: the bench's queues, pre-loading them, ceiling A (a bare
-//! lapin consumer), the baseline (the first Golconde's one-message-at-a-time model) and
-//! the fixed-rate publisher of the latency run.
+//! lapin consumer), ceiling AB (a hand-written RabbitMQ -> PostgreSQL pipeline), the
+//! baseline (the first Golconde's one-message-at-a-time model) and the fixed-rate
+//! publisher of the latency run.
 //!
 //! Depends on lapin and tokio-postgres. Key decision: everything here is the simplest
 //! fast Rust that does the job, so a ceiling is what the broker or the database can do,
@@ -17,6 +18,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+use crate::db::{Columns, IN_FLIGHT};
 use crate::report::Sample;
 use crate::workload::{latency_body, Format, Workload};
 
@@ -168,6 +170,72 @@ pub async fn ceiling(
                 .with_context(|| format!("acknowledging on queue `{queue}`"))?;
         }
     }
+    let elapsed = clock.elapsed();
+    channel.close(200, "done".into()).await.ok();
+    Ok(elapsed)
+}
+
+/// Ceiling AB: a hand-written pipeline from RabbitMQ to PostgreSQL, written for this
+/// workload alone, as ceilings NB and RB are for theirs. A reader takes what has arrived,
+/// up to `batch` messages, with `prefetch`, and parses it into the rows of one UNNEST
+/// upsert of ceiling B; a writer, at the same time, writes each batch and then
+/// acknowledges it with one cumulative ack, as Golconde does. Returns the elapsed time.
+pub async fn through(
+    connection: &Connection,
+    client: &tokio_postgres::Client,
+    queue: &str,
+    count: u64,
+    prefetch: u16,
+    batch: usize,
+) -> Result<Duration> {
+    let upsert = crate::db::prepare_upsert(client).await?;
+    let clock = Instant::now();
+    let (channel, mut consumer) = consume(connection, queue, prefetch, "through").await?;
+    let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let read = async move {
+        let mut read = 0u64;
+        while read < count {
+            let mut deliveries = Vec::with_capacity(batch);
+            loop {
+                let next = if deliveries.is_empty() {
+                    Some(consumer.next().await)
+                } else {
+                    futures_lite::future::poll_once(consumer.next()).await
+                };
+                match next {
+                    Some(Some(delivery)) => deliveries
+                        .push(delivery.with_context(|| format!("consuming queue `{queue}`"))?),
+                    Some(None) => bail!("queue `{queue}` was cancelled after {read} messages"),
+                    None => break,
+                }
+                if deliveries.len() == batch || read + deliveries.len() as u64 == count {
+                    break;
+                }
+            }
+            read += deliveries.len() as u64;
+            let rows = Columns::parse(deliveries.iter().map(|d| &d.data[..]))?;
+            let last = deliveries.last().map(|d| d.delivery_tag);
+            if sender.send((rows, last)).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    let write = async {
+        while let Some((rows, last)) = batches.recv().await {
+            rows.write(client, &upsert).await?;
+            if let Some(tag) = last {
+                channel
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await
+                    .with_context(|| format!("acknowledging on queue `{queue}`"))?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (read, write) = tokio::join!(read, write);
+    read?;
+    write?;
     let elapsed = clock.elapsed();
     channel.close(200, "done".into()).await.ok();
     Ok(elapsed)

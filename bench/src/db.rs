@@ -20,6 +20,10 @@ use tokio_postgres::{Client, NoTls};
 use crate::report::{Sample, Stall};
 use crate::workload::{Expected, Found, Row, Workload};
 
+/// Golconde's default `batch.max_messages`: how many messages a ceiling pulls and
+/// acknowledges at once.
+pub const BATCH: usize = 500;
+
 pub const HOST: &str = "host=127.0.0.1 port=5432 user=postgres";
 
 pub const SCHEMA: &str = "
@@ -296,3 +300,66 @@ impl CommitProbe {
         self.task.await.context("the commit probe's task")?
     }
 }
+
+/// A workload message, as the hand-written pipelines (ceilings AB, NB, RB) read it: only what the row needs.
+#[derive(serde::Deserialize)]
+struct Change {
+    data: ChangeRow,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangeRow {
+    id: i64,
+    name: String,
+    email: String,
+    score: i32,
+    updated_at: String,
+}
+
+/// The columns of one UNNEST upsert.
+#[derive(Default)]
+pub struct Columns {
+    ids: Vec<i64>,
+    names: Vec<String>,
+    emails: Vec<String>,
+    scores: Vec<i32>,
+    times: Vec<String>,
+}
+
+impl Columns {
+    /// One batch of message bodies as the columns of one upsert, keeping the last change
+    /// of each key (an upsert cannot touch a row twice).
+    pub fn parse<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Result<Columns> {
+        let mut last: std::collections::HashMap<i64, ChangeRow> = std::collections::HashMap::new();
+        for body in bodies {
+            let change: Change = serde_json::from_slice(body).context("a workload message")?;
+            last.insert(change.data.id, change.data);
+        }
+        let mut c = Columns::default();
+        for row in last.into_values() {
+            c.ids.push(row.id);
+            c.names.push(row.name);
+            c.emails.push(row.email);
+            c.scores.push(row.score);
+            c.times.push(row.updated_at);
+        }
+        Ok(c)
+    }
+
+    pub async fn write(
+        &self,
+        client: &tokio_postgres::Client,
+        upsert: &tokio_postgres::Statement,
+    ) -> Result<()> {
+        let c = self;
+        client
+            .execute(upsert, &[&c.ids, &c.names, &c.emails, &c.scores, &c.times])
+            .await
+            .context("running an UNNEST upsert into table users")?;
+        Ok(())
+    }
+}
+
+/// Batches read and parsed, waiting to be written: two, so that reading the next one
+/// overlaps writing this one, as Golconde's dispatcher and worker overlap.
+pub const IN_FLIGHT: usize = 2;

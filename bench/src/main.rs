@@ -3,7 +3,8 @@
 //! process of its own, AMQP -> autosql -> mysql into MariaDB, AMQP -> debezium -> postgres)
 //! against the limits of each broker alone (ceiling A for RabbitMQ, S for RabbitMQ over
 //! STOMP, N for NATS, R for Redis) and of the database alone (ceiling B for PostgreSQL, C
-//! for MariaDB), against the first Golconde's one-message-at-a-time model (the baseline),
+//! for MariaDB), against pipelines written by hand for the workload alone (AB, NB, RB:
+//! RabbitMQ, NATS, Redis -> PostgreSQL), against the first Golconde's one-message-at-a-time model (the baseline),
 //! its publish-to-commit latency at a quarter and at half of its capacity beside the
 //! broker's own, its peak memory, the debezium processor's CPU time per message against
 //! autosql's, and the host alone with in-memory plugins (bench/memory). `scripts/bench`
@@ -94,7 +95,7 @@ struct Args {
     /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, ceiling NB: the
     /// hand-written NATS -> PostgreSQL pipeline, then NATS -> autosql -> postgres), redis (the
     /// same with Redis Streams: ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
-    /// MariaDB), baseline, latency, memory, host (the daemon with the in-memory plugins of
+    /// MariaDB; with an AMQP part also AB: RabbitMQ -> PostgreSQL by hand), baseline, latency, memory, host (the daemon with the in-memory plugins of
     /// bench/memory).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -445,7 +446,15 @@ fn progress(line: &str) {
 enum Ceiling {
     AmqpEach,
     AmqpEvery100,
+    AmqpThrough,
     Stomp,
+}
+
+/// A run in a round of a turn: one of the turn's ceilings, or one of its Golconde modes.
+#[derive(Clone, Copy)]
+enum Slot {
+    Ceiling(usize),
+    Golconde(usize),
 }
 
 impl Ceiling {
@@ -453,6 +462,7 @@ impl Ceiling {
         match self {
             Ceiling::AmqpEach => report::CEILING_A,
             Ceiling::AmqpEvery100 => report::CEILING_A_CUMULATIVE,
+            Ceiling::AmqpThrough => report::CEILING_AB,
             Ceiling::Stomp => report::CEILING_S,
         }
     }
@@ -606,11 +616,14 @@ impl Bench {
         .filter(|(_, wanted)| *wanted)
         .map(|(mode, _)| mode)
         .collect();
-        let amqp_ceiling = (self.plan.wants("ceilings") && !modes.is_empty())
-            .then_some(Ceiling::AmqpEvery100);
-        let mut turns = vec![(modes, amqp_ceiling)];
+        let amqp_ceilings = if self.plan.wants("ceilings") && !modes.is_empty() {
+            vec![Ceiling::AmqpEvery100, Ceiling::AmqpThrough]
+        } else {
+            Vec::new()
+        };
+        let mut turns = vec![(modes, amqp_ceilings)];
         if self.plan.wants("stomp") {
-            turns.push((vec![Mode::STOMP], Some(Ceiling::Stomp)));
+            turns.push((vec![Mode::STOMP], vec![Ceiling::Stomp]));
         }
         // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
         for (part, mode, kind, name, through) in [
@@ -670,34 +683,39 @@ impl Bench {
                 figure.rate(workload.messages, t);
             }
             self.report.add(figure);
-            turns.push((vec![mode], None));
+            turns.push((vec![mode], Vec::new()));
         }
-        for (modes, ceiling) in turns {
+        for (modes, ceilings) in turns {
             if modes.is_empty() {
                 continue;
             }
-            // The turn's ceiling runs once in every round, first and then last, so that
-            // the broker's drift over the minutes of a bench weighs on it as on the runs
-            // divided by it.
-            let mut reference = ceiling.map(|c| Figure::new(c.name(), workload.messages));
+            // The turn's ceilings run once in every round, first and then last, so that
+            // the broker's drift over the minutes of a bench weighs on them as on the runs
+            // divided by them.
+            let mut references: Vec<Figure> = ceilings
+                .iter()
+                .map(|c| Figure::new(c.name(), workload.messages))
+                .collect();
             for workers in self.plan.workers.clone() {
                 let mut figures: Vec<Figure> = modes
                     .iter()
                     .map(|mode| mode.figure(workers, workload.messages))
                     .collect();
                 for run in 0..runs {
-                    let mut order: Vec<Option<usize>> =
-                        std::iter::once(None).chain((0..modes.len()).map(Some)).collect();
+                    let mut order: Vec<Slot> = (0..ceilings.len())
+                        .map(Slot::Ceiling)
+                        .chain((0..modes.len()).map(Slot::Golconde))
+                        .collect();
                     if run % 2 == 1 {
                         order.reverse();
                     }
                     for slot in order {
-                        match (slot, ceiling.zip(reference.as_mut())) {
-                            (None, Some((ceiling, figure))) => {
-                                self.ceiling(ceiling, workload, figure).await?;
+                        match slot {
+                            Slot::Ceiling(i) => {
+                                self.ceiling(ceilings[i], workload, &mut references[i])
+                                    .await?;
                             }
-                            (None, None) => {}
-                            (Some(i), _) => {
+                            Slot::Golconde(i) => {
                                 let figure = &mut figures[i];
                                 self.golconde(modes[i], workers, workload, &expected)
                                     .await
@@ -711,7 +729,7 @@ impl Bench {
                     self.report.add(figure);
                 }
             }
-            if let Some(figure) = reference {
+            for figure in references {
                 self.report.add(figure);
             }
         }
@@ -775,20 +793,44 @@ impl Bench {
         figure: &mut Figure,
     ) -> Result<()> {
         let queue = self.loaded_queue(workload, Format::Golconde).await?;
+        if ceiling == Ceiling::AmqpThrough {
+            db::truncate(&self.client).await?;
+        }
         let cpu = daemon::own_cpu_time()?;
         let (t, label) = match ceiling {
             Ceiling::AmqpEach | Ceiling::AmqpEvery100 => {
                 let every = if ceiling == Ceiling::AmqpEach { 1 } else { 100 };
-                let t = broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every)
-                    .await?;
+                let t =
+                    broker::ceiling(&self.amqp, &queue, workload.messages, PREFETCH, every).await?;
                 (t, ceiling.name().to_owned())
+            }
+            Ceiling::AmqpThrough => {
+                let batch = self.batch() as usize;
+                let t = broker::through(
+                    &self.amqp,
+                    &self.client,
+                    &queue,
+                    workload.messages,
+                    PREFETCH,
+                    batch,
+                )
+                .await
+                .context("ceiling AB")?;
+                let expected = workload.expected();
+                db::verify(&self.client, &workload, &expected)
+                    .await
+                    .context("after ceiling AB")?;
+                (t, format!("{} (ack per {batch})", ceiling.name()))
             }
             Ceiling::Stomp => {
                 let (batch, prefetch) = (self.batch(), self.stomp_prefetch());
                 let t = stomp::ceiling(&queue, workload.messages, prefetch, u64::from(batch))
                     .await
                     .context("ceiling S")?;
-                (t, format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})"))
+                (
+                    t,
+                    format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})"),
+                )
             }
         };
         let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);

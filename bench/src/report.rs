@@ -24,6 +24,7 @@ pub const CEILING_N: &str = "ceiling N: nats-server alone (async-nats), ack each
 pub const CEILING_R: &str = "ceiling R: redis-server alone (redis-rs), XACK per 500";
 pub const CEILING_NB: &str = "ceiling NB: nats-server -> PostgreSQL, hand-written, 1 conn.";
 pub const CEILING_RB: &str = "ceiling RB: redis-server -> PostgreSQL, hand-written, 1 conn.";
+pub const CEILING_AB: &str = "ceiling AB: RabbitMQ -> PostgreSQL, hand-written, 1 conn.";
 pub const CEILING_S: &str = "ceiling S: broker over STOMP, ack:client per batch";
 pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
 
@@ -397,6 +398,7 @@ impl Report {
             "to_ceiling_b": r(b),
             "to_min_ceiling": r(lower(b)),
             "to_baseline": r(base),
+            "to_ceiling_ab": r(self.median_rate(CEILING_AB)),
         });
         if figure.golconde.as_deref() == Some("stomp") {
             ratios["to_ceiling_s"] = json!(r(self.median_rate(CEILING_S)));
@@ -573,6 +575,7 @@ impl Report {
         let cumulative = self.median_rate(CEILING_A_CUMULATIVE);
         let median = |v: &[f64]| spread(v).map(|s| s.median);
         let bare = self.median_cpu(CEILING_A_CUMULATIVE);
+        let through = self.median_rate(CEILING_AB);
         let mut out = Vec::new();
         for f in &amqp {
             let cpu = median(&f.cpu_us);
@@ -587,9 +590,11 @@ impl Report {
             let rate = median(&f.rates);
             out.push((
                 format!(
-                    "golconde amqp, workers={} >= 0.9 x ceiling A (ack every 100): {}",
+                    "golconde amqp, workers={} >= 0.9 x ceiling A (ack every 100): {}; \
+                     against ceiling AB (a hand-written RabbitMQ -> PostgreSQL pipeline): {}",
                     f.workers,
-                    fmt_ratio(rate.zip(cumulative).map(|(r, c)| r / c))
+                    fmt_ratio(rate.zip(cumulative).map(|(r, c)| r / c)),
+                    fmt_ratio(rate.zip(through).map(|(r, c)| r / c))
                 ),
                 rate.zip(cumulative).map(|(r, c)| r >= 0.9 * c),
             ));
@@ -784,7 +789,7 @@ impl Report {
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>5} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
             "part",
             "messages",
             "msgs/s median [min-max]",
@@ -798,6 +803,7 @@ impl Report {
             "/NR",
             "/minNRB",
             "/NRB",
+            "/AB",
             "x base",
             "CPU us/msg",
             "p50 ms",
@@ -817,7 +823,7 @@ impl Report {
                 _ => "-".into(),
             };
             println!(
-                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>5} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
@@ -831,6 +837,7 @@ impl Report {
                 g("to_stream_ceiling"),
                 g("to_min_stream_ceiling_b"),
                 g("to_stream_pipeline_ceiling"),
+                g("to_ceiling_ab"),
                 g("to_baseline"),
                 fmt_spread(spread(&f.cpu_us), 1),
                 fmt_spread(spread(&f.p50), 1),
@@ -1029,7 +1036,21 @@ mod tests {
             ],
             "{targets:?}"
         );
-        assert!(targets[1].0.ends_with("0.95"), "{}", targets[1].0);
+        assert!(
+            targets[1].0.ends_with(
+                "0.95; against ceiling AB (a hand-written RabbitMQ -> PostgreSQL pipeline): -"
+            ),
+            "{}",
+            targets[1].0
+        );
+        report.add(rated(CEILING_AB, &[1100.0, 900.0, 1000.0]));
+        let with_ab = report.amqp_targets();
+        assert!(
+            with_ab[1].0.ends_with("pipeline): 0.95"),
+            "against ceiling AB's median: {}",
+            with_ab[1].0
+        );
+        assert_eq!(with_ab[1].1, Some(true), "ceiling AB sets no target");
         assert!(
             targets[0]
                 .0

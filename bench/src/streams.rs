@@ -20,9 +20,7 @@ use redis::AsyncCommands;
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// Golconde's default `batch.max_messages`: how many messages a ceiling pulls and
-/// acknowledges at once.
-pub const BATCH: usize = 500;
+use crate::db::{Columns, BATCH, IN_FLIGHT};
 
 /// A stream broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,69 +212,6 @@ pub async fn ceiling(kind: Kind, queue: &str, count: u64) -> Result<Duration> {
         }
     }
 }
-
-/// A workload message, as ceilings NB and RB read it: only what the row needs.
-#[derive(serde::Deserialize)]
-struct Change {
-    data: ChangeRow,
-}
-
-#[derive(serde::Deserialize)]
-struct ChangeRow {
-    id: i64,
-    name: String,
-    email: String,
-    score: i32,
-    updated_at: String,
-}
-
-/// The columns of one UNNEST upsert.
-#[derive(Default)]
-struct Columns {
-    ids: Vec<i64>,
-    names: Vec<String>,
-    emails: Vec<String>,
-    scores: Vec<i32>,
-    times: Vec<String>,
-}
-
-impl Columns {
-    /// One batch of message bodies as the columns of one upsert, keeping the last change
-    /// of each key (an upsert cannot touch a row twice).
-    fn parse<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Result<Columns> {
-        let mut last: std::collections::HashMap<i64, ChangeRow> = std::collections::HashMap::new();
-        for body in bodies {
-            let change: Change = serde_json::from_slice(body).context("a workload message")?;
-            last.insert(change.data.id, change.data);
-        }
-        let mut c = Columns::default();
-        for row in last.into_values() {
-            c.ids.push(row.id);
-            c.names.push(row.name);
-            c.emails.push(row.email);
-            c.scores.push(row.score);
-            c.times.push(row.updated_at);
-        }
-        Ok(c)
-    }
-
-    async fn write(
-        &self,
-        client: &tokio_postgres::Client,
-        upsert: &tokio_postgres::Statement,
-    ) -> Result<()> {
-        let c = self;
-        client
-            .execute(upsert, &[&c.ids, &c.names, &c.emails, &c.scores, &c.times])
-            .await
-            .context("running an UNNEST upsert into table users")?;
-        Ok(())
-    }
-}
-
-/// Batches read and parsed, waiting to be written: two, so that reading the next one
-/// overlaps writing this one, as Golconde's dispatcher and worker overlap.
-const IN_FLIGHT: usize = 2;
 
 /// Ceilings NB and RB: a hand-written pipeline from the stream to PostgreSQL, written for
 /// this workload alone. A reader pulls batches of up to [`BATCH`] with the server's own
