@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::db::{Columns, IN_FLIGHT};
+use crate::db::Columns;
 use crate::report::Sample;
 use crate::workload::{latency_body, Format, Workload};
 
@@ -191,51 +191,44 @@ pub async fn through(
     let upsert = crate::db::prepare_upsert(client).await?;
     let clock = Instant::now();
     let (channel, mut consumer) = consume(connection, queue, prefetch, "through").await?;
-    let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    let read = async move {
-        let mut read = 0u64;
-        while read < count {
-            let mut deliveries = Vec::with_capacity(batch);
-            loop {
-                let next = if deliveries.is_empty() {
-                    Some(consumer.next().await)
-                } else {
-                    futures_lite::future::poll_once(consumer.next()).await
-                };
-                match next {
-                    Some(Some(delivery)) => deliveries
-                        .push(delivery.with_context(|| format!("consuming queue `{queue}`"))?),
-                    Some(None) => bail!("queue `{queue}` was cancelled after {read} messages"),
-                    None => break,
+    let mut read = 0u64;
+    let next = async || {
+        if read == count {
+            return Ok(None);
+        }
+        let mut deliveries = Vec::with_capacity(batch);
+        loop {
+            let next = if deliveries.is_empty() {
+                Some(consumer.next().await)
+            } else {
+                futures_lite::future::poll_once(consumer.next()).await
+            };
+            match next {
+                Some(Some(delivery)) => {
+                    deliveries.push(delivery.with_context(|| format!("consuming queue `{queue}`"))?)
                 }
-                if deliveries.len() == batch || read + deliveries.len() as u64 == count {
-                    break;
-                }
+                Some(None) => bail!("queue `{queue}` was cancelled after {read} messages"),
+                None => break,
             }
-            read += deliveries.len() as u64;
-            let rows = Columns::parse(deliveries.iter().map(|d| &d.data[..]))?;
-            let last = deliveries.last().map(|d| d.delivery_tag);
-            if sender.send((rows, last)).await.is_err() {
+            if deliveries.len() == batch || read + deliveries.len() as u64 == count {
                 break;
             }
         }
+        read += deliveries.len() as u64;
+        let rows = Columns::parse(deliveries.iter().map(|d| &d.data[..]))?;
+        let last = deliveries.last().map(|d| d.delivery_tag);
+        Ok(Some((rows, last)))
+    };
+    let ack = async |last: Option<u64>| {
+        if let Some(tag) = last {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .with_context(|| format!("acknowledging on queue `{queue}`"))?;
+        }
         Ok(())
     };
-    let write = async {
-        while let Some((rows, last)) = batches.recv().await {
-            rows.write(client, &upsert).await?;
-            if let Some(tag) = last {
-                channel
-                    .basic_ack(tag, BasicAckOptions { multiple: true })
-                    .await
-                    .with_context(|| format!("acknowledging on queue `{queue}`"))?;
-            }
-        }
-        anyhow::Ok(())
-    };
-    let (read, write) = tokio::join!(read, write);
-    read?;
-    write?;
+    crate::db::pipeline(client, &upsert, next, ack).await?;
     let elapsed = clock.elapsed();
     channel.close(200, "done".into()).await.ok();
     Ok(elapsed)

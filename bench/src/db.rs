@@ -362,4 +362,36 @@ impl Columns {
 
 /// Batches read and parsed, waiting to be written: two, so that reading the next one
 /// overlaps writing this one, as Golconde's dispatcher and worker overlap.
-pub const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 2;
+
+/// The loop of a hand-written pipeline (ceilings AB, NB and RB): `read` takes the next batch
+/// and parses it into rows (`None` once the drain is done) while, at the same time, each
+/// batch read before is written by one UNNEST upsert (`upsert`, from [`prepare_upsert`])
+/// and then acknowledged by `ack`, with up to [`IN_FLIGHT`] batches waiting between them.
+pub async fn pipeline<T>(
+    client: &Client,
+    upsert: &tokio_postgres::Statement,
+    mut read: impl AsyncFnMut() -> Result<Option<(Columns, T)>>,
+    mut ack: impl AsyncFnMut(T) -> Result<()>,
+) -> Result<()> {
+    let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    let reading = async move {
+        while let Some(batch) = read().await? {
+            if sender.send(batch).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    // Moved in, so that a failed write drops the receiver and a reader waiting to send
+    // stops instead of waiting forever.
+    let writing = async move {
+        while let Some((rows, token)) = batches.recv().await {
+            rows.write(client, upsert).await?;
+            ack(token).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (read, write) = tokio::join!(reading, writing);
+    read.and(write)
+}

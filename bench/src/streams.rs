@@ -20,7 +20,7 @@ use redis::AsyncCommands;
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-use crate::db::{Columns, BATCH, IN_FLIGHT};
+use crate::db::{self, Columns, BATCH};
 
 /// A stream broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,47 +235,39 @@ pub async fn through(
                 .max_messages_per_batch(BATCH)
                 .messages()
                 .await?;
-            let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
-            let read = async move {
-                let mut read = 0u64;
-                while read < count {
-                    let mut batch = Vec::with_capacity(BATCH);
-                    let first = messages
-                        .next()
+            let mut read = 0u64;
+            let next = async || {
+                if read == count {
+                    return Ok(None);
+                }
+                let mut batch = Vec::with_capacity(BATCH);
+                let first = messages
+                    .next()
+                    .await
+                    .with_context(|| format!("`{queue}` ended after {read} messages"))?
+                    .map_err(|e| anyhow::anyhow!("consuming `{queue}`: {e}"))?;
+                batch.push(first);
+                while batch.len() < BATCH {
+                    match futures_lite::future::poll_once(messages.next()).await {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        Some(Some(Err(e))) => bail!("consuming `{queue}`: {e}"),
+                        _ => break,
+                    }
+                }
+                read += batch.len() as u64;
+                let rows = Columns::parse(batch.iter().map(|m| &m.payload[..]))?;
+                Ok(Some((rows, batch)))
+            };
+            let ack = async |batch: Vec<jetstream::Message>| {
+                for message in batch {
+                    message
+                        .ack()
                         .await
-                        .with_context(|| format!("`{queue}` ended after {read} messages"))?
-                        .map_err(|e| anyhow::anyhow!("consuming `{queue}`: {e}"))?;
-                    batch.push(first);
-                    while batch.len() < BATCH {
-                        match futures_lite::future::poll_once(messages.next()).await {
-                            Some(Some(Ok(message))) => batch.push(message),
-                            Some(Some(Err(e))) => bail!("consuming `{queue}`: {e}"),
-                            _ => break,
-                        }
-                    }
-                    read += batch.len() as u64;
-                    let rows = Columns::parse(batch.iter().map(|m| &m.payload[..]))?;
-                    if sender.send((rows, batch)).await.is_err() {
-                        break;
-                    }
+                        .map_err(|e| anyhow::anyhow!("acknowledging on `{queue}`: {e}"))?;
                 }
                 Ok(())
             };
-            let write = async {
-                while let Some((rows, batch)) = batches.recv().await {
-                    rows.write(client, &upsert).await?;
-                    for message in batch {
-                        message
-                            .ack()
-                            .await
-                            .map_err(|e| anyhow::anyhow!("acknowledging on `{queue}`: {e}"))?;
-                    }
-                }
-                anyhow::Ok(())
-            };
-            let (read, write) = tokio::join!(read, write);
-            read?;
-            write?;
+            db::pipeline(client, &upsert, next, ack).await?;
             js.client()
                 .flush()
                 .await
@@ -285,46 +277,38 @@ pub async fn through(
         Kind::Redis => {
             let (mut connection, options) = ceiling_group(queue).await?;
             let clock = Instant::now();
-            let (sender, mut batches) = tokio::sync::mpsc::channel(IN_FLIGHT);
             let mut reading = connection.clone();
-            let read = async move {
-                let mut read = 0u64;
-                while read < count {
-                    let reply: redis::streams::StreamReadReply = reading
-                        .xread_options(&[queue], &[">"], &options)
-                        .await
-                        .with_context(|| format!("XREADGROUP on `{queue}`"))?;
-                    let entries: Vec<redis::streams::StreamId> =
-                        reply.keys.into_iter().flat_map(|k| k.ids).collect();
-                    if entries.is_empty() {
-                        bail!("`{queue}` ended after {read} of {count} entries");
-                    }
-                    read += entries.len() as u64;
-                    let bodies: Vec<Vec<u8>> = entries
-                        .iter()
-                        .map(|entry| entry.get::<Vec<u8>>("body").context("an entry's body"))
-                        .collect::<Result<_>>()?;
-                    let rows = Columns::parse(bodies.iter().map(Vec::as_slice))?;
-                    let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
-                    if sender.send((rows, ids)).await.is_err() {
-                        break;
-                    }
+            let mut read = 0u64;
+            let next = async || {
+                if read >= count {
+                    return Ok(None);
                 }
+                let reply: redis::streams::StreamReadReply = reading
+                    .xread_options(&[queue], &[">"], &options)
+                    .await
+                    .with_context(|| format!("XREADGROUP on `{queue}`"))?;
+                let entries: Vec<redis::streams::StreamId> =
+                    reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                if entries.is_empty() {
+                    bail!("`{queue}` ended after {read} of {count} entries");
+                }
+                read += entries.len() as u64;
+                let bodies: Vec<Vec<u8>> = entries
+                    .iter()
+                    .map(|entry| entry.get::<Vec<u8>>("body").context("an entry's body"))
+                    .collect::<Result<_>>()?;
+                let rows = Columns::parse(bodies.iter().map(Vec::as_slice))?;
+                let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+                Ok(Some((rows, ids)))
+            };
+            let ack = async |ids: Vec<String>| {
+                let _: u64 = connection
+                    .xack(queue, "ceiling", &ids)
+                    .await
+                    .with_context(|| format!("XACK on `{queue}`"))?;
                 Ok(())
             };
-            let write = async {
-                while let Some((rows, ids)) = batches.recv().await {
-                    rows.write(client, &upsert).await?;
-                    let _: u64 = connection
-                        .xack(queue, "ceiling", &ids)
-                        .await
-                        .with_context(|| format!("XACK on `{queue}`"))?;
-                }
-                anyhow::Ok(())
-            };
-            let (read, write) = tokio::join!(read, write);
-            read?;
-            write?;
+            db::pipeline(client, &upsert, next, ack).await?;
             Ok(clock.elapsed())
         }
     }

@@ -20,6 +20,8 @@
 use std::{collections::HashSet, fmt::Write, sync::Arc};
 
 use golconde_plugin_api::{Action, Column, Operation};
+pub use golconde_plugin_support::batch::Origin;
+use golconde_plugin_support::shown::column_names;
 use mysql_async::Value as MyValue;
 
 use crate::{
@@ -172,7 +174,7 @@ pub fn prepare<'a>(
             return Err(Misfit {
                 message: format!(
                     "an {verb} into `{t}` has no column of that table to write (given: {})",
-                    names(&op.data)
+                    column_names(&op.data)
                 ),
                 stale_suspect: true,
             })
@@ -230,7 +232,7 @@ pub fn prepare<'a>(
                         "an upsert into `{t}` needs every column of its {} in its data; it has \
                          only {}",
                         keys.join(" or "),
-                        names(&op.data)
+                        column_names(&op.data)
                     )
                 };
                 Misfit {
@@ -291,22 +293,6 @@ fn cells<'a>(
     }
     cells.sort_by_key(|(p, _)| *p);
     Ok(cells)
-}
-
-fn names(columns: &[Column]) -> String {
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-/// Where an operation comes from: its change and its place in that change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub change: usize,
-    pub operation: usize,
 }
 
 /// How an insert statement tells the keys it generated.
@@ -591,6 +577,7 @@ mod tests {
     use std::collections::HashMap;
 
     use golconde_plugin_api::Value;
+    use golconde_plugin_support::batch;
 
     use super::*;
     use crate::schema::{quote_ident, ColumnInfo};
@@ -666,21 +653,11 @@ mod tests {
             .iter()
             .map(|op| prepare(&t, op, UnknownColumns::Error).unwrap())
             .collect();
-        statements(
-            prepared.iter().enumerate().map(|(i, op)| {
-                (
-                    Origin {
-                        change: i,
-                        operation: 0,
-                    },
-                    op,
-                )
-            }),
-            server,
-        )
-        .into_iter()
-        .map(|s| (s.sql, s.params.len()))
-        .collect()
+        // Each operation a change of its own.
+        statements(batch::operations(prepared.chunks(1)), server)
+            .into_iter()
+            .map(|s| (s.sql, s.params.len()))
+            .collect()
     }
 
     #[test]

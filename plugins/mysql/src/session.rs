@@ -25,6 +25,7 @@ use std::{
 
 use golconde_plugin_api::{Action, Applied, Change, Column, PluginError, RVec, Value};
 use golconde_plugin_support::{
+    batch,
     bisect::Bisection,
     doubt::Verdict,
     errors::{chain, with_id},
@@ -36,7 +37,7 @@ use tokio::runtime::Runtime;
 use crate::{
     convert::Cell,
     dedupe,
-    plan::{self, Origin, Prepared, Returning, Server},
+    plan::{self, Prepared, Returning, Server},
     schema::{self, Introspection, Kind, Table},
     Shared,
 };
@@ -807,17 +808,7 @@ impl Inner {
             })
             .collect();
         let statements = plan::statements(
-            (0..candidates.len()).flat_map(|k| {
-                ops(k).iter().enumerate().map(move |(j, op)| {
-                    (
-                        Origin {
-                            change: k,
-                            operation: j,
-                        },
-                        op,
-                    )
-                })
-            }),
+            batch::operations((0..candidates.len()).map(|k| ops(k).as_slice())),
             self.flavour.server,
         );
         for statement in statements {

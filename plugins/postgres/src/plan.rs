@@ -22,6 +22,8 @@
 use std::{collections::HashMap, fmt::Write, sync::Arc};
 
 use golconde_plugin_api::{Action, Column, Operation};
+pub use golconde_plugin_support::batch::Origin;
+use golconde_plugin_support::shown::column_names;
 use tokio_postgres::types::ToSql;
 
 use crate::{
@@ -226,7 +228,7 @@ pub fn prepare<'a>(
             return Err(Misfit {
                 message: format!(
                     "an {verb} into `{t}` has no column of that table to write (given: {})",
-                    names(&op.data)
+                    column_names(&op.data)
                 ),
                 stale_suspect: true,
             })
@@ -274,7 +276,7 @@ pub fn prepare<'a>(
                         "an upsert into `{t}` needs every column of its {} in its data; it has \
                          only {}",
                         keys.join(" or "),
-                        names(&op.data)
+                        column_names(&op.data)
                     )
                 };
                 Misfit {
@@ -335,22 +337,6 @@ fn cells<'a>(
     }
     cells.sort_by_key(|(p, _)| *p);
     Ok(cells)
-}
-
-fn names(columns: &[Column]) -> String {
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-/// Where an operation comes from: its change and its place in that change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub change: usize,
-    pub operation: usize,
 }
 
 /// Operations of one shape, applied by one statement.
@@ -676,21 +662,13 @@ fn last_per_key(op: &Prepared<'_>, arrays: &[String], aliases: &[String]) -> Str
 #[cfg(test)]
 mod tests {
     use golconde_plugin_api::Value;
+    use golconde_plugin_support::batch;
 
     use super::*;
 
     /// The runs of `prepared`, each operation a change of its own.
     fn one_each<'p, 'a>(prepared: &'p [Prepared<'a>]) -> Vec<Run<'p, 'a>> {
-        let origins = prepared.iter().enumerate().map(|(i, op)| {
-            (
-                Origin {
-                    change: i,
-                    operation: 0,
-                },
-                op,
-            )
-        });
-        runs(origins, prepared.len())
+        runs(batch::operations(prepared.chunks(1)), prepared.len())
     }
     use crate::schema::{quote_ident, ColumnInfo, Kind};
 

@@ -31,7 +31,7 @@ use std::{
 
 use golconde_plugin_api::{Applied, Change, Column, PluginError, RVec, Value};
 use golconde_plugin_support::{
-    bisect::Bisection, doubt::Verdict, errors::with_id, fingerprint::Fingerprint,
+    batch, bisect::Bisection, doubt::Verdict, errors::with_id, fingerprint::Fingerprint,
 };
 use tokio::{runtime::Runtime, task::JoinHandle};
 use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
@@ -39,7 +39,7 @@ use tokio_postgres::{error::SqlState, types::ToSql, Client, Statement};
 use crate::{
     convert::{float_text, Cell},
     dedupe,
-    plan::{self, Origin, Prepared},
+    plan::{self, Prepared},
     schema::{self, Introspection, Kind, Table},
     timestamp, Shared,
 };
@@ -680,17 +680,7 @@ impl Inner {
             .collect();
         let count = (0..candidates.len()).map(|k| ops(k).len()).sum();
         let runs = plan::runs(
-            (0..candidates.len()).flat_map(|k| {
-                ops(k).iter().enumerate().map(move |(j, op)| {
-                    (
-                        Origin {
-                            change: k,
-                            operation: j,
-                        },
-                        op,
-                    )
-                })
-            }),
+            batch::operations((0..candidates.len()).map(|k| ops(k).as_slice())),
             count,
         );
         let last = runs.len().checked_sub(1);

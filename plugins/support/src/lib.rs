@@ -12,7 +12,8 @@
 //!   in which a batch is bisected to isolate its bad changes), [`catalog`] (the table
 //!   definitions read so far), [`applied`] (the stored form of what a change returned,
 //!   and when to prune), [`shown`] (values written as JSON and quoted in errors),
-//!   [`errors`] (an error with its causes, a change's message with its id).
+//!   [`errors`] (an error with its causes, a change's message with its id), [`batch`] (a
+//!   batch's operations, each with the change it came from).
 //! - For every plugin: [`config`] (a configuration section read so that an error names
 //!   its key).
 //! - For transports, with the feature `transport`: `runtime` (the tokio runtime a
@@ -35,6 +36,7 @@
 //! one option on a socket its plugin opened.
 
 pub mod applied;
+pub mod batch;
 pub mod bisect;
 pub mod catalog;
 pub mod config;

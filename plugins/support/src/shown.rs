@@ -1,10 +1,20 @@
 //! Values as a database plugin writes them as JSON: into a JSON column, and quoted in an
-//! error message. A float that is not finite is spelt the database's way (`float_text`):
+//! error message; and a change's column names as an error lists them. A float that is not finite is spelt the database's way (`float_text`):
 //! JSON has no such number, so a JSON column refuses it and a message shows it as a
 //! string.
 
 use base64::Engine;
-use golconde_plugin_api::Value;
+use golconde_plugin_api::{Column, Value};
+
+/// The names of `columns`, as an error lists them: `none` when there are none.
+pub fn column_names(columns: &[Column]) -> String {
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
 
 /// A float as the database writes it, infinities and NaN included.
 pub type FloatText = fn(f64) -> String;
