@@ -364,7 +364,7 @@ impl Columns {
 /// overlaps writing this one, as Golconde's dispatcher and worker overlap.
 const IN_FLIGHT: usize = 2;
 
-/// The loop of a hand-written pipeline (ceilings AB, NB and RB): `read` takes the next batch
+/// The loop of a hand-written pipeline (ceilings AB, SB, NB and RB): `read` takes the next batch
 /// and parses it into rows (`None` once the drain is done) while, at the same time, each
 /// batch read before is written by one UNNEST upsert (`upsert`, from [`prepare_upsert`])
 /// and then acknowledged by `ack`, with up to [`IN_FLIGHT`] batches waiting between them.

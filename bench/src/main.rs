@@ -3,9 +3,9 @@
 //! process of its own, AMQP -> autosql -> mysql into MariaDB, AMQP -> debezium -> postgres)
 //! against the limits of each broker alone (ceiling A for RabbitMQ, S for RabbitMQ over
 //! STOMP, N for NATS, R for Redis) and of the database alone (ceiling B for PostgreSQL, C
-//! for MariaDB), against pipelines written by hand for the workload alone (AB, NB, RB:
-//! RabbitMQ, NATS, Redis -> PostgreSQL), against the first Golconde's one-message-at-a-time model (the baseline),
-//! its publish-to-commit latency at a quarter and at half of its capacity beside the
+//! for MariaDB), against pipelines written by hand for the workload alone (AB, SB, NB, RB:
+//! RabbitMQ over AMQP and over STOMP, NATS, Redis -> PostgreSQL), against the first
+//! Golconde's one-message-at-a-time model (the baseline), its publish-to-commit latency at a quarter and at half of its capacity beside the
 //! broker's own, its peak memory, the debezium processor's CPU time per message against
 //! autosql's, and the host alone with in-memory plugins (bench/memory). `scripts/bench`
 //! builds everything in release and runs it; see bench/README.md.
@@ -92,11 +92,13 @@ struct Args {
     batch: Option<u32>,
     /// Parts to run, comma-separated: amqp, process (AMQP with the pipeline in a process of
     /// its own), mysql (AMQP -> autosql -> MariaDB), debezium (AMQP -> debezium -> postgres,
-    /// beside amqp's autosql runs), stomp, nats (ceiling N: JetStream alone, ceiling NB: the
+    /// beside amqp's autosql runs), stomp (ceiling S: RabbitMQ's STOMP adapter alone, ceiling
+    /// SB: the hand-written STOMP -> PostgreSQL pipeline, then STOMP -> autosql -> postgres),
+    /// nats (ceiling N: JetStream alone, ceiling NB: the
     /// hand-written NATS -> PostgreSQL pipeline, then NATS -> autosql -> postgres), redis (the
     /// same with Redis Streams: ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
-    /// MariaDB; with an AMQP part also AB: RabbitMQ -> PostgreSQL by hand), baseline, latency, memory, host (the daemon with the in-memory plugins of
-    /// bench/memory).
+    /// MariaDB; with an AMQP part also AB: RabbitMQ -> PostgreSQL by hand), baseline,
+    /// latency, memory, host (the daemon with the in-memory plugins of bench/memory).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Folder of the release `golconde` binary and plugin libraries; default this
@@ -448,6 +450,7 @@ enum Ceiling {
     AmqpEvery100,
     AmqpThrough,
     Stomp,
+    StompThrough,
 }
 
 /// A run in a round of a turn: one of the turn's ceilings, or one of its Golconde modes.
@@ -464,6 +467,7 @@ impl Ceiling {
             Ceiling::AmqpEvery100 => report::CEILING_A_CUMULATIVE,
             Ceiling::AmqpThrough => report::CEILING_AB,
             Ceiling::Stomp => report::CEILING_S,
+            Ceiling::StompThrough => report::CEILING_SB,
         }
     }
 }
@@ -623,7 +627,10 @@ impl Bench {
         };
         let mut turns = vec![(modes, amqp_ceilings)];
         if self.plan.wants("stomp") {
-            turns.push((vec![Mode::STOMP], vec![Ceiling::Stomp]));
+            turns.push((
+                vec![Mode::STOMP],
+                vec![Ceiling::Stomp, Ceiling::StompThrough],
+            ));
         }
         // Each stream broker's ceiling is measured in its own turn, next to Golconde on it.
         for (part, mode, kind, name, through) in [
@@ -783,9 +790,9 @@ impl Bench {
 
     /// One run of `ceiling` on a freshly loaded queue, added to `figure`.
     ///
-    /// Ceiling S drains over STOMP by the bench's own client, with the `stomp` transport's
-    /// subscription and acknowledgements under Golconde's defaults for one worker:
-    /// `ack:client`, a prefetch of four batches, one cumulative ACK per batch.
+    /// Ceilings S and SB drain over STOMP by the bench's own client, with the `stomp`
+    /// transport's subscription and acknowledgements under Golconde's defaults for one
+    /// worker: `ack:client`, a prefetch of four batches, one cumulative ACK per batch.
     async fn ceiling(
         &mut self,
         ceiling: Ceiling,
@@ -793,7 +800,8 @@ impl Bench {
         figure: &mut Figure,
     ) -> Result<()> {
         let queue = self.loaded_queue(workload, Format::Golconde).await?;
-        if ceiling == Ceiling::AmqpThrough {
+        let through = matches!(ceiling, Ceiling::AmqpThrough | Ceiling::StompThrough);
+        if through {
             db::truncate(&self.client).await?;
         }
         let cpu = daemon::own_cpu_time()?;
@@ -816,10 +824,6 @@ impl Bench {
                 )
                 .await
                 .context("ceiling AB")?;
-                let expected = workload.expected();
-                db::verify(&self.client, &workload, &expected)
-                    .await
-                    .context("after ceiling AB")?;
                 (t, format!("{} (ack per {batch})", ceiling.name()))
             }
             Ceiling::Stomp => {
@@ -832,7 +836,29 @@ impl Bench {
                     format!("ceiling S (STOMP, prefetch {prefetch}, ACK per {batch})"),
                 )
             }
+            Ceiling::StompThrough => {
+                let (batch, prefetch) = (self.batch(), self.stomp_prefetch());
+                let t = stomp::through(
+                    &self.client,
+                    &queue,
+                    workload.messages,
+                    prefetch,
+                    batch as usize,
+                )
+                .await
+                .context("ceiling SB")?;
+                (
+                    t,
+                    format!("{} (prefetch {prefetch}, ACK per {batch})", ceiling.name()),
+                )
+            }
         };
+        if through {
+            let expected = workload.expected();
+            db::verify(&self.client, &workload, &expected)
+                .await
+                .with_context(|| format!("after {}", ceiling.name()))?;
+        }
         let cpu = daemon::own_cpu_time()?.saturating_sub(cpu);
         self.expect_empty(&queue)
             .await

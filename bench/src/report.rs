@@ -26,6 +26,7 @@ pub const CEILING_NB: &str = "ceiling NB: nats-server -> PostgreSQL, hand-writte
 pub const CEILING_RB: &str = "ceiling RB: redis-server -> PostgreSQL, hand-written, 1 conn.";
 pub const CEILING_AB: &str = "ceiling AB: RabbitMQ -> PostgreSQL, hand-written, 1 conn.";
 pub const CEILING_S: &str = "ceiling S: broker over STOMP, ack:client per batch";
+pub const CEILING_SB: &str = "ceiling SB: RabbitMQ/STOMP -> PostgreSQL, hand-written";
 pub const BASELINE: &str = "baseline: 1 upsert + ack per message";
 
 #[derive(Default)]
@@ -398,10 +399,13 @@ impl Report {
             "to_ceiling_b": r(b),
             "to_min_ceiling": r(lower(b)),
             "to_baseline": r(base),
-            "to_ceiling_ab": r(self.median_rate(CEILING_AB)),
         });
+        // Each protocol's figures against the hand-written pipeline on the same protocol.
         if figure.golconde.as_deref() == Some("stomp") {
             ratios["to_ceiling_s"] = json!(r(self.median_rate(CEILING_S)));
+            ratios["to_ceiling_sb"] = json!(r(self.median_rate(CEILING_SB)));
+        } else {
+            ratios["to_ceiling_ab"] = json!(r(self.median_rate(CEILING_AB)));
         }
         ratios
     }
@@ -638,14 +642,17 @@ impl Report {
             )];
         }
         let bare = self.median_cpu(CEILING_S);
+        let through = self.median_rate(CEILING_SB);
         stomp
             .into_iter()
             .map(|(workers, rate, cpu)| {
                 (
                     format!(
-                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}; CPU {}",
+                        "golconde stomp, workers={workers} >= 0.9 x ceiling S: {}; CPU {}; \
+                         against ceiling SB (a hand-written STOMP -> PostgreSQL pipeline): {}",
                         fmt_ratio(ceiling.map(|c| rate / c)),
-                        fmt_cpu(cpu, bare, "ceiling S's")
+                        fmt_cpu(cpu, bare, "ceiling S's"),
+                        fmt_ratio(through.map(|c| rate / c))
                     ),
                     ceiling.map(|c| rate >= 0.9 * c),
                 )
@@ -789,7 +796,7 @@ impl Report {
         println!("Golconde bench: {plan}");
         println!();
         println!(
-            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>5} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+            "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
             "part",
             "messages",
             "msgs/s median [min-max]",
@@ -803,7 +810,7 @@ impl Report {
             "/NR",
             "/minNRB",
             "/NRB",
-            "/AB",
+            "/AB|SB",
             "x base",
             "CPU us/msg",
             "p50 ms",
@@ -823,7 +830,7 @@ impl Report {
                 _ => "-".into(),
             };
             println!(
-                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>5} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
+                "{:<66} {:>9} {:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>6} {:>5} {:>7} {:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>8} {:>18} {:>11}",
                 f.name,
                 f.messages,
                 fmt_spread(spread(&f.rates), 0),
@@ -837,7 +844,10 @@ impl Report {
                 g("to_stream_ceiling"),
                 g("to_min_stream_ceiling_b"),
                 g("to_stream_pipeline_ceiling"),
-                g("to_ceiling_ab"),
+                match ratios.get("to_ceiling_sb") {
+                    Some(_) => g("to_ceiling_sb"),
+                    None => g("to_ceiling_ab"),
+                },
                 g("to_baseline"),
                 fmt_spread(spread(&f.cpu_us), 1),
                 fmt_spread(spread(&f.p50), 1),
@@ -1185,16 +1195,37 @@ mod tests {
             [
                 (
                     "golconde stomp, workers=1 >= 0.9 x ceiling S: 0.95; CPU 6.0 us/msg \
-                     (1.50x ceiling S's bare client)"
+                     (1.50x ceiling S's bare client); against ceiling SB (a hand-written \
+                     STOMP -> PostgreSQL pipeline): -"
                         .into(),
                     Some(true)
                 ),
                 (
-                    "golconde stomp, workers=4 >= 0.9 x ceiling S: 0.85; CPU -".into(),
+                    "golconde stomp, workers=4 >= 0.9 x ceiling S: 0.85; CPU -; against \
+                     ceiling SB (a hand-written STOMP -> PostgreSQL pipeline): -"
+                        .into(),
                     Some(false)
                 ),
             ]
         );
+        // Ceiling SB sets no target, it is only told beside ceiling S.
+        report.add(rated(CEILING_SB, &[1000.0]));
+        let with_sb = find(&report, "ceiling S");
+        assert!(
+            with_sb[1].0.ends_with("pipeline): 0.85"),
+            "{}",
+            with_sb[1].0
+        );
+        assert_eq!(with_sb[1].1, Some(false));
+        assert_eq!(
+            report.ratios(&report.figures[0])["to_ceiling_sb"].as_f64(),
+            Some(0.95)
+        );
+        assert!(report
+            .ratios(&report.figures[0])
+            .get("to_ceiling_ab")
+            .is_none());
+        report.figures.pop();
         assert_eq!(
             report.ratios(&report.figures[0])["to_ceiling_s"].as_f64(),
             Some(0.95)

@@ -4,7 +4,10 @@
 //! `ack:client` (cumulative), the prefetch in `prefetch-count`, one ACK for the last message
 //! of each batch.
 //!
-//! Depends on tokio only. Key decision: a client of the bench's own rather than the plugin's
+//! Ceiling SB is the same client feeding PostgreSQL: ceiling AB's hand-written pipeline over
+//! STOMP instead of AMQP.
+//!
+//! Depends on tokio, and on the bench's `db` module for ceiling SB. Key decision: a client of the bench's own rather than the plugin's
 //! code, so that the ceiling is what RabbitMQ's STOMP adapter can deliver on this machine,
 //! not what the plugin does (that is what is compared with it); and no STOMP crate, since
 //! no well-kept one exists (the plugin carries its own for the same reason).
@@ -13,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use crate::db::Columns;
 
 /// RabbitMQ's STOMP listener, the one the daemon's `stomp` transport uses in the bench.
 pub const ADDRESS: &str = "127.0.0.1:61613";
@@ -169,13 +175,21 @@ fn encode(command: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// One STOMP connection: a socket and what was read from it but not yet taken.
+/// One STOMP connection, in halves, so that one task can read while another acknowledges.
 struct Connection {
-    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
+}
+
+/// The reading half: the socket's and what was read from it but not yet taken.
+struct Reader {
+    stream: OwnedReadHalf,
     buffer: Vec<u8>,
     /// Where the next frame starts in `buffer`.
     at: usize,
 }
+
+struct Writer(OwnedWriteHalf);
 
 impl Connection {
     /// Connects as guest, without heart-beats (a drain of a few seconds needs none).
@@ -184,10 +198,14 @@ impl Connection {
             .await
             .with_context(|| format!("connecting to RabbitMQ's STOMP listener at {ADDRESS}"))?;
         stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
         let mut connection = Connection {
-            stream,
-            buffer: Vec::with_capacity(1 << 16),
-            at: 0,
+            reader: Reader {
+                stream: read,
+                buffer: Vec::with_capacity(1 << 16),
+                at: 0,
+            },
+            writer: Writer(write),
         };
         connection
             .send(
@@ -213,12 +231,34 @@ impl Connection {
     }
 
     async fn send(&mut self, command: &str, headers: &[(&str, &str)]) -> Result<()> {
-        self.stream
+        self.writer.send(command, headers).await
+    }
+
+    async fn next_bytes(&mut self) -> Result<&[u8]> {
+        self.reader.next_bytes().await
+    }
+
+    async fn next(&mut self) -> Result<Frame> {
+        self.reader.next().await
+    }
+
+    /// DISCONNECT with a receipt, so every ACK sent before has taken effect.
+    async fn close(mut self) -> Result<()> {
+        self.send("DISCONNECT", &[("receipt", "bye")]).await?;
+        self.reader.until_receipt("bye").await
+    }
+}
+
+impl Writer {
+    async fn send(&mut self, command: &str, headers: &[(&str, &str)]) -> Result<()> {
+        self.0
             .write_all(&encode(command, headers))
             .await
             .with_context(|| format!("sending {command} to {ADDRESS}"))
     }
+}
 
+impl Reader {
     /// The next frame's bytes; fails if none comes within [`SILENCE`] or the broker hangs
     /// up.
     async fn next_bytes(&mut self) -> Result<&[u8]> {
@@ -242,18 +282,30 @@ impl Connection {
         }
     }
 
+    /// The next frame if all of it has arrived already, without waiting for more.
+    fn next_arrived(&mut self) -> Result<Option<Frame>> {
+        let Some(length) = frame_length(&self.buffer[self.at..])? else {
+            return Ok(None);
+        };
+        let start = self.at;
+        self.at += length;
+        parse(&self.buffer[start..self.at]).map(Some)
+    }
+
     async fn next(&mut self) -> Result<Frame> {
         parse(self.next_bytes().await?)
     }
 
-    /// DISCONNECT with a receipt, so every ACK sent before has taken effect.
-    async fn close(mut self) -> Result<()> {
-        self.send("DISCONNECT", &[("receipt", "bye")]).await?;
+    /// Reads until the RECEIPT `id`, failing on an ERROR.
+    async fn until_receipt(&mut self, id: &str) -> Result<()> {
         loop {
             let frame = self.next().await?;
             match frame.command.as_str() {
-                "RECEIPT" if frame.header("receipt-id") == Some("bye") => return Ok(()),
-                "ERROR" => bail!("RabbitMQ refused DISCONNECT: {}", describe(&frame)),
+                "RECEIPT" if frame.header("receipt-id") == Some(id) => return Ok(()),
+                "ERROR" => bail!(
+                    "RabbitMQ's STOMP adapter sent ERROR while waiting for receipt `{id}`: {}",
+                    describe(&frame)
+                ),
                 _ => {}
             }
         }
@@ -283,21 +335,8 @@ fn describe(frame: &Frame) -> String {
 /// clock stops.
 pub async fn ceiling(queue: &str, count: u64, prefetch: u32, ack_every: u64) -> Result<Duration> {
     let mut connection = Connection::open().await?;
-    let destination = format!("/queue/{queue}");
-    let prefetch = prefetch.to_string();
     let clock = Instant::now();
-    connection
-        .send(
-            "SUBSCRIBE",
-            &[
-                ("id", "0"),
-                ("destination", &destination),
-                ("ack", "client"),
-                ("prefetch-count", &prefetch),
-                ("receipt", "subscribed"),
-            ],
-        )
-        .await?;
+    let destination = subscribe(&mut connection, queue, prefetch).await?;
     let mut seen = 0;
     let elapsed = loop {
         let bytes = connection
@@ -336,6 +375,94 @@ pub async fn ceiling(queue: &str, count: u64, prefetch: u32, ack_every: u64) -> 
     if seen != count {
         bail!("`{destination}` delivered {seen} messages, expected {count}");
     }
+    connection.close().await?;
+    Ok(elapsed)
+}
+
+/// Subscribes to the queue `queue` as the `stomp` transport does: `ack:client` with
+/// `prefetch-count: prefetch`. Returns the destination.
+async fn subscribe(connection: &mut Connection, queue: &str, prefetch: u32) -> Result<String> {
+    let destination = format!("/queue/{queue}");
+    connection
+        .send(
+            "SUBSCRIBE",
+            &[
+                ("id", "0"),
+                ("destination", &destination),
+                ("ack", "client"),
+                ("prefetch-count", &prefetch.to_string()),
+                ("receipt", "subscribed"),
+            ],
+        )
+        .await?;
+    Ok(destination)
+}
+
+/// Ceiling SB: ceiling AB's hand-written pipeline into PostgreSQL, fed over STOMP by this
+/// client. A reader takes what has arrived, up to `batch` MESSAGEs, subscribed as ceiling S
+/// is, and parses them into the rows of one UNNEST upsert (`client`); a writer, at the same
+/// time, writes each batch and then acknowledges it with one cumulative ACK, as Golconde
+/// does. Returns the time from SUBSCRIBE to the receipt of the last ACK.
+pub async fn through(
+    client: &tokio_postgres::Client,
+    queue: &str,
+    count: u64,
+    prefetch: u32,
+    batch: usize,
+) -> Result<Duration> {
+    let upsert = crate::db::prepare_upsert(client).await?;
+    let mut connection = Connection::open().await?;
+    let clock = Instant::now();
+    let destination = subscribe(&mut connection, queue, prefetch).await?;
+    let Connection { reader, writer } = &mut connection;
+    let mut seen = 0u64;
+    let next = async || {
+        if seen == count {
+            return Ok(None);
+        }
+        let mut bodies = Vec::with_capacity(batch);
+        let mut last = String::new();
+        while bodies.len() < batch && seen < count {
+            let frame = if bodies.is_empty() {
+                reader.next().await?
+            } else {
+                match reader.next_arrived()? {
+                    Some(frame) => frame,
+                    None => break,
+                }
+            };
+            match frame.command.as_str() {
+                "MESSAGE" => {
+                    last = frame
+                        .header("ack")
+                        .with_context(|| format!("a MESSAGE of `{destination}` without `ack`"))?
+                        .to_owned();
+                    bodies.push(frame.body);
+                    seen += 1;
+                }
+                "RECEIPT" => {}
+                "ERROR" => bail!(
+                    "RabbitMQ's STOMP adapter sent ERROR while `{destination}` was drained, \
+                     after {seen} messages: {}",
+                    describe(&frame)
+                ),
+                other => bail!("an unexpected {other} frame while draining `{destination}`"),
+            }
+        }
+        let rows = Columns::parse(bodies.iter().map(|b| &b[..]))?;
+        Ok(Some((rows, (last, seen == count))))
+    };
+    let ack = async |(id, last): (String, bool)| {
+        let mut headers = vec![("id", id.as_str())];
+        // The last one's receipt stops the clock.
+        if last {
+            headers.push(("receipt", "drained"));
+        }
+        writer.send("ACK", &headers).await
+    };
+    crate::db::pipeline(client, &upsert, next, ack).await?;
+    connection.reader.until_receipt("drained").await?;
+    let elapsed = clock.elapsed();
     connection.close().await?;
     Ok(elapsed)
 }
