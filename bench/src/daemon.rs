@@ -270,7 +270,7 @@ fn ticks_of(path: &str) -> Result<u64> {
 }
 
 /// Clock ticks as time.
-fn as_time(ticks: u64) -> Duration {
+pub fn as_time(ticks: u64) -> Duration {
     // SAFETY: sysconf(3) reads a constant of the system; no memory is involved.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
@@ -279,7 +279,7 @@ fn as_time(ticks: u64) -> Duration {
 
 /// `utime` + `stime` (fields 14 and 15, in clock ticks) of a /proc/PID/stat line, counted
 /// after the command name's last `)` as in [`parent_of`].
-fn cpu_ticks(stat: &str) -> Option<u64> {
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let (_, after) = stat.rsplit_once(')')?;
     let mut fields = after.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;

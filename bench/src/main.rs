@@ -23,6 +23,7 @@ mod broker;
 mod daemon;
 mod db;
 mod host;
+mod machine;
 mod mariadb;
 mod report;
 mod stomp;
@@ -1195,6 +1196,7 @@ impl Bench {
                     let figure = &mut figures[(run + turn) % CONSUMERS.len()];
                     let consumer = figure.load.expect("set above").consumer;
                     let probe = db::CommitProbe::start(&self.db.dsn).await?;
+                    let watch = machine::Watch::start();
                     let (who, samples) = match consumer {
                         Consumer::Broker => {
                             ("broker-only", self.broker_latency(rate, duration).await?)
@@ -1208,7 +1210,9 @@ impl Bench {
                             self.golconde_latency(rate, duration, workers).await?,
                         ),
                     };
+                    let usage = watch.stop();
                     let ms = summarize(who, rate, &samples, &probe.stop().await?);
+                    progress(&format!("{who} at {rate:.0}/s, {}", usage.describe()));
                     figure.messages = ms.len() as u64;
                     figure.latency(&ms);
                 }
