@@ -5,8 +5,9 @@
 //! STOMP, N for NATS, R for Redis) and of the database alone (ceiling B for PostgreSQL, C
 //! for MariaDB), against pipelines written by hand for the workload alone (AB, SB, NB, RB:
 //! RabbitMQ over AMQP and over STOMP, NATS, Redis -> PostgreSQL), against the first
-//! Golconde's one-message-at-a-time model (the baseline), its publish-to-commit latency at a quarter and at half of its capacity beside the
-//! broker's own, its peak memory, the debezium processor's CPU time per message against
+//! Golconde's one-message-at-a-time model (the baseline), its publish-to-commit latency at a
+//! quarter and at half of its capacity beside the broker's own (and what the machine's cores
+//! did meanwhile), its peak memory, the debezium processor's CPU time per message against
 //! autosql's, and the host alone with in-memory plugins (bench/memory). `scripts/bench`
 //! builds everything in release and runs it; see bench/README.md.
 //!
@@ -95,9 +96,9 @@ struct Args {
     /// its own), mysql (AMQP -> autosql -> MariaDB), debezium (AMQP -> debezium -> postgres,
     /// beside amqp's autosql runs), stomp (ceiling S: RabbitMQ's STOMP adapter alone, ceiling
     /// SB: the hand-written STOMP -> PostgreSQL pipeline, then STOMP -> autosql -> postgres),
-    /// nats (ceiling N: JetStream alone, ceiling NB: the
-    /// hand-written NATS -> PostgreSQL pipeline, then NATS -> autosql -> postgres), redis (the
-    /// same with Redis Streams: ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
+    /// nats (ceiling N: JetStream alone, ceiling NB: the hand-written NATS -> PostgreSQL
+    /// pipeline, then NATS -> autosql -> postgres), redis (the same with Redis Streams:
+    /// ceilings R and RB), ceilings (A: broker, B: PostgreSQL, C:
     /// MariaDB; with an AMQP part also AB: RabbitMQ -> PostgreSQL by hand), baseline,
     /// latency, memory, host (the daemon with the in-memory plugins of bench/memory).
     #[arg(long, value_delimiter = ',')]

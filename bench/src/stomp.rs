@@ -7,10 +7,11 @@
 //! Ceiling SB is the same client feeding PostgreSQL: ceiling AB's hand-written pipeline over
 //! STOMP instead of AMQP.
 //!
-//! Depends on tokio, and on the bench's `db` module for ceiling SB. Key decision: a client of the bench's own rather than the plugin's
-//! code, so that the ceiling is what RabbitMQ's STOMP adapter can deliver on this machine,
-//! not what the plugin does (that is what is compared with it); and no STOMP crate, since
-//! no well-kept one exists (the plugin carries its own for the same reason).
+//! Depends on tokio, and on the bench's `db` module for ceiling SB. Key decision: a client
+//! of the bench's own rather than the plugin's code, so that the ceiling is what RabbitMQ's
+//! STOMP adapter can deliver on this machine, not what the plugin does (that is what is
+//! compared with it); and no STOMP crate, since no well-kept one exists (the plugin carries
+//! its own for the same reason).
 
 use std::time::{Duration, Instant};
 
@@ -263,10 +264,8 @@ impl Reader {
     /// up.
     async fn next_bytes(&mut self) -> Result<&[u8]> {
         loop {
-            if let Some(length) = frame_length(&self.buffer[self.at..])? {
-                let start = self.at;
-                self.at += length;
-                return Ok(&self.buffer[start..self.at]);
+            if let Some(frame) = self.arrived()? {
+                return Ok(&self.buffer[frame]);
             }
             // Keep only the frame begun, then read more after it.
             self.buffer.drain(..self.at);
@@ -282,14 +281,21 @@ impl Reader {
         }
     }
 
-    /// The next frame if all of it has arrived already, without waiting for more.
-    fn next_arrived(&mut self) -> Result<Option<Frame>> {
+    /// Where the next frame is in `buffer`, taken, if all of it has arrived already.
+    fn arrived(&mut self) -> Result<Option<std::ops::Range<usize>>> {
         let Some(length) = frame_length(&self.buffer[self.at..])? else {
             return Ok(None);
         };
         let start = self.at;
         self.at += length;
-        parse(&self.buffer[start..self.at]).map(Some)
+        Ok(Some(start..self.at))
+    }
+
+    /// The next frame if all of it has arrived already, without waiting for more.
+    fn next_arrived(&mut self) -> Result<Option<Frame>> {
+        self.arrived()?
+            .map(|frame| parse(&self.buffer[frame]))
+            .transpose()
     }
 
     async fn next(&mut self) -> Result<Frame> {
